@@ -1,0 +1,359 @@
+//! Batches: immutable, versioned Parquet datasets, one per stream and period, under
+//! `<warehouse>/<tier>/<organisation>/<stream>/<batch_id>/`:
+//!
+//! ```text
+//! batch.json            the manifest (written last)
+//! data/part-*.parquet   the published rows
+//! rejects/*.parquet     rows refused on the way, with the reason (only if any)
+//! ```
+//!
+//! A batch is written under a hidden staging name and renamed into place in one step, so
+//! a reader (or a killed run) never sees half a batch. The batch id is a hash of everything
+//! that decides the output, so re-running the same inputs finds the batch already there.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANIFEST: &str = "batch.json";
+pub const DATA_DIR: &str = "data";
+pub const REJECTS_DIR: &str = "rejects";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub batch_id: String,
+    pub status: String,
+    pub pipeline: String,
+    pub stream: String,
+    pub kind: String,
+    pub organization: String,
+    pub tier: String,
+    pub period: PeriodInfo,
+    pub inputs: Vec<InputInfo>,
+    pub definition_fingerprint: String,
+    pub schema: Vec<ColumnInfo>,
+    pub rows: u64,
+    pub rows_in: u64,
+    pub rows_rejected: u64,
+    /// Sum of every decimal column, as exact decimal text.
+    pub control_totals: BTreeMap<String, String>,
+    pub files: Vec<FileInfo>,
+    pub rejects: Vec<FileInfo>,
+    pub created_at: String,
+    pub billflow_version: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PeriodInfo {
+    pub label: String,
+    pub start: String,
+    pub end: String,
+}
+
+/// One input of a batch and the fingerprint it had.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputInfo {
+    /// `source`, `stream` or `reference`.
+    pub kind: String,
+    pub name: String,
+    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub nullable: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileInfo {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// SHA-256 of a file's bytes, streamed.
+pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// SHA-256 over labelled parts; the batch id's first 16 hex digits come from it.
+pub fn fingerprint(parts: &[(&str, &str)]) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in parts {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+pub fn batch_id(period_label: &str, fingerprint: &str) -> String {
+    format!("{period_label}-{}", &fingerprint[..16])
+}
+
+/// The warehouse: where every stream's batches live.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+/// Where one stream's batches go.
+#[derive(Clone, Debug)]
+pub struct StreamLocation {
+    pub tier: String,
+    pub organization: String,
+    pub stream: String,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn stream_dir(&self, at: &StreamLocation) -> PathBuf {
+        self.root.join(&at.tier).join(&at.organization).join(&at.stream)
+    }
+
+    pub fn batch_dir(&self, at: &StreamLocation, batch_id: &str) -> PathBuf {
+        self.stream_dir(at).join(batch_id)
+    }
+
+    /// The committed manifest of a batch, if the batch exists.
+    pub fn committed(&self, at: &StreamLocation, batch_id: &str) -> Option<Manifest> {
+        read_manifest(&self.batch_dir(at, batch_id)).ok()
+    }
+
+    /// Every committed batch of a stream, oldest first. Staging directories are hidden.
+    pub fn list(&self, at: &StreamLocation) -> Vec<Manifest> {
+        let Ok(entries) = fs::read_dir(self.stream_dir(at)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Manifest> = entries
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| read_manifest(&e.path()).ok())
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        out
+    }
+
+    /// Start writing a batch: a fresh hidden directory next to where it will live. Stale
+    /// staging directories of the same batch left by a killed run are removed first.
+    pub fn begin(&self, at: &StreamLocation, batch_id: &str) -> std::io::Result<Staging> {
+        let dir = self.stream_dir(at);
+        fs::create_dir_all(&dir)?;
+        let prefix = format!(".staging-{batch_id}-");
+        for e in fs::read_dir(&dir)?.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(rest) = name.strip_prefix(&prefix) {
+                let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+                let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let staging = dir.join(format!("{prefix}{}-{nanos}", std::process::id()));
+        fs::create_dir_all(staging.join(DATA_DIR))?;
+        Ok(Staging {
+            dir: staging,
+            target: dir.join(batch_id),
+            committed: false,
+        })
+    }
+}
+
+pub fn read_manifest(batch_dir: &Path) -> Result<Manifest, String> {
+    let path = batch_dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A batch being written. Dropped without `commit`, it removes itself.
+#[derive(Debug)]
+pub struct Staging {
+    pub dir: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+/// How a commit ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The batch is now visible at this path.
+    New(PathBuf),
+    /// Another run committed the same batch id first; ours was discarded.
+    AlreadyThere(PathBuf),
+}
+
+impl Staging {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join(DATA_DIR)
+    }
+    pub fn rejects_dir(&self) -> PathBuf {
+        self.dir.join(REJECTS_DIR)
+    }
+
+    /// Files under `sub`, relative to the batch directory, with their sizes.
+    pub fn files(&self, sub: &str) -> std::io::Result<Vec<FileInfo>> {
+        let mut out = Vec::new();
+        let dir = self.dir.join(sub);
+        if !dir.exists() {
+            return Ok(out);
+        }
+        for e in fs::read_dir(&dir)?.filter_map(Result::ok) {
+            let meta = e.metadata()?;
+            if meta.is_file() {
+                out.push(FileInfo {
+                    path: format!("{sub}/{}", e.file_name().to_string_lossy()),
+                    bytes: meta.len(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Make the batch visible: flush the data files, write the manifest under a temporary
+    /// name and rename it, then rename the whole directory into place.
+    pub fn commit(mut self, manifest: &Manifest) -> std::io::Result<Committed> {
+        for sub in [DATA_DIR, REJECTS_DIR] {
+            for f in self.files(sub)? {
+                fs::File::open(self.dir.join(&f.path))?.sync_all()?;
+            }
+        }
+        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(
+                serde_json::to_string_pretty(manifest)
+                    .map_err(std::io::Error::other)?
+                    .as_bytes(),
+            )?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(MANIFEST))?;
+        if self.target.join(MANIFEST).exists() {
+            // Same id, same inputs: the existing batch is the same batch.
+            let _ = fs::remove_dir_all(&self.dir);
+            self.committed = true;
+            return Ok(Committed::AlreadyThere(self.target.clone()));
+        }
+        if self.target.exists() {
+            // A directory without a manifest is not a batch (e.g. copied by hand half-way).
+            fs::remove_dir_all(&self.target)?;
+        }
+        fs::rename(&self.dir, &self.target)?;
+        if let Some(parent) = self.target.parent() {
+            fs::File::open(parent)?.sync_all()?;
+        }
+        self.committed = true;
+        Ok(Committed::New(self.target.clone()))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            batch_id: id.into(),
+            status: "committed".into(),
+            pipeline: "p".into(),
+            stream: "s".into(),
+            kind: "usage".into(),
+            organization: "o".into(),
+            tier: "vendor".into(),
+            period: PeriodInfo {
+                label: "2026-10".into(),
+                start: "2026-10-01".into(),
+                end: "2026-11-01".into(),
+            },
+            inputs: vec![],
+            definition_fingerprint: "x".into(),
+            schema: vec![],
+            rows: 0,
+            rows_in: 0,
+            rows_rejected: 0,
+            control_totals: BTreeMap::new(),
+            files: vec![],
+            rejects: vec![],
+            created_at: "2026-11-25T00:00:00Z".into(),
+            billflow_version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn staging_is_invisible_until_commit_and_dropped_staging_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let at = StreamLocation {
+            tier: "vendor".into(),
+            organization: "o".into(),
+            stream: "s".into(),
+        };
+        let staging = store.begin(&at, "2026-10-abc").unwrap();
+        fs::write(staging.data_dir().join("part-0.parquet"), b"x").unwrap();
+        assert!(store.list(&at).is_empty(), "a staging batch must not be listed");
+        assert!(store.committed(&at, "2026-10-abc").is_none());
+        drop(staging);
+        assert_eq!(
+            fs::read_dir(store.stream_dir(&at)).unwrap().count(),
+            0,
+            "dropped staging is removed"
+        );
+
+        let staging = store.begin(&at, "2026-10-abc").unwrap();
+        let r = staging.commit(&manifest("2026-10-abc")).unwrap();
+        assert!(matches!(r, Committed::New(_)));
+        assert_eq!(store.list(&at).len(), 1);
+        // The same batch again: the first stays, nothing is duplicated.
+        let again = store.begin(&at, "2026-10-abc").unwrap();
+        assert!(matches!(
+            again.commit(&manifest("2026-10-abc")).unwrap(),
+            Committed::AlreadyThere(_)
+        ));
+        assert_eq!(store.list(&at).len(), 1);
+        assert_eq!(fs::read_dir(store.stream_dir(&at)).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn fingerprint_separates_parts() {
+        assert_ne!(fingerprint(&[("a", "bc")]), fingerprint(&[("ab", "c")]));
+        assert_eq!(
+            batch_id("2026-10", &fingerprint(&[("a", "b")])).len(),
+            "2026-10-".len() + 16
+        );
+    }
+}

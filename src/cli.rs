@@ -1,0 +1,145 @@
+//! Terminal rendering: progress bars while streams run, the summary table after.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::execution::{Progress, RunReport, Status, StreamReport};
+
+/// One spinner per running stream, showing its current stage.
+pub struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    /// Drawn on stderr when it is a terminal; invisible otherwise (logs and CI stay clean).
+    pub fn new() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for Bars {
+    fn started(&self, stream: &str, stages: usize) {
+        let bar = self.multi.add(ProgressBar::new(stages as u64 + 1));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:<32} [{bar:12}] {pos}/{len} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(stream.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        if let Ok(mut m) = self.bars.lock() {
+            m.insert(stream.to_string(), bar);
+        }
+    }
+    fn stage(&self, stream: &str, index: usize, name: &str) {
+        if let Some(b) = self.bars.lock().ok().and_then(|m| m.get(stream).cloned()) {
+            b.set_position(index as u64);
+            b.set_message(format!("planning {name}"));
+        }
+    }
+    fn writing(&self, stream: &str) {
+        if let Some(b) = self.bars.lock().ok().and_then(|m| m.get(stream).cloned()) {
+            b.set_message("executing and writing the batch");
+        }
+    }
+    fn finished(&self, report: &StreamReport) {
+        if let Some(b) = self.bars.lock().ok().and_then(|mut m| m.remove(&report.stream)) {
+            b.set_position(b.length().unwrap_or(0));
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn status_text(s: &StreamReport) -> &'static str {
+    match s.status {
+        Status::Written => "written",
+        Status::Reused => "unchanged",
+        Status::Failed => "FAILED",
+        Status::Skipped => "skipped",
+    }
+}
+
+/// The end-of-run table: per stream and tier, rows in/out/rejected, control totals,
+/// time and the batch.
+pub fn summary_table(report: &RunReport) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(vec![
+        "tier",
+        "organisation",
+        "stream",
+        "status",
+        "rows in",
+        "rows out",
+        "rejected",
+        "control totals",
+        "time",
+        "batch",
+    ]);
+    for s in &report.streams {
+        let totals = s
+            .control_totals
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        t.add_row(vec![
+            Cell::new(&s.tier),
+            Cell::new(&s.organization),
+            Cell::new(&s.stream),
+            Cell::new(status_text(s)),
+            Cell::new(s.rows_in).set_alignment(CellAlignment::Right),
+            Cell::new(s.rows_out).set_alignment(CellAlignment::Right),
+            Cell::new(s.rows_rejected).set_alignment(CellAlignment::Right),
+            Cell::new(totals),
+            Cell::new(format!("{:.2}s", s.elapsed.as_secs_f64())).set_alignment(CellAlignment::Right),
+            Cell::new(s.batch_id.clone().unwrap_or_default()),
+        ]);
+    }
+    let mut out = format!(
+        "pipeline {} - period {} - warehouse {}\n{t}\n",
+        report.pipeline,
+        report.period,
+        report.warehouse.display()
+    );
+    for s in &report.streams {
+        if s.rows_rejected > 0 {
+            out.push_str(&format!("{}: {} row(s) rejected, e.g.:\n", s.stream, s.rows_rejected));
+            for r in &s.reject_samples {
+                out.push_str(&format!("  - {r}\n"));
+            }
+            if let Some(dir) = &s.batch_dir {
+                out.push_str(&format!(
+                    "  all of them with their values: {}\n",
+                    dir.join(crate::batches::REJECTS_DIR).display()
+                ));
+            }
+        }
+    }
+    for s in &report.streams {
+        if let Some(e) = &s.error {
+            let tag = if s.status == Status::Skipped {
+                "skipped"
+            } else {
+                "error"
+            };
+            out.push_str(&format!("{tag}: {e}\n"));
+        }
+    }
+    out
+}

@@ -1,0 +1,302 @@
+//! Located diagnostics for pipeline files: every problem names the file, line and column,
+//! what was expected and, where we can guess it, a hint. Rendered with miette.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, SourceSpan};
+
+/// One pipeline file (or SQL file) whose text diagnostics point into.
+#[derive(Debug)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.into(),
+            text: text.into(),
+        })
+    }
+
+    /// Byte offset of a 0-based character index (YAML markers count characters).
+    fn byte_offset(&self, character: usize) -> usize {
+        self.text
+            .char_indices()
+            .nth(character)
+            .map(|(i, _)| i)
+            .unwrap_or(self.text.len())
+    }
+}
+
+/// A position in a source file: 1-based line and column, plus the byte range it covers.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub file: Arc<SourceFile>,
+    pub line: usize,
+    pub column: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Location {
+    /// From a marked-yaml span; `len_chars` is how many characters to underline.
+    pub fn from_span(file: &Arc<SourceFile>, span: &marked_yaml::Span, len_chars: usize) -> Self {
+        match span.start() {
+            Some(m) => {
+                let offset = file.byte_offset(m.character());
+                let end = file.byte_offset(m.character() + len_chars.max(1));
+                Location {
+                    file: file.clone(),
+                    line: m.line(),
+                    column: m.column(),
+                    offset,
+                    len: end.saturating_sub(offset).max(1),
+                }
+            }
+            None => Location::start_of(file),
+        }
+    }
+
+    pub fn from_marker(file: &Arc<SourceFile>, m: &marked_yaml::Marker) -> Self {
+        Self::from_span(file, &marked_yaml::Span::new_start(*m), 1)
+    }
+
+    pub fn start_of(file: &Arc<SourceFile>) -> Self {
+        Location {
+            file: file.clone(),
+            line: 1,
+            column: 1,
+            offset: 0,
+            len: 0,
+        }
+    }
+
+    /// A 1-based line and column inside another file (e.g. a SQL query file).
+    pub fn at_line_column(file: &Arc<SourceFile>, line: usize, column: usize) -> Self {
+        let mut offset = 0;
+        for (i, l) in file.text.split_inclusive('\n').enumerate() {
+            if i + 1 == line {
+                offset += l
+                    .char_indices()
+                    .nth(column.saturating_sub(1))
+                    .map(|(b, _)| b)
+                    .unwrap_or(0);
+                break;
+            }
+            offset += l.len();
+        }
+        Location {
+            file: file.clone(),
+            line,
+            column,
+            offset: offset.min(file.text.len()),
+            len: 1,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.path.display(), self.line, self.column)
+    }
+}
+
+/// One problem found in a pipeline definition.
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    pub message: String,
+    pub location: Option<Location>,
+    /// What would have been valid here.
+    pub expected: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(message: impl Into<String>, location: Option<Location>) -> Self {
+        Self {
+            message: message.into(),
+            location,
+            expected: None,
+            hint: None,
+        }
+    }
+    pub fn expected(mut self, expected: impl Into<String>) -> Self {
+        self.expected = Some(expected.into());
+        self
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn maybe_hint(mut self, hint: Option<String>) -> Self {
+        if hint.is_some() {
+            self.hint = hint;
+        }
+        self
+    }
+
+    /// Render with the source line underlined, for a terminal.
+    pub fn render(&self) -> String {
+        let report = Rendered(self);
+        let mut out = String::new();
+        let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+            .with_context_lines(1)
+            .with_width(100);
+        if handler.render_report(&mut out, &report).is_err() {
+            out = self.to_string();
+        }
+        out
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(loc) = &self.location {
+            write!(f, "{loc}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(e) = &self.expected {
+            write!(f, " (expected {e})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Adapter giving miette what it needs to draw the snippet.
+struct Rendered<'a>(&'a Diagnostic);
+
+impl fmt::Debug for Rendered<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+impl fmt::Display for Rendered<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.location {
+            Some(loc) => write!(f, "{} ({loc})", self.0.message),
+            None => f.write_str(&self.0.message),
+        }
+    }
+}
+impl std::error::Error for Rendered<'_> {}
+
+impl miette::Diagnostic for Rendered<'_> {
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        let d = self.0;
+        let text = match (&d.expected, &d.hint) {
+            (Some(e), Some(h)) => format!("expected {e}\nhint: {h}"),
+            (Some(e), None) => format!("expected {e}"),
+            (None, Some(h)) => format!("hint: {h}"),
+            (None, None) => return None,
+        };
+        Some(Box::new(text))
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.0
+            .location
+            .as_ref()
+            .map(|l| &l.file.text as &dyn miette::SourceCode)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let loc = self.0.location.as_ref()?;
+        let span = SourceSpan::new(loc.offset.into(), loc.len);
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some("here".to_string()),
+            span,
+        ))))
+    }
+}
+
+/// Everything wrong with a definition, in file order. Parsing and validation collect into
+/// one of these so a user sees all problems at once, not just the first.
+#[derive(Debug, Default)]
+pub struct Diagnostics {
+    pub list: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.list.push(d);
+    }
+    pub fn error(&mut self, message: impl Into<String>, location: Option<Location>) -> &mut Diagnostic {
+        self.list.push(Diagnostic::new(message, location));
+        let last = self.list.len() - 1;
+        &mut self.list[last]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.list.extend(other.list);
+    }
+    /// Sort by file and position so the report reads top to bottom.
+    pub fn sorted(mut self) -> Self {
+        self.list.sort_by_key(|d| {
+            d.location
+                .as_ref()
+                .map(|l| (l.file.path.clone(), l.line, l.column))
+                .unwrap_or_default()
+        });
+        self
+    }
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for d in &self.list {
+            out.push_str(&d.render());
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} error{} found\n",
+            self.list.len(),
+            if self.list.len() == 1 { "" } else { "s" }
+        ));
+        out
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.list {
+            writeln!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// "did you mean `x`?" for a misspelt name, if one candidate is close enough.
+pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&wrong.to_lowercase(), &c.to_lowercase());
+        if score > 0.8 && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// A list like "`a`, `b` or `c`" for messages.
+pub fn one_of(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("`{i}`")).collect();
+    match quoted.len() {
+        0 => String::new(),
+        1 => quoted[0].clone(),
+        n => format!("{} or {}", quoted[..n - 1].join(", "), quoted[n - 1]),
+    }
+}
+
+pub fn path_for_display(p: &Path) -> String {
+    p.display().to_string()
+}

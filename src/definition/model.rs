@@ -1,0 +1,260 @@
+//! The typed pipeline definition, as parsed from YAML. Every name keeps its location so
+//! later checks (validation, planning, schema inference) can point back into the file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use marked_yaml::Node;
+
+use super::diagnostics::{Location, SourceFile};
+use super::reader::Text;
+
+#[derive(Debug)]
+pub struct Pipeline {
+    pub id: Text,
+    pub description: Option<String>,
+    pub file: Arc<SourceFile>,
+    /// Directory of the pipeline file: relative paths in the file resolve against it.
+    pub dir: PathBuf,
+    pub warehouse: Option<PathBuf>,
+    pub organizations: Vec<Organization>,
+    pub sources: Vec<TableDef>,
+    pub references: Vec<TableDef>,
+    pub streams: Vec<StreamDef>,
+}
+
+impl Pipeline {
+    pub fn organization(&self, id: &str) -> Option<&Organization> {
+        self.organizations.iter().find(|o| o.id.value == id)
+    }
+    pub fn stream(&self, id: &str) -> Option<&StreamDef> {
+        self.streams.iter().find(|s| s.id.value == id)
+    }
+    pub fn source(&self, name: &str) -> Option<&TableDef> {
+        self.sources.iter().find(|s| s.name.value == name)
+    }
+    pub fn reference(&self, name: &str) -> Option<&TableDef> {
+        self.references.iter().find(|s| s.name.value == name)
+    }
+    pub fn resolve(&self, relative: &str) -> PathBuf {
+        let p = PathBuf::from(relative);
+        if p.is_absolute() { p } else { self.dir.join(p) }
+    }
+}
+
+#[derive(Debug)]
+pub struct Organization {
+    pub id: Text,
+    pub name: String,
+    pub tier: Text,
+    pub upstream: Option<Text>,
+    pub currency: Option<Text>,
+    /// 1 for the vendor, 2 for its distributors, and so on (set by validation).
+    pub level: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv { delimiter: u8, has_header: bool },
+    Parquet,
+    Ndjson,
+}
+
+impl TableFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TableFormat::Csv { .. } => "csv",
+            TableFormat::Parquet => "parquet",
+            TableFormat::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// A source or a reference table: files plus an optional declared schema.
+#[derive(Debug)]
+pub struct TableDef {
+    pub name: Text,
+    pub url: Text,
+    pub format: TableFormat,
+    pub schema: Option<Vec<ColumnDef>>,
+    pub location: Location,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Integer,
+    Decimal { precision: u8, scale: i8 },
+    Boolean,
+    Date,
+    Timestamp,
+    Double,
+}
+
+impl ColumnType {
+    pub const NAMES: &'static [&'static str] = &[
+        "string",
+        "integer",
+        "decimal(p,s)",
+        "boolean",
+        "date",
+        "timestamp",
+        "double",
+    ];
+
+    /// Parse `string`, `integer`, `decimal(18,4)`, ... Errors are plain text; the caller
+    /// attaches the location.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim().to_ascii_lowercase();
+        Ok(match t.as_str() {
+            "string" | "utf8" | "text" => ColumnType::String,
+            "integer" | "int" | "int64" | "bigint" => ColumnType::Integer,
+            "boolean" | "bool" => ColumnType::Boolean,
+            "date" => ColumnType::Date,
+            "timestamp" | "datetime" => ColumnType::Timestamp,
+            "double" | "float64" => ColumnType::Double,
+            "decimal" => return Err("`decimal` needs a precision and scale, e.g. `decimal(18,4)`".into()),
+            _ if t.starts_with("decimal(") && t.ends_with(')') => {
+                let inner = &t["decimal(".len()..t.len() - 1];
+                let mut parts = inner.split(',').map(|p| p.trim().parse::<i64>());
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(Ok(p)), Some(Ok(s)), None) if (1..=38).contains(&p) && (0..=p).contains(&s) => {
+                        ColumnType::Decimal {
+                            precision: p as u8,
+                            scale: s as i8,
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "`{text}` is not a valid decimal: precision must be 1 to 38 and scale 0 to the precision"
+                        ));
+                    }
+                }
+            }
+            _ => return Err(format!("unknown column type `{text}`")),
+        })
+    }
+
+    pub fn to_arrow(self) -> DataType {
+        match self {
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Integer => DataType::Int64,
+            ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            ColumnType::Double => DataType::Float64,
+        }
+    }
+
+    pub fn is_decimal(self) -> bool {
+        matches!(self, ColumnType::Decimal { .. })
+    }
+}
+
+impl std::fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnType::String => f.write_str("string"),
+            ColumnType::Integer => f.write_str("integer"),
+            ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Date => f.write_str("date"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+            ColumnType::Double => f.write_str("double"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ColumnDef {
+    pub name: Text,
+    pub ty: ColumnType,
+    pub nullable: bool,
+    /// false: the column must exist after the stages but stays out of the published batch.
+    pub output: bool,
+    pub description: Option<String>,
+}
+
+/// The Arrow schema of a list of declared columns.
+pub fn arrow_schema(columns: &[ColumnDef], only_output: bool) -> Schema {
+    Schema::new(
+        columns
+            .iter()
+            .filter(|c| c.output || !only_output)
+            .map(|c| Field::new(&c.name.value, c.ty.to_arrow(), c.nullable))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    Usage,
+    Billing,
+    Pricing,
+}
+
+impl StreamKind {
+    pub const NAMES: &'static [&'static str] = &["usage", "billing", "pricing"];
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamKind::Usage => "usage",
+            StreamKind::Billing => "billing",
+            StreamKind::Pricing => "pricing",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum InputRef {
+    Source(Text),
+    Stream(Text),
+}
+
+impl InputRef {
+    pub fn name(&self) -> &Text {
+        match self {
+            InputRef::Source(t) | InputRef::Stream(t) => t,
+        }
+    }
+}
+
+/// A stage as written: its kind and settings stay as YAML until the plan builds it with
+/// the stage registry (which owns each kind's settings).
+#[derive(Clone, Debug)]
+pub struct StageDef {
+    pub name: String,
+    pub kind: Text,
+    pub node: Node,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug)]
+pub struct SampleDef {
+    pub input: Text,
+    pub expected: Text,
+}
+
+#[derive(Debug)]
+pub struct StreamDef {
+    pub id: Text,
+    pub kind: StreamKind,
+    pub owner: Text,
+    pub input: InputRef,
+    /// The date or timestamp column of the input that picks the rows of a period.
+    pub period: Option<Text>,
+    pub stages: Vec<StageDef>,
+    pub columns: Vec<ColumnDef>,
+    pub sample: Option<SampleDef>,
+    pub extends: Option<Text>,
+    pub location: Location,
+    /// The effective definition as stable text (no locations): part of the batch id.
+    pub canonical: String,
+}
+
+impl StreamDef {
+    pub fn output_columns(&self) -> impl Iterator<Item = &ColumnDef> {
+        self.columns.iter().filter(|c| c.output)
+    }
+}

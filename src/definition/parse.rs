@@ -1,0 +1,578 @@
+//! YAML text -> [`Pipeline`]. Structural problems (wrong shapes, unknown keys, bad types)
+//! are collected here; cross-references are checked in `validate`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use marked_yaml::{LoaderOptions, Node};
+
+use super::diagnostics::{Diagnostics, Location, SourceFile, did_you_mean};
+use super::model::*;
+use super::reader::{Reader, Text};
+
+const TOP_KEYS: &[&str] = &[
+    "pipeline",
+    "description",
+    "warehouse",
+    "organizations",
+    "sources",
+    "references",
+    "streams",
+];
+const ORG_KEYS: &[&str] = &["id", "name", "tier", "upstream", "currency"];
+const TABLE_KEYS: &[&str] = &["url", "format", "schema", "delimiter", "has_header"];
+const COLUMN_KEYS: &[&str] = &["name", "type", "nullable", "output", "description"];
+const STREAM_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "owner",
+    "input",
+    "period",
+    "stages",
+    "columns",
+    "sample",
+    "extends",
+    "description",
+];
+
+/// Parse a pipeline file's text. Returns the pipeline if it could be built at all, with
+/// every problem found on the way.
+pub fn parse(file: Arc<SourceFile>) -> (Option<Pipeline>, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, &file.text, options) {
+        Ok(root) => root,
+        Err(e) => {
+            diags.push(load_error(&file, e));
+            return (None, diags);
+        }
+    };
+    let p = {
+        let mut r = Reader::new(file.clone(), &mut diags);
+        parse_root(&mut r, &root)
+    };
+    (p, diags)
+}
+
+fn load_error(file: &Arc<SourceFile>, e: marked_yaml::LoadError) -> super::diagnostics::Diagnostic {
+    use super::diagnostics::Diagnostic;
+    use marked_yaml::LoadError as E;
+    let (marker, message, expected, hint): (marked_yaml::Marker, String, Option<&str>, Option<&str>) = match &e {
+        E::TopLevelMustBeMapping(m) => (
+            *m,
+            "a pipeline file must be a mapping at the top level".into(),
+            Some("keys such as `pipeline:`, `sources:`, `streams:`"),
+            None,
+        ),
+        E::TopLevelMustBeSequence(m) => (*m, "expected a list at the top level".into(), None, None),
+        E::UnexpectedAnchor(m) => (
+            *m,
+            "YAML anchors and aliases (`&name`, `*name`) are not supported".into(),
+            None,
+            Some("to reuse a stream's stages and columns, write `extends: <stream-id>` in the new stream"),
+        ),
+        E::MappingKeyMustBeScalar(m) => (*m, "a mapping key must be a plain value".into(), None, None),
+        E::UnexpectedTag(m) => (*m, "YAML tags (`!tag`) are not supported".into(), None, None),
+        E::ScanError(m, s) => (
+            *m,
+            format!("invalid YAML: {}", s.info()),
+            None,
+            Some("check the indentation and that strings with `:` or `#` are quoted"),
+        ),
+        E::DuplicateKey(inner) => {
+            let key = inner.key.as_str().to_string();
+            let m = inner
+                .key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+            (
+                m,
+                format!("key `{key}` appears twice in the same mapping"),
+                None,
+                Some("remove one of them; the second would silently win"),
+            )
+        }
+    };
+    let mut d = Diagnostic::new(message, Some(Location::from_marker(file, &marker)));
+    d.expected = expected.map(str::to_string);
+    d.hint = hint.map(str::to_string);
+    d
+}
+
+fn parse_root(r: &mut Reader, root: &Node) -> Option<Pipeline> {
+    let mut f = r.mapping(root, "the pipeline file")?;
+    let id = f
+        .require(r, "pipeline", "`pipeline: <id>`, the pipeline's name")
+        .and_then(|n| r.identifier(n, "pipeline id"));
+    let description = f.text(r, "description").map(|t| t.value);
+    let warehouse = f.text(r, "warehouse").map(|t| t.value);
+
+    let organizations = match f.require(r, "organizations", "a list of organisations with `id`, `name`, `tier`") {
+        Some(n) => r
+            .sequence(n, "organizations")
+            .map(|items| items.iter().filter_map(|i| parse_org(r, i)).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let sources = f
+        .get("sources")
+        .map(|n| parse_tables(r, n, "source"))
+        .unwrap_or_default();
+    let references = f
+        .get("references")
+        .map(|n| parse_tables(r, n, "reference"))
+        .unwrap_or_default();
+    let raw_streams: Vec<RawStream> = match f.require(r, "streams", "a list of streams") {
+        Some(n) => r
+            .sequence(n, "streams")
+            .map(|items| items.iter().filter_map(|i| parse_stream(r, i)).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    f.finish(r, TOP_KEYS);
+    let streams = resolve_extends(r, raw_streams);
+
+    let file = r.file.clone();
+    let dir = file.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { ".".into() } else { dir };
+    Some(Pipeline {
+        id: id?,
+        description,
+        warehouse: warehouse.map(|w| {
+            let p = Path::new(&w);
+            if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+        }),
+        file,
+        dir,
+        organizations,
+        sources,
+        references,
+        streams,
+    })
+}
+
+fn parse_org(r: &mut Reader, node: &Node) -> Option<Organization> {
+    let mut f = r.mapping(node, "organization")?;
+    let id = f
+        .require(r, "id", "a unique organisation id")
+        .and_then(|n| r.identifier(n, "organisation id"));
+    let name = f.text(r, "name");
+    let tier = f.required_text(r, "tier", "`vendor`, `distributor`, `reseller` or a deeper tier's name");
+    let upstream = f.text(r, "upstream");
+    let currency = f.text(r, "currency");
+    f.finish(r, ORG_KEYS);
+    let id = id?;
+    Some(Organization {
+        name: name.map(|n| n.value).unwrap_or_else(|| id.value.clone()),
+        id,
+        tier: tier?,
+        upstream,
+        currency,
+        level: 0,
+    })
+}
+
+fn parse_tables(r: &mut Reader, node: &Node, what: &str) -> Vec<TableDef> {
+    let Some(map) = r.mapping(node, &format!("{what}s")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in map.node().iter() {
+        let name_node = Node::Scalar(key.clone());
+        let Some(name) = r.identifier(&name_node, &format!("{what} name")) else {
+            continue;
+        };
+        if let Some(t) = parse_table(r, name, value, what) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+fn parse_table(r: &mut Reader, name: Text, node: &Node, what: &str) -> Option<TableDef> {
+    let location = r.loc(node);
+    let mut f = r.mapping(node, &format!("{what} `{}`", name.value))?;
+    let url = f.required_text(r, "url", "a file path or glob, relative to the pipeline file");
+    let format_text = f
+        .get("format")
+        .and_then(|n| r.choice(n, "format", &["csv", "parquet", "ndjson", "json"]));
+    let delimiter = f.text(r, "delimiter");
+    let has_header = f.bool_or(r, "has_header", true);
+    let schema = f
+        .get("schema")
+        .and_then(|n| parse_columns(r, n, "schema column", false));
+    f.finish(r, TABLE_KEYS);
+    let url = url?;
+    // Without `format`, the file extension decides.
+    let format_name = match &format_text {
+        Some(t) => t.value.clone(),
+        None => {
+            let lower = url.value.to_ascii_lowercase();
+            if lower.ends_with(".parquet") {
+                "parquet".into()
+            } else if lower.ends_with(".json") || lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
+                "ndjson".into()
+            } else if lower.ends_with(".csv") || lower.ends_with(".tsv") {
+                "csv".into()
+            } else {
+                let d = r.error(
+                    format!("cannot tell the format of {what} `{}` from its url", name.value),
+                    url.location.clone(),
+                );
+                d.expected = Some("`format: csv`, `format: parquet` or `format: ndjson`".into());
+                return None;
+            }
+        }
+    };
+    let format = match format_name.as_str() {
+        "parquet" => TableFormat::Parquet,
+        "ndjson" | "json" => TableFormat::Ndjson,
+        _ => {
+            let delim = match &delimiter {
+                None if url.value.to_ascii_lowercase().ends_with(".tsv") => b'\t',
+                None => b',',
+                Some(d) if d.value == "\\t" || d.value == "\t" => b'\t',
+                Some(d) if d.value.len() == 1 => d.value.as_bytes()[0],
+                Some(d) => {
+                    let dd = r.error(
+                        format!("`{}` is not a single-character delimiter", d.value),
+                        d.location.clone(),
+                    );
+                    dd.expected = Some("one character such as `,`, `;`, `|` or `\\t`".into());
+                    b','
+                }
+            };
+            TableFormat::Csv {
+                delimiter: delim,
+                has_header,
+            }
+        }
+    };
+    Some(TableDef {
+        name,
+        url,
+        format,
+        schema,
+        location,
+    })
+}
+
+/// A list of columns, each `{ name, type, nullable, output, description }`.
+pub(crate) fn parse_columns(r: &mut Reader, node: &Node, what: &str, allow_output: bool) -> Option<Vec<ColumnDef>> {
+    let items = r.sequence(node, &format!("{what}s"))?;
+    let mut out: Vec<ColumnDef> = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for item in items {
+        let Some(mut f) = r.mapping(item, what) else {
+            ok = false;
+            continue;
+        };
+        let name = f.required_text(r, "name", "the column's name");
+        let ty = f.required_text(r, "type", "a column type");
+        let nullable = f.bool_or(r, "nullable", true);
+        let output = if allow_output {
+            f.bool_or(r, "output", true)
+        } else {
+            true
+        };
+        let description = f.text(r, "description").map(|t| t.value);
+        let allowed: Vec<&str> = COLUMN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| allow_output || *k != "output")
+            .collect();
+        f.finish(r, &allowed);
+        let (Some(name), Some(ty_text)) = (name, ty) else {
+            ok = false;
+            continue;
+        };
+        let ty = match ColumnType::parse(&ty_text.value) {
+            Ok(t) => t,
+            Err(msg) => {
+                let hint = did_you_mean(&ty_text.value, ColumnType::NAMES.iter().copied());
+                let d = r.error(msg, ty_text.location.clone());
+                d.expected = Some(super::diagnostics::one_of(ColumnType::NAMES));
+                d.hint = hint;
+                ok = false;
+                continue;
+            }
+        };
+        if let Some(prev) = out.iter().find(|c| c.name.value == name.value) {
+            let d = r.error(
+                format!("column `{}` is declared twice", name.value),
+                name.location.clone(),
+            );
+            d.hint = Some(format!("the first declaration is at line {}", prev.name.location.line));
+            ok = false;
+            continue;
+        }
+        out.push(ColumnDef {
+            name,
+            ty,
+            nullable,
+            output,
+            description,
+        });
+    }
+    ok.then_some(out)
+}
+
+/// A stream as written, before `extends` fills in what it leaves out.
+struct RawStream {
+    id: Text,
+    kind: Option<StreamKind>,
+    owner: Option<Text>,
+    input: Option<InputRef>,
+    period: Option<Text>,
+    stages: Option<Vec<StageDef>>,
+    columns: Option<Vec<ColumnDef>>,
+    sample: Option<SampleDef>,
+    extends: Option<Text>,
+    location: Location,
+}
+
+fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
+    let location = r.loc(node);
+    let mut f = r.mapping(node, "stream")?;
+    let id = f
+        .require(r, "id", "a unique stream id")
+        .and_then(|n| r.identifier(n, "stream id"));
+    let what = format!("stream `{}`", id.as_ref().map(|t| t.value.as_str()).unwrap_or("?"));
+    let kind = f
+        .get("kind")
+        .and_then(|n| r.choice(n, "stream kind", StreamKind::NAMES))
+        .map(|t| match t.value.as_str() {
+            "usage" => StreamKind::Usage,
+            "pricing" => StreamKind::Pricing,
+            _ => StreamKind::Billing,
+        });
+    let owner = f.text(r, "owner");
+    let input = f.get("input").and_then(|n| parse_input(r, n));
+    let period = f.text(r, "period");
+    let stages = f.get("stages").and_then(|n| parse_stages(r, n));
+    let columns = f.get("columns").and_then(|n| parse_columns(r, n, "column", true));
+    let sample = f.get("sample").and_then(|n| {
+        let mut s = r.mapping(n, "sample")?;
+        let input = s.required_text(r, "input", "a file with sample input rows");
+        let expected = s.required_text(r, "expected", "a file with the expected output rows");
+        s.finish(r, &["input", "expected"]);
+        Some(SampleDef {
+            input: input?,
+            expected: expected?,
+        })
+    });
+    let extends = f.text(r, "extends");
+    let _ = f.text(r, "description");
+    f.finish(r, STREAM_KEYS);
+    let id = id?;
+    if extends.is_none() {
+        for (key, missing) in [
+            ("kind", kind.is_none()),
+            ("owner", owner.is_none()),
+            ("input", input.is_none() && !f_has_input(node)),
+            ("columns", columns.is_none() && !has_key(node, "columns")),
+        ] {
+            if missing && !has_key(node, key) {
+                let d = r.error(format!("{what} is missing required key `{key}`"), location.clone());
+                d.expected = Some(match key {
+                    "kind" => "`kind: usage`, `billing` or `pricing`".into(),
+                    "owner" => "the id of the organisation that owns the stream".into(),
+                    "input" => "`input: { source: <name> }` or `input: { stream: <id> }`".into(),
+                    _ => "the stream's output columns (its contract)".into(),
+                });
+                d.hint = Some("or `extends: <stream-id>` to take it from another stream".into());
+            }
+        }
+    }
+    Some(RawStream {
+        id,
+        kind,
+        owner,
+        input,
+        period,
+        stages,
+        columns,
+        sample,
+        extends,
+        location,
+    })
+}
+
+fn has_key(node: &Node, key: &str) -> bool {
+    node.as_mapping().is_some_and(|m| m.get_node(key).is_some())
+}
+fn f_has_input(node: &Node) -> bool {
+    has_key(node, "input")
+}
+
+fn parse_input(r: &mut Reader, node: &Node) -> Option<InputRef> {
+    let mut f = r.mapping(node, "input")?;
+    let source = f.text(r, "source");
+    let stream = f.text(r, "stream");
+    let at = f.location.clone();
+    f.finish(r, &["source", "stream"]);
+    match (source, stream) {
+        (Some(s), None) => Some(InputRef::Source(s)),
+        (None, Some(s)) => Some(InputRef::Stream(s)),
+        (Some(_), Some(_)) => {
+            let d = r.error("a stream has one input: `source` or `stream`, not both", at);
+            d.hint = Some("to combine tables, join a reference in a sql stage".into());
+            None
+        }
+        (None, None) => {
+            let d = r.error("input names nothing", at);
+            d.expected = Some("`{ source: <name> }` or `{ stream: <id> }`".into());
+            None
+        }
+    }
+}
+
+fn parse_stages(r: &mut Reader, node: &Node) -> Option<Vec<StageDef>> {
+    let items = r.sequence(node, "stages")?;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let location = r.loc(item);
+        let Some(mut f) = r.mapping(item, "stage") else {
+            continue;
+        };
+        let Some(kind) = f.required_text(r, "kind", "the stage kind, e.g. `sql` or `polars`") else {
+            continue;
+        };
+        let name = f
+            .text(r, "name")
+            .map(|t| t.value)
+            .unwrap_or_else(|| format!("{}-{}", kind.value, i + 1));
+        // The stage kind reads (and checks) its own keys when the plan is built.
+        out.push(StageDef {
+            name,
+            kind,
+            node: item.clone(),
+            location,
+        });
+    }
+    Some(out)
+}
+
+/// Fill in what a stream leaves out from the stream it `extends`, in dependency order.
+fn resolve_extends(r: &mut Reader, raw: Vec<RawStream>) -> Vec<StreamDef> {
+    let ids: Vec<String> = raw.iter().map(|s| s.id.value.clone()).collect();
+    let mut out: Vec<StreamDef> = Vec::new();
+    for s in &raw {
+        // Walk the extends chain (with a cycle guard).
+        let mut chain: Vec<&RawStream> = vec![s];
+        let mut broken = false;
+        while let Some(parent) = chain.last().and_then(|c| c.extends.as_ref()) {
+            match raw.iter().find(|x| x.id.value == parent.value) {
+                Some(p) if chain.iter().any(|c| std::ptr::eq(*c, p)) => {
+                    let d = r.error(
+                        format!("stream `{}` extends itself through `{}`", s.id.value, parent.value),
+                        parent.location.clone(),
+                    );
+                    d.hint = Some("`extends` chains must end at a stream that extends nothing".into());
+                    broken = true;
+                    break;
+                }
+                Some(p) => chain.push(p),
+                None => {
+                    let hint = did_you_mean(&parent.value, ids.iter().map(String::as_str));
+                    let d = r.error(
+                        format!("stream `{}` extends unknown stream `{}`", s.id.value, parent.value),
+                        parent.location.clone(),
+                    );
+                    d.expected = Some("the id of another stream in this file".into());
+                    d.hint = hint;
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            continue;
+        }
+        macro_rules! inherit {
+            ($field:ident) => {
+                chain.iter().find_map(|c| c.$field.clone())
+            };
+        }
+        let (Some(kind), Some(owner), Some(input), Some(columns)) =
+            (inherit!(kind), inherit!(owner), inherit!(input), inherit!(columns))
+        else {
+            continue; // reported when parsed
+        };
+        let period = inherit!(period);
+        let stages = inherit!(stages).unwrap_or_default();
+        let canonical = canonical_stream(&kind, &owner, &input, &period, &stages, &columns);
+        out.push(StreamDef {
+            id: s.id.clone(),
+            kind,
+            owner,
+            input,
+            period,
+            stages,
+            columns,
+            sample: s.sample.clone(),
+            extends: s.extends.clone(),
+            location: s.location.clone(),
+            canonical,
+        });
+    }
+    out
+}
+
+fn canonical_stream(
+    kind: &StreamKind,
+    owner: &Text,
+    input: &InputRef,
+    period: &Option<Text>,
+    stages: &[StageDef],
+    columns: &[ColumnDef],
+) -> String {
+    let mut s = format!("kind={};owner={};", kind.name(), owner.value);
+    match input {
+        InputRef::Source(t) => s.push_str(&format!("input=source:{};", t.value)),
+        InputRef::Stream(t) => s.push_str(&format!("input=stream:{};", t.value)),
+    }
+    if let Some(p) = period {
+        s.push_str(&format!("period={};", p.value));
+    }
+    for st in stages {
+        s.push_str("stage:");
+        canonical_node(&st.node, &mut s);
+        s.push(';');
+    }
+    for c in columns {
+        s.push_str(&format!(
+            "column={}:{}:{}:{};",
+            c.name.value, c.ty, c.nullable, c.output
+        ));
+    }
+    s
+}
+
+/// Stable text of a YAML tree without locations or comments.
+pub(crate) fn canonical_node(node: &Node, out: &mut String) {
+    match node {
+        Node::Scalar(s) => {
+            out.push_str(&format!("{:?}", s.as_str()));
+        }
+        Node::Sequence(items) => {
+            out.push('[');
+            for i in items.iter() {
+                canonical_node(i, out);
+                out.push(',');
+            }
+            out.push(']');
+        }
+        Node::Mapping(m) => {
+            out.push('{');
+            for (k, v) in m.iter() {
+                out.push_str(&format!("{:?}:", k.as_str()));
+                canonical_node(v, out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Cross-reference checks on a parsed pipeline: names that must exist, organisations that
+//! must form a vendor-rooted tree, streams that must flow down it without cycles, files
+//! that must be there. Runs before any data is read.
+
+use std::collections::HashMap;
+
+use super::diagnostics::{Diagnostics, did_you_mean};
+use super::model::*;
+
+pub const KNOWN_TIERS: &[(&str, usize)] = &[("vendor", 1), ("distributor", 2), ("reseller", 3)];
+
+pub fn validate(p: &mut Pipeline, diags: &mut Diagnostics) {
+    check_unique(p, diags);
+    check_organizations(p, diags);
+    check_tables(p, diags);
+    check_streams(p, diags);
+}
+
+fn check_unique(p: &Pipeline, diags: &mut Diagnostics) {
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let all = p
+        .organizations
+        .iter()
+        .map(|o| ("organisation", &o.id))
+        .chain(p.streams.iter().map(|s| ("stream", &s.id)))
+        .chain(p.sources.iter().map(|s| ("table", &s.name)))
+        .chain(p.references.iter().map(|s| ("table", &s.name)));
+    for (what, id) in all {
+        if let Some(line) = seen.insert((what, id.value.as_str()), id.location.line) {
+            diags
+                .error(
+                    format!("{what} `{}` is declared twice", id.value),
+                    Some(id.location.clone()),
+                )
+                .hint = Some(format!("the first declaration is at line {line}; ids must be unique"));
+        }
+    }
+    for r in &p.references {
+        if r.name.value == "input" {
+            diags
+                .error("a reference cannot be named `input`", Some(r.name.location.clone()))
+                .hint = Some("`input` is the name of the stream's current table in sql stages".into());
+        }
+    }
+}
+
+fn check_organizations(p: &mut Pipeline, diags: &mut Diagnostics) {
+    let ids: Vec<String> = p.organizations.iter().map(|o| o.id.value.clone()).collect();
+    // Level = 1 + upstream's level; walk with a cycle guard.
+    let mut levels: Vec<Option<usize>> = vec![None; p.organizations.len()];
+    for i in 0..p.organizations.len() {
+        let mut path = vec![i];
+        let mut cur = i;
+        let level = loop {
+            let o = &p.organizations[cur];
+            match &o.upstream {
+                None => break Some(1 + 0),
+                Some(up) => match ids.iter().position(|x| *x == up.value) {
+                    Some(j) if path.contains(&j) => {
+                        if cur == i || j == i {
+                            diags
+                                .error(
+                                    format!(
+                                        "organisations form a cycle: {}",
+                                        path.iter().map(|k| ids[*k].as_str()).collect::<Vec<_>>().join(" -> ")
+                                    ),
+                                    Some(up.location.clone()),
+                                )
+                                .hint = Some("each organisation's `upstream` must lead up to one vendor".into());
+                        }
+                        break None;
+                    }
+                    Some(j) => {
+                        path.push(j);
+                        cur = j;
+                    }
+                    None => {
+                        if cur == i {
+                            let hint = did_you_mean(&up.value, ids.iter().map(String::as_str));
+                            let d = diags.error(
+                                format!("organisation `{}` has unknown upstream `{}`", o.id.value, up.value),
+                                Some(up.location.clone()),
+                            );
+                            d.expected = Some("the id of an organisation in this file".into());
+                            d.hint = hint;
+                        }
+                        break None;
+                    }
+                },
+            }
+        };
+        levels[i] = level.map(|_| path.len());
+    }
+    for (o, level) in p.organizations.iter_mut().zip(levels) {
+        let Some(level) = level else { continue };
+        o.level = level;
+        let tier = o.tier.value.as_str();
+        match KNOWN_TIERS.iter().find(|(t, _)| *t == tier) {
+            Some((_, expected)) if *expected != level => {
+                let d = diags.error(
+                    format!(
+                        "organisation `{}` is a {tier} but sits at tier level {level} of the chain",
+                        o.id.value
+                    ),
+                    Some(o.tier.location.clone()),
+                );
+                d.expected = Some(format!(
+                    "a {tier} at level {expected} ({})",
+                    match expected {
+                        1 => "no upstream".to_string(),
+                        2 => "upstream: a vendor".to_string(),
+                        _ => "upstream: a distributor".to_string(),
+                    }
+                ));
+                d.hint = Some(match level {
+                    1 => "add `upstream:` naming the organisation it buys from".into(),
+                    _ => format!("check `upstream` or use the tier `{}`", tier_name(level)),
+                });
+            }
+            Some(_) => {}
+            None if level <= 3 => {
+                let hint = did_you_mean(tier, KNOWN_TIERS.iter().map(|(t, _)| *t));
+                let d = diags.error(
+                    format!("unknown tier `{tier}` for organisation `{}`", o.id.value),
+                    Some(o.tier.location.clone()),
+                );
+                d.expected = Some(format!("`{}` at this level of the chain", tier_name(level)));
+                d.hint = hint.or(Some("custom tier names are for levels below reseller".into()));
+            }
+            None => {} // a deeper level, named by the user (e.g. `sub-reseller`)
+        }
+    }
+}
+
+pub fn tier_name(level: usize) -> String {
+    KNOWN_TIERS
+        .iter()
+        .find(|(_, l)| *l == level)
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_else(|| format!("tier-{level}"))
+}
+
+fn check_tables(p: &Pipeline, diags: &mut Diagnostics) {
+    for t in p.sources.iter().chain(&p.references) {
+        if t.url.value.contains("://") {
+            let d = diags.error(
+                format!("`{}`: only local paths are supported for now", t.url.value),
+                Some(t.url.location.clone()),
+            );
+            d.expected = Some("a local file path or glob, relative to the pipeline file".into());
+            continue;
+        }
+        let full = p.resolve(&t.url.value);
+        let pattern = full.to_string_lossy().to_string();
+        let matches = glob::glob(&pattern).map(|g| g.filter_map(Result::ok).filter(|m| m.is_file()).count());
+        match matches {
+            Ok(0) => {
+                diags
+                    .error(
+                        format!("no file matches `{}`", t.url.value),
+                        Some(t.url.location.clone()),
+                    )
+                    .hint = Some(format!(
+                    "paths are relative to the pipeline file's directory ({})",
+                    p.dir.display()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                diags.error(
+                    format!("`{}` is not a valid glob: {}", t.url.value, e.msg),
+                    Some(t.url.location.clone()),
+                );
+            }
+        }
+    }
+}
+
+fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
+    let org_ids: Vec<&str> = p.organizations.iter().map(|o| o.id.value.as_str()).collect();
+    let stream_ids: Vec<&str> = p.streams.iter().map(|s| s.id.value.as_str()).collect();
+    let source_names: Vec<&str> = p.sources.iter().map(|s| s.name.value.as_str()).collect();
+    for s in &p.streams {
+        let owner = p.organization(&s.owner.value);
+        if owner.is_none() {
+            let d = diags.error(
+                format!("stream `{}` has unknown owner `{}`", s.id.value, s.owner.value),
+                Some(s.owner.location.clone()),
+            );
+            d.expected = Some("the id of an organisation in this file".into());
+            d.hint = did_you_mean(&s.owner.value, org_ids.iter().copied());
+        }
+        match &s.input {
+            InputRef::Source(name) => {
+                if p.source(&name.value).is_none() {
+                    let d = diags.error(
+                        format!("stream `{}` reads unknown source `{}`", s.id.value, name.value),
+                        Some(name.location.clone()),
+                    );
+                    d.expected = Some("a name declared under `sources:`".into());
+                    d.hint = did_you_mean(&name.value, source_names.iter().copied()).or_else(|| {
+                        p.stream(&name.value).map(|_| {
+                            format!(
+                                "`{}` is a stream: write `input: {{ stream: {} }}`",
+                                name.value, name.value
+                            )
+                        })
+                    });
+                }
+            }
+            InputRef::Stream(name) => match p.stream(&name.value) {
+                None => {
+                    let d = diags.error(
+                        format!("stream `{}` reads unknown stream `{}`", s.id.value, name.value),
+                        Some(name.location.clone()),
+                    );
+                    d.expected = Some("the id of another stream in this file".into());
+                    d.hint = did_you_mean(&name.value, stream_ids.iter().copied()).or_else(|| {
+                        p.source(&name.value).map(|_| {
+                            format!(
+                                "`{}` is a source: write `input: {{ source: {} }}`",
+                                name.value, name.value
+                            )
+                        })
+                    });
+                }
+                Some(up) => {
+                    if let (Some(owner), Some(up_owner)) = (owner, p.organization(&up.owner.value))
+                        && !is_downstream_or_same(p, owner, up_owner)
+                    {
+                        let d = diags.error(
+                            format!(
+                                "stream `{}` (owner `{}`) cannot read stream `{}` of `{}`: `{}` is not downstream of `{}`",
+                                s.id.value, owner.id.value, up.id.value, up_owner.id.value, owner.id.value, up_owner.id.value
+                            ),
+                            Some(name.location.clone()),
+                        );
+                        d.expected = Some(format!(
+                            "a stream owned by `{}` or by one of its upstream organisations",
+                            owner.id.value
+                        ));
+                        d.hint = Some("data flows down the chain: vendor -> distributor -> reseller".into());
+                    }
+                }
+            },
+        }
+        if let Some(sample) = &s.sample {
+            for t in [&sample.input, &sample.expected] {
+                if !p.resolve(&t.value).is_file() {
+                    diags
+                        .error(
+                            format!("sample file `{}` does not exist", t.value),
+                            Some(t.location.clone()),
+                        )
+                        .hint = Some(format!(
+                        "paths are relative to the pipeline file's directory ({})",
+                        p.dir.display()
+                    ));
+                }
+            }
+        }
+        if !s.columns.iter().any(|c| c.output) {
+            diags
+                .error(
+                    format!("stream `{}` publishes no column", s.id.value),
+                    Some(s.id.location.clone()),
+                )
+                .hint = Some("at least one column needs `output: true` (the default)".into());
+        }
+    }
+    check_stream_cycles(p, diags);
+}
+
+/// True if `org` is `up` or below it in the chain.
+fn is_downstream_or_same(p: &Pipeline, org: &Organization, up: &Organization) -> bool {
+    let mut cur = Some(org);
+    let mut hops = 0;
+    while let Some(o) = cur {
+        if o.id.value == up.id.value {
+            return true;
+        }
+        hops += 1;
+        if hops > p.organizations.len() {
+            return false;
+        }
+        cur = o.upstream.as_ref().and_then(|u| p.organization(&u.value));
+    }
+    false
+}
+
+fn check_stream_cycles(p: &Pipeline, diags: &mut Diagnostics) {
+    for s in &p.streams {
+        let mut path = vec![s.id.value.as_str()];
+        let mut cur = s;
+        while let InputRef::Stream(up) = &cur.input {
+            if up.value == s.id.value {
+                path.push(&up.value);
+                let d = diags.error(
+                    format!("streams form a cycle: {}", path.join(" -> ")),
+                    Some(s.id.location.clone()),
+                );
+                d.hint = Some("a stream cannot read its own output, directly or through others".into());
+                break;
+            }
+            match p.stream(&up.value) {
+                Some(next) if !path.contains(&next.id.value.as_str()) => {
+                    path.push(&next.id.value);
+                    cur = next;
+                }
+                _ => break,
+            }
+        }
+    }
+}

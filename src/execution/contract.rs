@@ -1,0 +1,199 @@
+//! A stream's declared columns are its contract. At check time the stages' output schema
+//! must have every declared column with a type that converts without loss, and nothing
+//! undeclared. At run time each row is checked (NULL in a non-nullable column, a value
+//! that does not fit the declared type) and refused rows go to the rejects file.
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::functions::expr_fn::concat_ws;
+use datafusion::logical_expr::{Expr, cast, try_cast, when};
+use datafusion::prelude::{ident, lit};
+
+use crate::definition::diagnostics::did_you_mean;
+use crate::definition::{ColumnDef, ColumnType, Diagnostic};
+
+/// Whether values of `from` convert to the declared type without rounding or guessing.
+/// Narrowing precision is allowed (a value that does not fit is refused per row); dropping
+/// decimal places is not: rounding money must be an explicit stage.
+pub fn converts_losslessly(from: &DataType, to: ColumnType) -> bool {
+    use DataType as D;
+    match (from, to) {
+        (D::Null, _) => true,
+        (D::Utf8 | D::LargeUtf8 | D::Utf8View, ColumnType::String) => true,
+        (
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64,
+            ColumnType::Integer,
+        ) => true,
+        (
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64,
+            ColumnType::Decimal { .. },
+        ) => true,
+        (
+            D::Decimal32(_, s) | D::Decimal64(_, s) | D::Decimal128(_, s) | D::Decimal256(_, s),
+            ColumnType::Decimal { scale, .. },
+        ) => *s <= scale,
+        (D::Boolean, ColumnType::Boolean) => true,
+        (D::Date32 | D::Date64, ColumnType::Date) => true,
+        (D::Timestamp(_, _) | D::Date32 | D::Date64, ColumnType::Timestamp) => true,
+        (D::Float16 | D::Float32 | D::Float64, ColumnType::Double) => true,
+        (D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32, ColumnType::Double) => true,
+        _ => false,
+    }
+}
+
+fn type_hint(from: &DataType, to: ColumnType) -> Option<String> {
+    match (from, to) {
+        (DataType::Decimal128(_, s) | DataType::Decimal256(_, s), ColumnType::Decimal { precision, scale })
+            if *s > scale =>
+        {
+            Some(format!(
+                "round explicitly in the stage, e.g. `CAST(ROUND(x, {scale}) AS DECIMAL({precision}, {scale}))`, or declare scale {s}"
+            ))
+        }
+        (DataType::Float32 | DataType::Float64, ColumnType::Decimal { precision, scale }) => Some(format!(
+            "money must not pass through floating point: compute in decimals, or CAST(x AS DECIMAL({precision}, {scale})) deliberately"
+        )),
+        _ => Some("cast in the stage to the declared type, or change the declared type".into()),
+    }
+}
+
+/// Compare the stages' output schema with the declared columns.
+pub fn check_schema(stream_id: &str, last_stage: &str, actual: &SchemaRef, declared: &[ColumnDef]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let names: Vec<&str> = actual.fields().iter().map(|f| f.name().as_str()).collect();
+    for c in declared {
+        match actual.field_with_name(&c.name.value) {
+            Err(_) => {
+                out.push(
+                    Diagnostic::new(
+                        format!("stream `{stream_id}` declares column `{}` but its last stage `{last_stage}` does not produce it", c.name.value),
+                        Some(c.name.location.clone()),
+                    )
+                    .expected(format!("one of the produced columns: {}", names.join(", ")))
+                    .maybe_hint(did_you_mean(&c.name.value, names.iter().copied())),
+                );
+            }
+            Ok(f) if !converts_losslessly(f.data_type(), c.ty) => {
+                out.push(
+                    Diagnostic::new(
+                        format!(
+                            "column `{}` of stream `{stream_id}` is {} after stage `{last_stage}` but is declared {}",
+                            c.name.value,
+                            describe_type(f.data_type()),
+                            c.ty
+                        ),
+                        Some(c.name.location.clone()),
+                    )
+                    .expected(format!("a type that converts to {} without loss", c.ty))
+                    .maybe_hint(type_hint(f.data_type(), c.ty)),
+                );
+            }
+            Ok(_) => {}
+        }
+    }
+    for f in actual.fields() {
+        if !declared.iter().any(|c| c.name.value == *f.name()) {
+            let location = declared.first().map(|c| c.name.location.clone());
+            out.push(
+                Diagnostic::new(
+                    format!("stage `{last_stage}` of stream `{stream_id}` produces column `{}` that the stream's columns do not declare", f.name()),
+                    location,
+                )
+                .hint(format!(
+                    "declare it under `columns:` ({}; add `output: false` to keep it out of the batch), or leave it out of the last stage",
+                    describe_type(f.data_type())
+                )),
+            );
+        }
+    }
+    out
+}
+
+pub fn describe_type(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Int64 => "integer".into(),
+        DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+        DataType::Float64 => "double".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Date32 => "date".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Row checks for a set of declared columns: the flag of a bad row, and its reason.
+pub struct RowChecks {
+    pub bad: Expr,
+    pub reason: Expr,
+}
+
+/// `bad` is true where any declared column is NULL but declared non-nullable, or holds a
+/// value that does not convert to the declared type. `raw` gives each column's current
+/// type (the conversion checked is raw -> declared).
+pub fn row_checks(raw: &SchemaRef, declared: &[ColumnDef]) -> RowChecks {
+    let mut flags: Vec<Expr> = Vec::new();
+    let mut reasons: Vec<Expr> = Vec::new();
+    for c in declared {
+        let Ok(field) = raw.field_with_name(&c.name.value) else {
+            continue;
+        };
+        let column = ident(&c.name.value);
+        let target = c.ty.to_arrow();
+        if !c.nullable {
+            let f = column.clone().is_null();
+            reasons.push(
+                when(
+                    f.clone(),
+                    lit(format!("{} is empty but declared nullable: false", c.name.value)),
+                )
+                .end()
+                .unwrap_or(lit("")),
+            );
+            flags.push(f);
+        }
+        if field.data_type() != &target && field.data_type() != &DataType::Null {
+            let f = column
+                .clone()
+                .is_not_null()
+                .and(try_cast(column.clone(), target.clone()).is_null());
+            let shown = cast(column.clone(), DataType::Utf8);
+            let message = concat_ws(
+                lit(""),
+                vec![
+                    lit(format!("{}: cannot read '", c.name.value)),
+                    shown,
+                    lit(format!("' as {}", c.ty)),
+                ],
+            );
+            reasons.push(when(f.clone(), message).end().unwrap_or(lit("")));
+            flags.push(f);
+        }
+    }
+    let bad = flags.into_iter().reduce(Expr::or).unwrap_or(lit(false));
+    let reason = if reasons.is_empty() {
+        lit("")
+    } else {
+        concat_ws(lit("; "), reasons)
+    };
+    RowChecks { bad, reason }
+}
+
+/// The published projection: declared output columns, in order, cast to declared types.
+pub fn output_projection(raw: &SchemaRef, declared: &[ColumnDef]) -> Vec<Expr> {
+    declared
+        .iter()
+        .filter(|c| c.output)
+        .map(|c| {
+            let target = c.ty.to_arrow();
+            let column = ident(&c.name.value);
+            let same = raw
+                .field_with_name(&c.name.value)
+                .map(|f| f.data_type() == &target)
+                .unwrap_or(false);
+            if same {
+                column
+            } else {
+                cast(column, target).alias(&c.name.value)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,218 @@
+//! Writing a stream's output as Parquet, one file per partition, in parallel; row counts
+//! and decimal control totals are taken from the very batches written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Decimal128Type, SchemaRef};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+/// Row groups of about a million rows: large enough for scans, small enough to prune.
+const ROW_GROUP_ROWS: usize = 1 << 20;
+
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
+
+/// What was written.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub rows: u64,
+    /// Sum per decimal column, unscaled, with the column's scale.
+    pub totals: BTreeMap<String, (i128, i8)>,
+}
+
+impl Written {
+    fn add(&mut self, other: Written) -> Result<(), String> {
+        self.rows += other.rows;
+        for (k, (v, s)) in other.totals {
+            let e = self.totals.entry(k.clone()).or_insert((0, s));
+            e.0 =
+                e.0.checked_add(v)
+                    .ok_or_else(|| format!("control total of `{k}` overflows decimal(38)"))?;
+        }
+        Ok(())
+    }
+
+    pub fn totals_as_text(&self) -> BTreeMap<String, String> {
+        self.totals
+            .iter()
+            .map(|(k, (v, s))| (k.clone(), format_decimal(*v, *s)))
+            .collect()
+    }
+}
+
+/// Exact decimal text of an unscaled value.
+pub fn format_decimal(v: i128, scale: i8) -> String {
+    if scale <= 0 {
+        return format!("{v}");
+    }
+    let neg = v < 0;
+    let digits = v.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let padded = if digits.len() <= scale {
+        format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
+    } else {
+        digits
+    };
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{}{int}.{frac}", if neg { "-" } else { "" })
+}
+
+fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
+    into.rows += batch.num_rows() as u64;
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let DataType::Decimal128(_, scale) = field.data_type() {
+            let arr = column.as_primitive::<Decimal128Type>();
+            let sum = arrow::compute::sum_checked(arr)
+                .map_err(|e| format!("control total of `{}`: {e}", field.name()))?
+                .unwrap_or(0);
+            let e = into.totals.entry(field.name().clone()).or_insert((0, *scale));
+            e.0 =
+                e.0.checked_add(sum)
+                    .ok_or_else(|| format!("control total of `{}` overflows decimal(38)", field.name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Execute `df` and write each partition to `dir/part-NNNNN.parquet` with `schema` (the
+/// declared output schema: a NULL in a non-nullable column is an error here, never
+/// written). At least one file is written, so an empty batch still has a schema.
+pub async fn write_parquet(df: DataFrame, dir: &Path, schema: SchemaRef) -> Result<Written, String> {
+    let streams = df.execute_stream_partitioned().await.map_err(|e| e.strip_backtrace())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let n = streams.len().max(1);
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let path = dir.join(format!("part-{i:05}.parquet"));
+        let schema = schema.clone();
+        tasks.spawn(async move {
+            let mut written = Written::default();
+            let mut writer: Option<AsyncArrowWriter<tokio::fs::File>> = None;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| e.strip_backtrace())?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let batch =
+                    RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| e.to_string())?;
+                batch_totals(&batch, &mut written)?;
+                if writer.is_none() {
+                    let file = tokio::fs::File::create(&path)
+                        .await
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    writer = Some(
+                        AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                if let Some(w) = writer.as_mut() {
+                    w.write(&batch).await.map_err(|e| e.to_string())?;
+                }
+            }
+            if let Some(w) = writer {
+                w.close().await.map_err(|e| e.to_string())?;
+            }
+            Ok::<Written, String>(written)
+        });
+    }
+    let mut total = Written::default();
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(w)) => total.add(w)?,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("writer task failed: {e}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let any_file = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if !any_file {
+        let path = dir.join("part-00000.parquet");
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let w =
+            AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
+        w.close().await.map_err(|e| e.to_string())?;
+    }
+    let _ = n;
+    Ok(total)
+}
+
+/// Write refused rows to one file; returns how many and the first few reasons.
+pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<String>), String> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(|e| e.strip_backtrace())?;
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
+    }
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut w =
+        AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
+    let mut rows = 0u64;
+    let mut samples = Vec::new();
+    let reason_idx = schema.index_of("_reject_reason").ok();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| e.strip_backtrace())?;
+        rows += batch.num_rows() as u64;
+        if let Some(i) = reason_idx {
+            // A few examples for the run summary: the reason and the row's first values.
+            let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+            let shown: Vec<usize> = (0..batch.num_columns())
+                .filter(|c| !schema.field(*c).name().starts_with("_reject"))
+                .take(4)
+                .collect();
+            let formatters = shown
+                .iter()
+                .map(|c| arrow::util::display::ArrayFormatter::try_new(batch.column(*c).as_ref(), &options))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let reasons = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|e| e.to_string())?;
+            let reasons = reasons.as_string::<i32>();
+            for row in 0..batch.num_rows().min(5usize.saturating_sub(samples.len())) {
+                let values: Vec<String> = shown
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| format!("{}={}", schema.field(*c).name(), f.value(row)))
+                    .collect();
+                samples.push(format!("{} [{}, ...]", reasons.value(row), values.join(", ")));
+            }
+        }
+        w.write(&batch).await.map_err(|e| e.to_string())?;
+    }
+    w.close().await.map_err(|e| e.to_string())?;
+    Ok((rows, samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_decimal;
+
+    #[test]
+    fn decimal_text_is_exact() {
+        assert_eq!(format_decimal(12345, 4), "1.2345");
+        assert_eq!(format_decimal(-5, 4), "-0.0005");
+        assert_eq!(format_decimal(0, 2), "0.00");
+        assert_eq!(format_decimal(-12345, 2), "-123.45");
+        assert_eq!(format_decimal(i128::MAX, 0), i128::MAX.to_string());
+        assert_eq!(format_decimal(1000, 0), "1000");
+    }
+}

@@ -1,0 +1,35 @@
+//! billflow: rating and converting billing data as it flows down a software supply chain
+//! (vendor -> distributors -> resellers), as a dataflow engine over columnar data.
+//!
+//! The modules follow the data: [`definition`] (YAML -> validated pipeline) -> [`plan`]
+//! (stages built, streams ordered into a DAG) -> [`stages`] (the stage kinds) ->
+//! [`execution`] (DataFusion plans run into batches) -> [`batches`] (the warehouse of
+//! immutable Parquet batches and their manifests). [`cli`] renders for the terminal.
+
+pub mod batches;
+pub mod cli;
+pub mod definition;
+pub mod execution;
+pub mod plan;
+pub mod stages;
+pub mod testing;
+
+use std::path::Path;
+
+pub use definition::{Diagnostic, Diagnostics};
+pub use execution::{Engine, RunOptions, RunReport};
+pub use plan::{Period, Plan};
+
+/// Load, validate and compile a pipeline file: every problem found before any data is
+/// read comes back at once.
+pub fn compile(path: &Path) -> Result<Plan, Diagnostics> {
+    let pipeline = definition::load(path)?;
+    plan::compile(pipeline)
+}
+
+/// `compile` plus schema inference through every stage (reads file headers, not data).
+pub async fn check(engine: &Engine, path: &Path) -> Result<Plan, Diagnostics> {
+    let plan = compile(path)?;
+    let d = engine.check(&plan).await;
+    if d.is_empty() { Ok(plan) } else { Err(d) }
+}

@@ -1,0 +1,213 @@
+//! The `billflow` command: a thin layer over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use billflow::execution::{NoProgress, Progress};
+use billflow::{Engine, Period, RunOptions, cli, plan};
+use clap::{Parser, Subcommand, ValueEnum};
+
+const DEFAULT_PIPELINE: &str = "data-samples/cloud-reseller/pipeline.yaml";
+
+#[derive(Parser)]
+#[command(
+    name = "billflow",
+    version,
+    about = "Rate and convert billing data as it flows through a software supply chain"
+)]
+struct Cli {
+    /// Threads (DataFusion partitions) per stream plan; default: all cores.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pipeline file: structure, references, the chain, and every stage's schema.
+    Validate {
+        #[arg(default_value = DEFAULT_PIPELINE)]
+        pipeline: PathBuf,
+    },
+    /// Show the DAG: organisations, streams and their stages.
+    Explain {
+        #[arg(default_value = DEFAULT_PIPELINE)]
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Tree)]
+        format: Format,
+        /// Also print DataFusion's logical and physical plan of each stream (tree format).
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Run every stream for a period and write one batch per stream.
+    Run {
+        #[arg(default_value = DEFAULT_PIPELINE)]
+        pipeline: PathBuf,
+        /// `YYYY-MM` or `YYYY-MM-DD..YYYY-MM-DD` (end exclusive).
+        #[arg(long)]
+        period: String,
+        /// Where batches go; default: the pipeline's `warehouse`, else ./warehouse.
+        #[arg(long)]
+        warehouse: Option<PathBuf>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run each stream that declares a `sample` on it and diff against the expected rows.
+    Test {
+        #[arg(default_value = DEFAULT_PIPELINE)]
+        pipeline: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Tree,
+    Mermaid,
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn load(engine: &Engine, path: &Path) -> Result<billflow::Plan, ExitCode> {
+    billflow::check(engine, path).await.map_err(|d| {
+        eprint!("{}", d.render());
+        ExitCode::from(2)
+    })
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let engine = match Engine::new(cli.threads) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Validate { pipeline } => match load(&engine, &pipeline).await {
+            Ok(plan) => {
+                let p = &plan.pipeline;
+                println!(
+                    "{}: pipeline `{}` is valid: {} organisations, {} sources, {} references, {} streams, {} stages",
+                    pipeline.display(),
+                    p.id.value,
+                    p.organizations.len(),
+                    p.sources.len(),
+                    p.references.len(),
+                    plan.streams.len(),
+                    plan.streams.iter().map(|s| s.stages.len()).sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Explain {
+            pipeline,
+            format,
+            verbose,
+        } => {
+            let plan = match load(&engine, &pipeline).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match format {
+                Format::Tree => {
+                    print!("{}", plan::explain::tree(&plan));
+                    if verbose {
+                        print!("{}", billflow::execution::explain_plans(&engine, &plan).await);
+                    }
+                }
+                Format::Mermaid => print!("{}", plan::explain::mermaid(&plan)),
+                Format::Dot => print!("{}", plan::explain::dot(&plan)),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run {
+            pipeline,
+            period,
+            warehouse,
+            quiet,
+        } => {
+            let period = match Period::parse(&period) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: --period: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let plan = match load(&engine, &pipeline).await {
+                Ok(p) => Arc::new(p),
+                Err(code) => return code,
+            };
+            let warehouse = warehouse
+                .or_else(|| plan.pipeline.warehouse.clone())
+                .unwrap_or_else(|| PathBuf::from("warehouse"));
+            let progress: Arc<dyn Progress> = if quiet {
+                Arc::new(NoProgress)
+            } else {
+                Arc::new(cli::Bars::new())
+            };
+            let report = engine.run(plan, RunOptions { period, warehouse }, progress).await;
+            print!("{}", cli::summary_table(&report));
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Test { pipeline } => {
+            let plan = match load(&engine, &pipeline).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let outcomes = billflow::testing::run_samples(&engine, &plan).await;
+            if outcomes.is_empty() {
+                println!("no stream declares a `sample`; nothing to test");
+                return ExitCode::SUCCESS;
+            }
+            let mut failed = 0;
+            for o in &outcomes {
+                if o.passed() {
+                    println!("ok    {} ({} rows)", o.stream, o.actual_rows);
+                } else {
+                    failed += 1;
+                    println!(
+                        "FAIL  {} (expected {} rows, got {})",
+                        o.stream, o.expected_rows, o.actual_rows
+                    );
+                    if let Some(e) = &o.error {
+                        println!("      error: {e}");
+                    }
+                    for r in &o.missing {
+                        println!("      - {r}");
+                    }
+                    for r in &o.unexpected {
+                        println!("      + {r}");
+                    }
+                }
+                for r in &o.rejected {
+                    println!("      rejected: {r}");
+                }
+            }
+            println!("{} of {} samples match", outcomes.len() - failed, outcomes.len());
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Stages: the steps a stream applies to its table, in order. Every stage kind implements
+//! [`StageKind`] (reads its settings from the pipeline file) and builds a [`Stage`]
+//! (transforms a DataFusion `DataFrame`). Adding a kind is one new file plus one line in
+//! [`KINDS`].
+
+pub mod interop;
+pub mod polars;
+pub mod sql;
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::definition::{Fields, Location, Reader};
+
+/// Every stage kind billflow knows. One line per kind.
+pub static KINDS: &[&dyn StageKind] = &[&sql::SqlKind, &polars::PolarsKind];
+
+pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
+}
+
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name()).collect()
+}
+
+/// Keys every stage accepts, whatever its kind.
+pub const COMMON_KEYS: &[&str] = &["kind", "name", "description"];
+
+/// A kind of stage: parses its settings and builds the stage.
+pub trait StageKind: Send + Sync {
+    /// The `kind:` value in the pipeline file.
+    fn name(&self) -> &'static str;
+    /// One line for `billflow explain` and the docs.
+    fn summary(&self) -> &'static str;
+    /// The kind's own keys (besides [`COMMON_KEYS`]).
+    fn keys(&self) -> &'static [&'static str];
+    /// Read the settings; report problems through `r` (with locations) and return None.
+    fn build(&self, settings: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>>;
+}
+
+/// What a stage kind may need while building: where relative paths resolve.
+pub struct BuildContext<'a> {
+    pub pipeline_dir: &'a Path,
+}
+
+/// What a stage sees while it runs: the stream's session (with every reference
+/// registered by name) and the values `{{ ... }}` templates may use.
+pub struct StageEnv<'a> {
+    pub ctx: &'a SessionContext,
+    pub vars: &'a TemplateVars,
+}
+
+/// Values substituted for `{{ name }}` in stage text.
+#[derive(Clone, Debug, Default)]
+pub struct TemplateVars {
+    pub values: Vec<(String, String)>,
+}
+
+impl TemplateVars {
+    pub const NAMES: &'static [&'static str] = &[
+        "pipeline",
+        "stream",
+        "owner",
+        "tier",
+        "period",
+        "period_start",
+        "period_end",
+    ];
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Replace every `{{ name }}`; unknown names are an error naming them.
+    pub fn expand(&self, text: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                return Err("`{{` without a closing `}}`".into());
+            };
+            let name = after[..end].trim();
+            match self.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    return Err(format!(
+                        "unknown template variable `{{{{ {name} }}}}`; known: {}",
+                        Self::NAMES.join(", ")
+                    ));
+                }
+            }
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Check names only (at build time, before values exist).
+    pub fn check(text: &str) -> Result<(), String> {
+        let probe = TemplateVars {
+            values: Self::NAMES.iter().map(|n| (n.to_string(), String::new())).collect(),
+        };
+        probe.expand(text).map(|_| ())
+    }
+}
+
+/// Why a stage failed, with a location in the pipeline or query file when known.
+#[derive(Clone, Debug)]
+pub struct StageError {
+    pub message: String,
+    pub location: Option<Location>,
+    pub hint: Option<String>,
+}
+
+impl StageError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            location: None,
+            hint: None,
+        }
+    }
+    pub fn at(mut self, location: Option<Location>) -> Self {
+        self.location = location;
+        self
+    }
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(l) = &self.location {
+            write!(f, " (at {l})")?;
+        }
+        Ok(())
+    }
+}
+
+/// One step of a stream.
+#[async_trait]
+pub trait Stage: Send + Sync + Debug {
+    /// One line for `billflow explain`.
+    fn describe(&self) -> String;
+    /// True if the stage stays inside the DataFusion plan, fusing with its neighbours;
+    /// false if it materialises its input (e.g. to hand it to Polars).
+    fn fuses(&self) -> bool;
+    /// Everything that decides the stage's output besides its input (e.g. the query text
+    /// read from a file): part of the batch id, so editing a query gives a new batch.
+    fn fingerprint(&self) -> String;
+    /// Transform the stream's current table. Stays lazy where the stage allows; the
+    /// engine also calls this on an empty table to infer schemas before any data is read.
+    async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError>;
+}

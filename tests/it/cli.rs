@@ -1,0 +1,187 @@
+//! The `billflow` command as a user runs it.
+
+use std::process::Command;
+
+use crate::common::*;
+
+fn billflow(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn validate_explain_and_test_the_sample() {
+    let (code, out, err) = billflow(&["validate"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "pipeline `cloud-reseller` is valid: 6 organisations, 1 sources, 4 references, 6 streams, 10 stages"
+        ),
+        "{out}"
+    );
+
+    let (code, out, _) = billflow(&["explain", "data-samples/cloud-reseller/pipeline.yaml"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "vendor nimbus (Nimbus Cloud Inc.)",
+        "stream eurodist-usage [billing] <- stream nimbus-rated-usage, period column usage_date",
+        "1. normalise-sku - polars with_columns(upper(trim(sku)) AS sku)  (materialises)",
+        "reseller clyde-cloud (Clyde Cloud Partners)",
+        "=> reseller/clyde-cloud/clyde-cloud-invoice-lines/<batch>",
+        "(+1 intermediate)",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+    let (_, mermaid, _) = billflow(&["explain", "--format", "mermaid"]);
+    assert!(mermaid.starts_with("flowchart LR\n"));
+    assert!(
+        mermaid.contains("s_eurodist_usage --> s_alpha_it_invoice_lines"),
+        "{mermaid}"
+    );
+    let (_, dot, _) = billflow(&["explain", "--format", "dot"]);
+    assert!(dot.starts_with("digraph \"cloud-reseller\""));
+    assert!(dot.contains("src_usage -> s_nimbus_rated_usage;"));
+    let (code, verbose, err) = billflow(&["explain", "--verbose"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        verbose.contains("-- logical plan (optimised)") && verbose.contains("-- physical plan"),
+        "{verbose}"
+    );
+
+    let (code, out, err) = billflow(&["test"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok    nimbus-rated-usage (6 rows)"), "{out}");
+    assert!(out.contains("1 of 1 samples match"), "{out}");
+}
+
+#[test]
+fn test_shows_a_row_level_diff_when_the_sample_disagrees() {
+    let (tmp, pipeline) = sample_copy();
+    let expected = tmp
+        .path()
+        .join("data-samples/cloud-reseller/samples/nimbus-expected.csv");
+    let text = std::fs::read_to_string(&expected).unwrap();
+    // Change one expected amount: the diff must show the expected row and the actual one.
+    let line = text.lines().nth(1).unwrap().to_string();
+    let (head, last) = line.rsplit_once(',').unwrap();
+    let changed = format!("{head},{}", if last == "9.9999" { "9.9998" } else { "9.9999" });
+    std::fs::write(&expected, text.replacen(&line, &changed, 1)).unwrap();
+    let (code, out, _) = billflow(&["test", pipeline.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  nimbus-rated-usage"), "{out}");
+    assert!(
+        out.contains("      - ") && out.contains("cost_usd=9.999"),
+        "expected row shown: {out}"
+    );
+    assert!(out.contains(&format!("      + ")), "actual row shown: {out}");
+    assert!(out.contains("0 of 1 samples match"));
+}
+
+#[test]
+fn run_prints_a_summary_and_a_broken_file_a_located_error() {
+    let wh = tempfile::tempdir().unwrap();
+    let (code, out, err) = billflow(&[
+        "run",
+        "--quiet",
+        "--period",
+        "2026-10",
+        "--warehouse",
+        wh.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for needle in [
+        "nimbus-rated-usage",
+        "clyde-cloud-invoice-lines",
+        "written",
+        "cost_usd 1017.6031",
+        "1 row(s) rejected",
+        "U-0017",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+    assert!(
+        wh.path()
+            .join("reseller/clyde-cloud/clyde-cloud-invoice-lines")
+            .is_dir()
+    );
+
+    let (tmp, pipeline) = sample_copy();
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replacen("owner: nimbus", "owner: nimbuss", 1);
+    std::fs::write(&pipeline, &text).unwrap();
+    let (code, out, err) = billflow(&[
+        "run",
+        "--period",
+        "2026-10",
+        "--warehouse",
+        tmp.path().join("wh").to_str().unwrap(),
+        pipeline.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    let line = text[..text.find("owner: nimbuss").unwrap()].matches('\n').count() + 1;
+    assert!(err.contains(&format!("pipeline.yaml:{line}:12")), "{err}");
+    assert!(err.contains("did you mean `nimbus`?"), "{err}");
+    assert!(
+        !tmp.path().join("wh").exists(),
+        "nothing is written for an invalid pipeline"
+    );
+
+    let (code, _, err) = billflow(&["run", "--period", "2026-13"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a period"), "{err}");
+}
+
+#[test]
+fn a_failing_stage_stops_its_branch_and_the_others_finish() {
+    let (tmp, pipeline) = sample_copy();
+    // britdist divides by zero at run time: it fails, clyde-cloud (below it) is skipped,
+    // the eurodist branch is written.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replacen(
+        "    extends: eurodist-usage\n    owner: britdist\n",
+        "    extends: eurodist-usage\n    owner: britdist\n    stages:\n      - name: convert-and-markup\n        kind: sql\n        file: ../../queries/cloud-reseller/distributor_price.sql\n      - name: boom\n        kind: sql\n        query: SELECT * FROM input WHERE cost / (quantity - quantity) > 0\n",
+        1,
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let wh = tmp.path().join("wh");
+    let (code, out, err) = billflow(&[
+        "run",
+        "--quiet",
+        "--period",
+        "2026-10",
+        "--warehouse",
+        wh.to_str().unwrap(),
+        pipeline.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("error: pipeline `cloud-reseller`, stream `britdist-usage`, stage `convert-and-markup, boom`"),
+        "{out}"
+    );
+    assert!(out.to_lowercase().contains("divide by zero"), "{out}");
+    assert!(
+        out.contains("skipped: pipeline `cloud-reseller`, stream `clyde-cloud-invoice-lines`"),
+        "{out}"
+    );
+    assert!(wh.join("reseller/alpha-it/alpha-it-invoice-lines").is_dir());
+    assert!(wh.join("reseller/bergen-data/bergen-data-invoice-lines").is_dir());
+    let brit = wh.join("distributor/britdist/britdist-usage");
+    let visible = std::fs::read_dir(&brit)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(visible, 0, "no batch for the failed stream");
+    let leftovers = std::fs::read_dir(&brit).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "its staging directory is removed");
+}

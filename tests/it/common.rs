@@ -1,0 +1,95 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use billflow::execution::{NoProgress, RunReport};
+use billflow::{Engine, Period, RunOptions};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sample_pipeline() -> PathBuf {
+    repo().join("data-samples/cloud-reseller/pipeline.yaml")
+}
+
+pub fn golden(name: &str) -> PathBuf {
+    repo().join("tests/golden/cloud-reseller").join(name)
+}
+
+pub fn engine() -> Arc<Engine> {
+    Arc::new(Engine::new(Some(2)).expect("engine"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A private copy of the sample pipeline, its data and its queries, laid out as in the
+/// repository (so `../../queries/...` still resolves). Returns (tempdir, pipeline path).
+pub fn sample_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo().join("data-samples/cloud-reseller"),
+        &tmp.path().join("data-samples/cloud-reseller"),
+    );
+    copy_dir(&repo().join("queries"), &tmp.path().join("queries"));
+    let p = tmp.path().join("data-samples/cloud-reseller/pipeline.yaml");
+    (tmp, p)
+}
+
+pub async fn run(pipeline: &Path, period: &str, warehouse: &Path) -> RunReport {
+    let engine = engine();
+    let plan = billflow::check(&engine, pipeline)
+        .await
+        .unwrap_or_else(|d| panic!("{}", d.render()));
+    engine
+        .run(
+            Arc::new(plan),
+            RunOptions {
+                period: Period::parse(period).unwrap(),
+                warehouse: warehouse.to_path_buf(),
+            },
+            Arc::new(NoProgress),
+        )
+        .await
+}
+
+/// Every row of the Parquet files in `dir` as sorted text.
+pub async fn parquet_rows(dir: &Path) -> (SchemaRef, Vec<String>) {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(dir.to_string_lossy().to_string(), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.unwrap();
+    let rows = billflow::testing::rows_as_text(&schema, &batches).unwrap();
+    (schema, rows)
+}
+
+/// Rows of a golden CSV, read with `schema`, as sorted text.
+pub async fn csv_rows(path: &Path, schema: &Schema) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let batches = ctx
+        .read_csv(
+            path.to_string_lossy().to_string(),
+            CsvReadOptions::new().has_header(true).schema(schema),
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    billflow::testing::rows_as_text(&Arc::new(schema.clone()), &batches).unwrap()
+}

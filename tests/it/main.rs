@@ -1,0 +1,7 @@
+//! One integration-test binary (each file under tests/ links the whole stack).
+
+mod cli;
+mod common;
+mod errors;
+mod golden;
+mod lifecycle;
