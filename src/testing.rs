@@ -13,7 +13,7 @@ use datafusion::prelude::{CsvReadOptions, DataFrame};
 use crate::definition::{InputRef, TableDef, TableFormat, arrow_schema};
 use crate::execution::{Engine, contract, inputs};
 use crate::plan::{Period, Plan};
-use crate::stages::{StageEnv, TemplateVars};
+use crate::stages::StageEnv;
 
 #[derive(Debug)]
 pub struct SampleOutcome {
@@ -166,18 +166,7 @@ async fn run_one(
             .await?
         }
     };
-    let period = Period::parse(&chrono::Utc::now().format("%Y-%m").to_string())?;
-    let vars = TemplateVars {
-        values: vec![
-            ("pipeline".into(), p.id.value.clone()),
-            ("stream".into(), s.id.value.clone()),
-            ("owner".into(), s.owner.value.clone()),
-            ("tier".into(), ps.tier.clone()),
-            ("period".into(), period.label.clone()),
-            ("period_start".into(), period.start.to_string()),
-            ("period_end".into(), period.end.to_string()),
-        ],
-    };
+    let vars = Engine::vars(plan, ps, &Period::current_month());
     let env = StageEnv { ctx: &ctx, vars: &vars };
     let mut df = input;
     for st in &ps.stages {

@@ -46,29 +46,28 @@ fn check_unique(p: &Pipeline, diags: &mut Diagnostics) {
 
 fn check_organizations(p: &mut Pipeline, diags: &mut Diagnostics) {
     let ids: Vec<String> = p.organizations.iter().map(|o| o.id.value.clone()).collect();
-    // Level = 1 + upstream's level; walk with a cycle guard.
-    let mut levels: Vec<Option<usize>> = vec![None; p.organizations.len()];
-    for i in 0..p.organizations.len() {
-        let mut path = vec![i];
-        let mut cur = i;
-        let level = loop {
-            let o = &p.organizations[cur];
-            match &o.upstream {
-                None => break Some(1 + 0),
-                Some(up) => match ids.iter().position(|x| *x == up.value) {
+    // Level = number of organisations from the vendor down to this one; a walk up the
+    // `upstream` links with a cycle guard. Each problem is reported by the organisation
+    // that has it, once.
+    let levels: Vec<Option<usize>> = (0..p.organizations.len())
+        .map(|i| {
+            let mut path = vec![i];
+            let mut cur = i;
+            loop {
+                let o = &p.organizations[cur];
+                let Some(up) = &o.upstream else { return Some(path.len()) };
+                match ids.iter().position(|x| *x == up.value) {
                     Some(j) if path.contains(&j) => {
                         if cur == i || j == i {
+                            let names: Vec<&str> = path.iter().map(|k| ids[*k].as_str()).collect();
                             diags
                                 .error(
-                                    format!(
-                                        "organisations form a cycle: {}",
-                                        path.iter().map(|k| ids[*k].as_str()).collect::<Vec<_>>().join(" -> ")
-                                    ),
+                                    format!("organisations form a cycle: {}", names.join(" -> ")),
                                     Some(up.location.clone()),
                                 )
                                 .hint = Some("each organisation's `upstream` must lead up to one vendor".into());
                         }
-                        break None;
+                        return None;
                     }
                     Some(j) => {
                         path.push(j);
@@ -84,13 +83,12 @@ fn check_organizations(p: &mut Pipeline, diags: &mut Diagnostics) {
                             d.expected = Some("the id of an organisation in this file".into());
                             d.hint = hint;
                         }
-                        break None;
+                        return None;
                     }
-                },
+                }
             }
-        };
-        levels[i] = level.map(|_| path.len());
-    }
+        })
+        .collect();
     for (o, level) in p.organizations.iter_mut().zip(levels) {
         let Some(level) = level else { continue };
         o.level = level;

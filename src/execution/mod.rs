@@ -141,7 +141,8 @@ impl Engine {
         SessionContext::new_with_config_rt(config, self.runtime.clone())
     }
 
-    fn vars(plan: &Plan, ps: &PlannedStream, period: &Period) -> TemplateVars {
+    /// The values `{{ ... }}` in a stream's stages expand to.
+    pub fn vars(plan: &Plan, ps: &PlannedStream, period: &Period) -> TemplateVars {
         let s = plan.def(ps);
         TemplateVars {
             values: vec![
@@ -161,11 +162,7 @@ impl Engine {
     pub async fn check(&self, plan: &Plan) -> Diagnostics {
         let mut diags = Diagnostics::default();
         let p = &plan.pipeline;
-        let period = Period::parse(&chrono::Utc::now().format("%Y-%m").to_string()).unwrap_or_else(|_| Period {
-            label: "check".into(),
-            start: chrono::NaiveDate::MIN,
-            end: chrono::NaiveDate::MAX,
-        });
+        let period = Period::current_month();
         let probe = self.session();
         for r in &p.references {
             if let Err(e) = inputs::read_table(&probe, p, r).await {
@@ -454,7 +451,9 @@ impl Engine {
                 });
             }
         }
-        for r in &p.references {
+        // Only the references the stream's stages read decide its batch.
+        let read: Vec<String> = ps.stages.iter().flat_map(|st| st.stage.tables()).collect();
+        for r in p.references.iter().filter(|r| read.contains(&r.name.value)) {
             match inputs::fingerprint_table("reference", p, r) {
                 Ok(info) => input_infos.push(info),
                 Err(e) => {
@@ -770,11 +769,7 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let p = &plan.pipeline;
-    let period = Period::parse(&chrono::Utc::now().format("%Y-%m").to_string()).unwrap_or_else(|_| Period {
-        label: "explain".into(),
-        start: chrono::NaiveDate::MIN,
-        end: chrono::NaiveDate::MAX,
-    });
+    let period = Period::current_month();
     for ps in &plan.streams {
         let s = plan.def(ps);
         let _ = writeln!(out, "\n== stream {} ==", s.id.value);

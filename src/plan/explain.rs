@@ -79,7 +79,19 @@ pub fn tree(plan: &Plan) -> String {
             );
             for (i, st) in ps.stages.iter().enumerate() {
                 let fused = if st.stage.fuses() { "" } else { "  (materialises)" };
-                let _ = writeln!(out, "{pad}    {}. {} - {}{fused}", i + 1, st.name, st.stage.describe());
+                let tables = st.stage.tables();
+                let reads = if tables.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [reads {}]", tables.join(", "))
+                };
+                let _ = writeln!(
+                    out,
+                    "{pad}    {}. {} - {}{reads}{fused}",
+                    i + 1,
+                    st.name,
+                    st.stage.describe()
+                );
             }
             let published: Vec<String> = s
                 .output_columns()
@@ -88,11 +100,10 @@ pub fn tree(plan: &Plan) -> String {
             let hidden = s.columns.len() - published.len();
             let _ = writeln!(
                 out,
-                "{pad}    => {}/{}/{}/{}/<batch>: {}{}",
+                "{pad}    => {}/{}/{}/<batch>: {}{}",
                 ps.tier,
                 s.owner.value,
                 s.id.value,
-                "",
                 published.join(", "),
                 if hidden > 0 {
                     format!(" (+{hidden} intermediate)")
@@ -102,7 +113,7 @@ pub fn tree(plan: &Plan) -> String {
             );
         }
     }
-    out.replace("//<batch>", "/<batch>")
+    out
 }
 
 fn node_id(prefix: &str, name: &str) -> String {
@@ -150,6 +161,22 @@ pub fn mermaid(plan: &Plan) -> String {
             InputRef::Stream(t) => node_id("s", &t.value),
         };
         let _ = writeln!(out, "    {from} --> {}", node_id("s", &s.id.value));
+        for r in references_of(ps) {
+            let _ = writeln!(out, "    {} -.-> {}", node_id("ref", &r), node_id("s", &s.id.value));
+        }
+    }
+    out
+}
+
+/// References read by any stage of a stream.
+fn references_of(ps: &super::PlannedStream) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for st in &ps.stages {
+        for t in st.stage.tables() {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
     }
     out
 }
@@ -194,6 +221,14 @@ pub fn dot(plan: &Plan) -> String {
             InputRef::Stream(t) => node_id("s", &t.value),
         };
         let _ = writeln!(out, "    {from} -> {};", node_id("s", &s.id.value));
+        for r in references_of(ps) {
+            let _ = writeln!(
+                out,
+                "    {} -> {} [style=dashed];",
+                node_id("ref", &r),
+                node_id("s", &s.id.value)
+            );
+        }
     }
     out.push_str("}\n");
     out

@@ -48,6 +48,18 @@ impl Period {
         })
     }
 
+    /// The current calendar month: a stand-in period for checks and explain, which plan
+    /// streams without running them.
+    pub fn current_month() -> Period {
+        let today = chrono::Utc::now().date_naive();
+        let label = format!("{:04}-{:02}", today.year(), today.month());
+        Period::parse(&label).unwrap_or(Period {
+            label,
+            start: today,
+            end: today.succ_opt().unwrap_or(today),
+        })
+    }
+
     /// Days since 1970-01-01, as Arrow's Date32 counts them.
     pub fn start_days(&self) -> i32 {
         days(self.start)

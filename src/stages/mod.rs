@@ -101,12 +101,13 @@ impl TemplateVars {
         Ok(out)
     }
 
-    /// Check names only (at build time, before values exist).
-    pub fn check(text: &str) -> Result<(), String> {
+    /// Check names only (at build time, before values exist); gives the text with every
+    /// variable replaced by a placeholder.
+    pub fn check(text: &str) -> Result<String, String> {
         let probe = TemplateVars {
-            values: Self::NAMES.iter().map(|n| (n.to_string(), String::new())).collect(),
+            values: Self::NAMES.iter().map(|n| (n.to_string(), format!("_{n}_"))).collect(),
         };
-        probe.expand(text).map(|_| ())
+        probe.expand(text)
     }
 }
 
@@ -153,6 +154,11 @@ pub trait Stage: Send + Sync + Debug {
     /// Everything that decides the stage's output besides its input (e.g. the query text
     /// read from a file): part of the batch id, so editing a query gives a new batch.
     fn fingerprint(&self) -> String;
+    /// Tables besides `input` the stage reads (reference names): edges of the DAG, and
+    /// the references whose contents decide the stream's batch id.
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Transform the stream's current table. Stays lazy where the stage allows; the
     /// engine also calls this on an empty table to infer schemas before any data is read.
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError>;

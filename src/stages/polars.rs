@@ -28,9 +28,7 @@ impl StageKind for PolarsKind {
         &["ops"]
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
-        let Some(ops_node) = f.require(r, "ops", "a list of operations such as `- filter: \"quantity > 0\"`") else {
-            return None;
-        };
+        let ops_node = f.require(r, "ops", "a list of operations such as `- filter: \"quantity > 0\"`")?;
         let items = r.sequence(ops_node, "ops")?;
         let mut ops = Vec::new();
         let mut ok = true;

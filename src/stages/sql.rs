@@ -76,12 +76,17 @@ impl StageKind for SqlKind {
             r.error("sql stage has an empty query", at).expected = Some("a SELECT statement".into());
             return None;
         }
-        if let Err(msg) = super::TemplateVars::check(&text) {
-            let at = origin.location(1, 1);
-            r.error(msg, at);
-            return None;
-        }
-        Some(Arc::new(SqlStage { text, origin }))
+        let probe = match super::TemplateVars::check(&text) {
+            Ok(probe) => probe,
+            Err(msg) => {
+                let line = text.lines().position(|l| l.contains("{{")).map(|i| i + 1).unwrap_or(1);
+                let at = origin.location(line, 1);
+                r.error(msg, at);
+                return None;
+            }
+        };
+        let tables = tables_read(&probe);
+        Some(Arc::new(SqlStage { text, origin, tables }))
     }
 }
 
@@ -137,6 +142,27 @@ impl QueryOrigin {
 pub struct SqlStage {
     text: String,
     origin: QueryOrigin,
+    tables: Vec<String>,
+}
+
+/// The tables a query names, besides `input` (and its own CTEs). A query that does not
+/// parse names none here; checking the stage reports the syntax error with its location.
+fn tables_read(sql: &str) -> Vec<String> {
+    let Ok(statements) = datafusion::sql::parser::DFParser::parse_sql(sql) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for st in &statements {
+        if let Ok((refs, _ctes)) = datafusion::sql::resolve::resolve_table_references(st, true) {
+            for t in refs {
+                let name = t.table().to_string();
+                if name != "input" && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
 }
 
 impl SqlStage {
@@ -184,6 +210,9 @@ impl Stage for SqlStage {
     }
     fn fuses(&self) -> bool {
         true
+    }
+    fn tables(&self) -> Vec<String> {
+        self.tables.clone()
     }
     fn fingerprint(&self) -> String {
         self.text.clone()

@@ -34,6 +34,7 @@ fn validate_explain_and_test_the_sample() {
         "vendor nimbus (Nimbus Cloud Inc.)",
         "stream eurodist-usage [billing] <- stream nimbus-rated-usage, period column usage_date",
         "1. normalise-sku - polars with_columns(upper(trim(sku)) AS sku)  (materialises)",
+        "2. rate-at-cost - sql queries/cloud-reseller/vendor_rate.sql  [reads subscriptions, vendor_prices]",
         "reseller clyde-cloud (Clyde Cloud Partners)",
         "=> reseller/clyde-cloud/clyde-cloud-invoice-lines/<batch>",
         "(+1 intermediate)",
@@ -49,6 +50,14 @@ fn validate_explain_and_test_the_sample() {
     let (_, dot, _) = billflow(&["explain", "--format", "dot"]);
     assert!(dot.starts_with("digraph \"cloud-reseller\""));
     assert!(dot.contains("src_usage -> s_nimbus_rated_usage;"));
+    assert!(
+        dot.contains("ref_fx_rates -> s_eurodist_usage [style=dashed];"),
+        "{dot}"
+    );
+    assert!(
+        mermaid.contains("ref_channel_terms -.-> s_clyde_cloud_invoice_lines"),
+        "{mermaid}"
+    );
     let (code, verbose, err) = billflow(&["explain", "--verbose"]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -59,7 +68,8 @@ fn validate_explain_and_test_the_sample() {
     let (code, out, err) = billflow(&["test"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok    nimbus-rated-usage (6 rows)"), "{out}");
-    assert!(out.contains("1 of 1 samples match"), "{out}");
+    assert!(out.contains("ok    alpha-it-invoice-lines (6 rows)"), "{out}");
+    assert!(out.contains("2 of 2 samples match"), "{out}");
 }
 
 #[test]
@@ -81,8 +91,8 @@ fn test_shows_a_row_level_diff_when_the_sample_disagrees() {
         out.contains("      - ") && out.contains("cost_usd=9.999"),
         "expected row shown: {out}"
     );
-    assert!(out.contains(&format!("      + ")), "actual row shown: {out}");
-    assert!(out.contains("0 of 1 samples match"));
+    assert!(out.contains("      + "), "actual row shown: {out}");
+    assert!(out.contains("1 of 2 samples match"));
 }
 
 #[test]
