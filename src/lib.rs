@@ -5,6 +5,24 @@
 //! (stages built, streams ordered into a DAG) -> [`stages`] (the stage kinds) ->
 //! [`execution`] (DataFusion plans run into batches) -> [`batches`] (the warehouse of
 //! immutable Parquet batches and their manifests). [`cli`] renders for the terminal.
+//!
+//! Embedding it: check a pipeline, then run it for a period.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use billflow::{execution::NoProgress, Engine, Period, RunOptions};
+//!
+//! let engine = Arc::new(Engine::new(None).unwrap());
+//! let plan = billflow::check(&engine, "data-samples/cloud-reseller/pipeline.yaml".as_ref()).await.unwrap();
+//! assert_eq!(plan.streams.len(), 6);
+//! let warehouse = tempfile::tempdir().unwrap();
+//! let options = RunOptions { period: Period::parse("2026-10").unwrap(), warehouse: warehouse.path().into() };
+//! let report = engine.run(Arc::new(plan), options, Arc::new(NoProgress)).await;
+//! assert!(report.ok());
+//! assert_eq!(report.stream("nimbus-rated-usage").unwrap().control_totals["cost_usd"], "1017.6031");
+//! # });
+//! ```
 
 pub mod batches;
 pub mod cli;

@@ -5,3 +5,4 @@ mod common;
 mod errors;
 mod golden;
 mod lifecycle;
+mod rejects;
