@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod errors;
+mod formats;
 mod golden;
 mod lifecycle;
 mod rejects;

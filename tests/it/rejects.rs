@@ -15,7 +15,9 @@ fn append(path: &std::path::Path, lines: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_source_values_go_to_the_rejects_file_with_their_reason() {
     let (tmp, pipeline) = sample_copy();
-    let usage = tmp.path().join("data-samples/cloud-reseller/inputs/usage-2026-10-b.csv");
+    let usage = tmp
+        .path()
+        .join("data-samples/cloud-reseller/inputs/usage-2026-10-b.csv");
     append(
         &usage,
         "X-0001,2026-10-20,SUB-1001,VM-STD-2,12.5kg,hours\n\
@@ -33,11 +35,21 @@ async fn unreadable_source_values_go_to_the_rejects_file_with_their_reason() {
     // September row and is refused by the September run instead.
     assert_eq!(vendor.rows_in, 58 + 3);
     assert_eq!(vendor.rows_out, 57, "the good rows are untouched");
-    assert_eq!(vendor.rows_rejected, 3 + 1, "three unreadable rows and U-0017 (no price)");
+    assert_eq!(
+        vendor.rows_rejected,
+        3 + 1,
+        "three unreadable rows and U-0017 (no price)"
+    );
     let dir = vendor.batch_dir.clone().unwrap();
     let (_, input_rejects) = parquet_rows(&dir.join("rejects/input.parquet")).await;
     assert_eq!(input_rejects.len(), 3, "{input_rejects:#?}");
-    let find = |id: &str| input_rejects.iter().find(|r| r.contains(&format!("record_id={id},"))).unwrap_or_else(|| panic!("{id} not refused: {input_rejects:#?}")).clone();
+    let find = |id: &str| {
+        input_rejects
+            .iter()
+            .find(|r| r.contains(&format!("record_id={id},")))
+            .unwrap_or_else(|| panic!("{id} not refused: {input_rejects:#?}"))
+            .clone()
+    };
     let r1 = find("X-0001");
     assert!(r1.contains("quantity: cannot read '12.5kg' as decimal(18,6)"), "{r1}");
     assert!(r1.contains("quantity=12.5kg"), "the original text is kept: {r1}");
@@ -46,23 +58,41 @@ async fn unreadable_source_values_go_to_the_rejects_file_with_their_reason() {
     assert!(find("X-0004").contains("subscription_id is empty but declared nullable: false"));
     let m = read_manifest(&dir).unwrap();
     assert_eq!(m.rows_rejected, 4);
-    assert_eq!(m.rejects.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["rejects/input.parquet", "rejects/output.parquet"]);
+    assert_eq!(
+        m.rejects.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        vec!["rejects/input.parquet", "rejects/output.parquet"]
+    );
 
     let sept = run(&pipeline, "2026-09", &wh).await;
     let v = sept.stream("nimbus-rated-usage").unwrap();
     assert_eq!(v.rows_out, 3);
     let (_, sept_rejects) = parquet_rows(&v.batch_dir.clone().unwrap().join("rejects/input.parquet")).await;
-    assert!(sept_rejects.iter().any(|r| r.contains("record_id=X-0003")), "{sept_rejects:#?}");
-    assert!(sept_rejects.iter().any(|r| r.contains("record_id=X-0002")), "an unplaceable row is refused in every period");
+    assert!(
+        sept_rejects.iter().any(|r| r.contains("record_id=X-0003")),
+        "{sept_rejects:#?}"
+    );
+    assert!(
+        sept_rejects.iter().any(|r| r.contains("record_id=X-0002")),
+        "an unplaceable row is refused in every period"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csv_whose_header_does_not_match_the_schema_is_refused_before_running() {
     let (tmp, pipeline) = sample_copy();
-    let usage = tmp.path().join("data-samples/cloud-reseller/inputs/usage-2026-10-a.csv");
-    let text = std::fs::read_to_string(&usage).unwrap().replacen("record_id,usage_date,subscription_id,sku,quantity,unit", "record_id,usage_date,subscription_id,quantity,sku,unit", 1);
+    let usage = tmp
+        .path()
+        .join("data-samples/cloud-reseller/inputs/usage-2026-10-a.csv");
+    let text = std::fs::read_to_string(&usage).unwrap().replacen(
+        "record_id,usage_date,subscription_id,sku,quantity,unit",
+        "record_id,usage_date,subscription_id,quantity,sku,unit",
+        1,
+    );
     std::fs::write(&usage, text).unwrap();
-    let err = billflow::check(&engine(), &pipeline).await.err().expect("a swapped header must be caught");
+    let err = billflow::check(&engine(), &pipeline)
+        .await
+        .err()
+        .expect("a swapped header must be caught");
     let d = &err.list[0];
     assert!(d.message.contains("header has columns [record_id, usage_date, subscription_id, quantity, sku, unit] but the declared schema is [record_id, usage_date, subscription_id, sku, quantity, unit]"), "{}", d.render());
     assert_eq!(d.location.as_ref().unwrap().line, 42, "points at the source's url");
