@@ -91,8 +91,7 @@ async fn a_csv_whose_header_does_not_match_the_schema_is_refused_before_running(
     std::fs::write(&usage, text).unwrap();
     let err = billflow::check(&engine(), &pipeline)
         .await
-        .err()
-        .expect("a swapped header must be caught");
+        .expect_err("a swapped header must be caught");
     let d = &err.list[0];
     assert!(d.message.contains("header has columns [record_id, usage_date, subscription_id, quantity, sku, unit] but the declared schema is [record_id, usage_date, subscription_id, sku, quantity, unit]"), "{}", d.render());
     assert_eq!(d.location.as_ref().unwrap().line, 42, "points at the source's url");
