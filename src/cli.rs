@@ -132,6 +132,13 @@ pub fn summary_table(report: &RunReport) -> String {
         }
     }
     for s in &report.streams {
+        for (stage, what, n) in &s.removed {
+            if *n > 0 {
+                out.push_str(&format!("{}: stage `{stage}` removed {n} row(s) ({what})\n", s.stream));
+            }
+        }
+    }
+    for s in &report.streams {
         if let Some(e) = &s.error {
             let tag = if s.status == Status::Skipped {
                 "skipped"

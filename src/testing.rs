@@ -167,9 +167,15 @@ async fn run_one(
         }
     };
     let vars = Engine::vars(plan, ps, &Period::current_month());
-    let env = StageEnv { ctx: &ctx, vars: &vars };
+    let side = crate::stages::side::SideOutputs::default();
     let mut df = input;
     for st in &ps.stages {
+        let env = StageEnv {
+            ctx: &ctx,
+            vars: &vars,
+            stage: &st.name,
+            side: &side,
+        };
         df = st
             .stage
             .apply(df, &env)
@@ -211,7 +217,12 @@ async fn run_one(
     outcome.expected_rows = e.len();
     outcome.missing = minus(&e, &a);
     outcome.unexpected = minus(&a, &e);
-    for rej in rejects.into_iter().chain(std::iter::once(contract_rejects)) {
+    let stage_rejects = side.take_rejects().into_iter().map(|r| r.rows);
+    for rej in rejects
+        .into_iter()
+        .chain(stage_rejects)
+        .chain(std::iter::once(contract_rejects))
+    {
         let batches = rej.collect().await.map_err(|e| e.strip_backtrace())?;
         let schema: SchemaRef = batches
             .first()

@@ -14,9 +14,9 @@ use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetRea
 use datafusion::scalar::ScalarValue;
 
 use super::contract;
-use super::tap::Tap;
 use crate::batches::{InputInfo, file_fingerprint};
 use crate::definition::{Pipeline, TableDef, TableFormat, arrow_schema};
+use crate::stages::tap::Tap;
 
 /// The files a table's url names, sorted (so fingerprints and reads are stable).
 pub fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, String> {
@@ -305,20 +305,7 @@ pub async fn read_stream_batch(
     Ok(StreamInput { df, rejects: None, tap })
 }
 
-/// The refused rows: every column as text, plus the stage and the reason.
-pub fn reject_rows(df: DataFrame, bad: Expr, reason: Expr, stage: &str) -> Result<DataFrame, String> {
-    let mut select: Vec<Expr> = df
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| cast(ident(f.name()), DataType::Utf8).alias(f.name()))
-        .collect();
-    select.push(lit(stage.to_string()).alias("_reject_stage"));
-    select.push(reason.alias("_reject_reason"));
-    df.filter(bad)
-        .and_then(|d| d.select(select))
-        .map_err(|e| e.strip_backtrace())
-}
+pub use crate::stages::side::reject_rows;
 
 /// A committed upstream batch, read as the downstream stream's input.
 pub async fn read_batch(ctx: &SessionContext, batch_dir: &Path, schema: &Schema) -> Result<DataFrame, String> {

@@ -4,7 +4,6 @@
 
 pub mod contract;
 pub mod inputs;
-pub mod tap;
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -21,6 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::batches::{self, Committed, InputInfo, Manifest, PeriodInfo, Store, StreamLocation};
 use crate::definition::{Diagnostic, Diagnostics, InputRef, Location, StreamDef, arrow_schema};
 use crate::plan::{Period, Plan, PlannedStream};
+use crate::stages::side::SideOutputs;
 use crate::stages::{StageEnv, TemplateVars};
 
 /// Shared execution resources: one memory pool and spill area for every stream.
@@ -96,6 +96,8 @@ pub struct StreamReport {
     pub rows_out: u64,
     pub rows_rejected: u64,
     pub reject_samples: Vec<String>,
+    /// Rows removed on purpose by a stage: (stage, what, rows).
+    pub removed: Vec<(String, String, u64)>,
     pub control_totals: BTreeMap<String, String>,
     pub elapsed: Duration,
     pub batch_id: Option<String>,
@@ -243,7 +245,7 @@ impl Engine {
                 }
             }
             let vars = Self::vars(plan, ps, &period);
-            let env = StageEnv { ctx: &ctx, vars: &vars };
+            let side = SideOutputs::default();
             let mut df = match ctx.read_batch(RecordBatch::new_empty(input_schema.clone())) {
                 Ok(df) => df,
                 Err(e) => {
@@ -253,6 +255,12 @@ impl Engine {
             };
             let mut failed = false;
             for st in &ps.stages {
+                let env = StageEnv {
+                    ctx: &ctx,
+                    vars: &vars,
+                    stage: &st.name,
+                    side: &side,
+                };
                 match st.stage.apply(df.clone(), &env).await {
                     Ok(next) => df = next,
                     Err(e) => {
@@ -559,10 +567,16 @@ impl Engine {
 
         // Stages, lazily; SQL stages fuse into one plan.
         let vars = Self::vars(plan, ps, &options.period);
-        let env = StageEnv { ctx: &ctx, vars: &vars };
+        let side = SideOutputs::default();
         let mut df = input.df.clone();
         for (k, st) in ps.stages.iter().enumerate() {
             progress.stage(&s.id.value, k, &st.name);
+            let env = StageEnv {
+                ctx: &ctx,
+                vars: &vars,
+                stage: &st.name,
+                side: &side,
+            };
             match st.stage.apply(df, &env).await {
                 Ok(next) => df = next,
                 Err(e) => {
@@ -591,7 +605,7 @@ impl Engine {
             return report;
         }
         let checks = contract::row_checks(&raw_schema, &s.columns);
-        let contract_tap = tap::Tap::new("contract");
+        let contract_tap = crate::stages::tap::Tap::new("contract");
         let out = df
             .clone()
             .filter(contract_tap.call(checks.bad.clone(), checks.bad.clone().not()))
@@ -688,6 +702,40 @@ impl Engine {
                 }
             }
         }
+        // Rows refused by stages (`on_error: reject`), one file per stage.
+        let stage_rejects: Vec<_> = side
+            .take_rejects()
+            .into_iter()
+            .filter(|r| r.tap.flagged() > 0)
+            .collect();
+        for r in stage_rejects {
+            let file = format!(
+                "stage-{}.parquet",
+                r.stage
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")
+            );
+            match write::write_rejects(r.rows, &staging.rejects_dir().join(file)).await {
+                Ok((n, smp)) => {
+                    rejected += n;
+                    samples.extend(smp);
+                }
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        Some(&r.stage),
+                        format!("writing rejected rows: {e}"),
+                        None,
+                        None,
+                    );
+                    return report;
+                }
+            }
+        }
+        report.removed = side
+            .take_counts()
+            .into_iter()
+            .map(|c| (c.stage, c.what, c.tap.flagged()))
+            .collect();
         report.rows_rejected = rejected;
         report.reject_samples = samples;
         report.control_totals = written.totals_as_text();
@@ -755,6 +803,7 @@ fn empty_report(s: &StreamDef, ps: &PlannedStream) -> StreamReport {
         rows_out: 0,
         rows_rejected: 0,
         reject_samples: vec![],
+        removed: vec![],
         control_totals: BTreeMap::new(),
         elapsed: Duration::ZERO,
         batch_id: None,
@@ -810,9 +859,15 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
             }
         };
         let vars = Engine::vars(plan, ps, &period);
-        let env = StageEnv { ctx: &ctx, vars: &vars };
+        let side = SideOutputs::default();
         let mut ok = true;
         for st in &ps.stages {
+            let env = StageEnv {
+                ctx: &ctx,
+                vars: &vars,
+                stage: &st.name,
+                side: &side,
+            };
             match st.stage.apply(df.clone(), &env).await {
                 Ok(next) => df = next,
                 Err(e) => {

@@ -4,8 +4,11 @@
 //! [`KINDS`].
 
 pub mod interop;
+pub mod money;
 pub mod polars;
+pub mod side;
 pub mod sql;
+pub mod tap;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -52,6 +55,10 @@ pub struct BuildContext<'a> {
 pub struct StageEnv<'a> {
     pub ctx: &'a SessionContext,
     pub vars: &'a TemplateVars,
+    /// The running stage's name (for rejects and error messages).
+    pub stage: &'a str,
+    /// Where stages leave refused rows and counts of removed rows.
+    pub side: &'a side::SideOutputs,
 }
 
 /// Values substituted for `{{ name }}` in stage text.

@@ -1,0 +1,239 @@
+//! Exact money arithmetic on Arrow `Decimal128`: rounding to a scale with an explicit mode,
+//! as a vectorised scalar function (`billflow_round(x, scale, 'half_even')`) that billing
+//! stages build into their DataFusion plans. Overflow is an error, never a wrap.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array};
+use arrow::datatypes::{DataType, Decimal128Type, Field, FieldRef};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::lit;
+use datafusion::scalar::ScalarValue;
+
+/// How to round a value that lies between two representable ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoundingMode {
+    /// Ties to the even neighbour (banker's rounding): the default for money.
+    HalfEven,
+    /// Ties away from zero.
+    HalfUp,
+    /// Ties toward zero.
+    HalfDown,
+    /// Toward zero (truncate).
+    Down,
+    /// Away from zero.
+    Up,
+}
+
+impl RoundingMode {
+    pub const NAMES: &'static [&'static str] = &["half_even", "half_up", "half_down", "down", "up"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "half_even" => Self::HalfEven,
+            "half_up" => Self::HalfUp,
+            "half_down" => Self::HalfDown,
+            "down" => Self::Down,
+            "up" => Self::Up,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HalfEven => "half_even",
+            Self::HalfUp => "half_up",
+            Self::HalfDown => "half_down",
+            Self::Down => "down",
+            Self::Up => "up",
+        }
+    }
+}
+
+/// Round an unscaled value `v` (at `from` decimal places) to `to` places.
+pub fn round_unscaled(v: i128, from: i8, to: i8, mode: RoundingMode) -> Option<i128> {
+    if to >= from {
+        return 10i128.checked_pow((to - from) as u32).and_then(|m| v.checked_mul(m));
+    }
+    let Some(d) = 10i128.checked_pow((from - to) as u32) else {
+        return Some(0); // more than 38 places dropped: every representable value rounds to 0
+    };
+    let q = v / d;
+    let r = (v % d).unsigned_abs();
+    let half = d.unsigned_abs();
+    let away = match mode {
+        RoundingMode::Down => false,
+        RoundingMode::Up => r != 0,
+        RoundingMode::HalfUp => r * 2 >= half,
+        RoundingMode::HalfDown => r * 2 > half,
+        RoundingMode::HalfEven => r * 2 > half || (r * 2 == half && q % 2 != 0),
+    };
+    Some(if away { q + v.signum() } else { q })
+}
+
+/// Precision of the result of rounding `Decimal128(p, s)` to `to` places: room for a carry.
+pub fn rounded_precision(p: u8, s: i8, to: i8) -> u8 {
+    let int_digits = (p as i16 - s as i16).max(1);
+    (int_digits + to as i16 + 1).clamp(1, 38) as u8
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RoundUdf {
+    signature: Signature,
+}
+
+impl RoundUdf {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(3, Volatility::Immutable),
+        }
+    }
+}
+
+fn literal_args(args: &[Option<&ScalarValue>]) -> Result<(i8, RoundingMode)> {
+    let scale = match args.get(1).copied().flatten() {
+        Some(ScalarValue::Int64(Some(s))) if (0..=38).contains(s) => *s as i8,
+        Some(ScalarValue::Int32(Some(s))) if (0..=38).contains(s) => *s as i8,
+        other => {
+            return Err(DataFusionError::Plan(format!(
+                "billflow_round: scale must be a literal 0..38, got {other:?}"
+            )));
+        }
+    };
+    let mode = match args.get(2).copied().flatten() {
+        Some(ScalarValue::Utf8(Some(m))) => RoundingMode::parse(m)
+            .ok_or_else(|| DataFusionError::Plan(format!("billflow_round: unknown rounding mode `{m}`")))?,
+        other => {
+            return Err(DataFusionError::Plan(format!(
+                "billflow_round: mode must be a literal, got {other:?}"
+            )));
+        }
+    };
+    Ok((scale, mode))
+}
+
+impl ScalarUDFImpl for RoundUdf {
+    fn name(&self) -> &str {
+        "billflow_round"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Err(DataFusionError::Internal(
+            "billflow_round uses return_field_from_args".into(),
+        ))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let (to, _) = literal_args(args.scalar_arguments)?;
+        let out = match args.arg_fields[0].data_type() {
+            DataType::Decimal128(p, s) => DataType::Decimal128(rounded_precision(*p, *s, to), to),
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                DataType::Decimal128(rounded_precision(19, 0, to), to)
+            }
+            DataType::Null => DataType::Decimal128(38, to),
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "billflow_round: expected a decimal, got {other}"
+                )));
+            }
+        };
+        Ok(Arc::new(Field::new(self.name(), out, true)))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let DataType::Decimal128(out_p, to) = *args.return_field.data_type() else {
+            return Err(DataFusionError::Internal("billflow_round: bad return type".into()));
+        };
+        let mode = match &args.args[2] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(m))) => {
+                RoundingMode::parse(m).unwrap_or(RoundingMode::HalfEven)
+            }
+            _ => RoundingMode::HalfEven,
+        };
+        let input = args.args[0].to_array(args.number_rows)?;
+        let input: ArrayRef = match input.data_type() {
+            DataType::Decimal128(_, _) => input,
+            DataType::Null => arrow::array::new_null_array(&DataType::Decimal128(38, 0), input.len()),
+            _ => arrow::compute::cast(&input, &DataType::Decimal128(38, 0))?,
+        };
+        let DataType::Decimal128(_, from) = *input.data_type() else {
+            unreachable!()
+        };
+        let values = input.as_primitive::<Decimal128Type>();
+        let out: Decimal128Array = arrow::compute::kernels::arity::try_unary(values, |v| {
+            round_unscaled(v, from, to, mode)
+                .filter(|r| r.unsigned_abs() < 10u128.pow(out_p as u32))
+                .ok_or_else(|| {
+                    arrow::error::ArrowError::ComputeError(format!(
+                        "decimal overflow rounding {v} (scale {from}) to scale {to}"
+                    ))
+                })
+        })?;
+        let out = out.with_precision_and_scale(out_p, to)?;
+        let _ = out.len();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `x` rounded to `scale` places with `mode`, as a DataFusion expression.
+pub fn round(x: Expr, scale: i8, mode: RoundingMode) -> Expr {
+    ScalarUDF::new_from_impl(RoundUdf::new()).call(vec![x, lit(scale as i64), lit(mode.name())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(v: i128, from: i8, to: i8, m: RoundingMode) -> i128 {
+        round_unscaled(v, from, to, m).unwrap()
+    }
+
+    #[test]
+    fn ties_and_signs_for_every_mode() {
+        use RoundingMode::*;
+        // 1.2345 -> 3 places; -1.2345; 1.2355; 1.2346; 1.2344
+        let cases = [
+            (12345, [1234, 1235, 1234, 1234, 1235]),
+            (-12345, [-1234, -1235, -1234, -1234, -1235]),
+            (12355, [1236, 1236, 1235, 1235, 1236]),
+            (12346, [1235, 1235, 1235, 1234, 1235]),
+            (12344, [1234, 1234, 1234, 1234, 1235]),
+            (-12346, [-1235, -1235, -1235, -1234, -1235]),
+            (0, [0, 0, 0, 0, 0]),
+        ];
+        for (v, want) in cases {
+            for (m, w) in [HalfEven, HalfUp, HalfDown, Down, Up].into_iter().zip(want) {
+                assert_eq!(r(v, 4, 3, m), w, "{v} with {m:?}");
+            }
+        }
+        // The worked tie from the sample data: 1.54325 -> 1.5432 (half_even), 1.5433 (half_up).
+        assert_eq!(r(154325, 5, 4, HalfEven), 15432);
+        assert_eq!(r(154325, 5, 4, HalfUp), 15433);
+        assert_eq!(r(-107445, 5, 4, HalfEven), -10744);
+        // Upscaling is exact; overflow is None, never a wrap.
+        assert_eq!(r(15, 1, 4, HalfEven), 15000);
+        assert_eq!(round_unscaled(i128::MAX / 10, 0, 2, HalfEven), None);
+        // Dropping more places than i128 holds rounds to zero.
+        assert_eq!(r(99, 39, 0, HalfEven), 0);
+    }
+
+    #[tokio::test]
+    async fn rounds_a_decimal_column_in_a_plan() {
+        use datafusion::prelude::*;
+        let ctx = SessionContext::new();
+        let df = ctx
+            .sql("SELECT * FROM (VALUES (CAST(1.54325 AS DECIMAL(18,5))), (CAST(-1.07445 AS DECIMAL(18,5))), (NULL)) AS t(x)")
+            .await
+            .unwrap();
+        let out = df
+            .select(vec![super::round(col("x"), 4, RoundingMode::HalfEven).alias("y")])
+            .unwrap();
+        assert_eq!(out.schema().field(0).data_type(), &DataType::Decimal128(18, 4));
+        let batches = out.collect().await.unwrap();
+        let y = batches[0].column(0).as_primitive::<Decimal128Type>();
+        assert_eq!((y.value(0), y.value(1), y.is_null(2)), (15432, -10744, true));
+    }
+}
