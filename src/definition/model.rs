@@ -167,6 +167,35 @@ impl std::fmt::Display for ColumnType {
     }
 }
 
+/// Whether values of `from` convert to the declared type without rounding or guessing.
+/// Narrowing precision is allowed (a value that does not fit is refused per row); dropping
+/// decimal places is not: rounding money must be an explicit stage.
+pub fn converts_losslessly(from: &DataType, to: ColumnType) -> bool {
+    use DataType as D;
+    match (from, to) {
+        (D::Null, _) => true,
+        (D::Utf8 | D::LargeUtf8 | D::Utf8View, ColumnType::String) => true,
+        (
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64,
+            ColumnType::Integer,
+        ) => true,
+        (
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64,
+            ColumnType::Decimal { .. },
+        ) => true,
+        (
+            D::Decimal32(_, s) | D::Decimal64(_, s) | D::Decimal128(_, s) | D::Decimal256(_, s),
+            ColumnType::Decimal { scale, .. },
+        ) => *s <= scale,
+        (D::Boolean, ColumnType::Boolean) => true,
+        (D::Date32 | D::Date64, ColumnType::Date) => true,
+        (D::Timestamp(_, _) | D::Date32 | D::Date64, ColumnType::Timestamp) => true,
+        (D::Float16 | D::Float32 | D::Float64, ColumnType::Double) => true,
+        (D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32, ColumnType::Double) => true,
+        _ => false,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ColumnDef {
     pub name: Text,

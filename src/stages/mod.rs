@@ -3,10 +3,16 @@
 //! (transforms a DataFusion `DataFrame`). Adding a kind is one new file plus one line in
 //! [`KINDS`].
 
+pub mod args;
+pub mod copy_columns;
+pub mod filter;
+pub mod formula;
 pub mod interop;
+pub mod map_values;
 pub mod money;
 pub mod polars;
 pub mod side;
+pub mod split_column;
 pub mod sql;
 pub mod tap;
 
@@ -20,7 +26,15 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use crate::definition::{Fields, Location, Reader};
 
 /// Every stage kind billflow knows. One line per kind.
-pub static KINDS: &[&dyn StageKind] = &[&sql::SqlKind, &polars::PolarsKind];
+pub static KINDS: &[&dyn StageKind] = &[
+    &sql::SqlKind,
+    &polars::PolarsKind,
+    &copy_columns::CopyColumnsKind,
+    &filter::FilterKind,
+    &formula::FormulaKind,
+    &map_values::MapValuesKind,
+    &split_column::SplitColumnKind,
+];
 
 pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
     KINDS.iter().copied().find(|k| k.name() == name)

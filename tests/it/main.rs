@@ -7,3 +7,4 @@ mod formats;
 mod golden;
 mod lifecycle;
 mod rejects;
+mod stages;

@@ -1,0 +1,191 @@
+//! `kind: filter`: keep the rows that satisfy a condition. Removed rows are counted in
+//! the run summary; a row whose condition is NULL is removed (SQL's WHERE).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::{DataFrame, lit};
+use marked_yaml::Node;
+
+use super::args::{existing, sql_expr};
+use super::side::remove_rows;
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use crate::definition::{Fields, Reader, Text};
+
+pub struct FilterKind;
+
+#[derive(Debug, Clone)]
+enum Test {
+    Equals(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Compare(&'static str, String),
+}
+
+#[derive(Debug)]
+enum Condition {
+    Sql(Text),
+    Column { column: Text, test: Test },
+}
+
+#[derive(Debug)]
+pub struct FilterStage {
+    condition: Condition,
+}
+
+const COMPARE: &[(&str, &str)] = &[
+    ("gt", ">"),
+    ("gte", ">="),
+    ("lt", "<"),
+    ("lte", "<="),
+    ("not_equals", "<>"),
+];
+
+fn scalar_text(r: &mut Reader, node: &Node, what: &str) -> Option<String> {
+    r.text(node, what).map(|t| t.value)
+}
+
+impl StageKind for FilterKind {
+    fn name(&self) -> &'static str {
+        "filter"
+    }
+    fn summary(&self) -> &'static str {
+        "keep rows matching a condition (a SQL predicate, or a column compared with values)"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "condition",
+            "column",
+            "equals",
+            "in",
+            "not_in",
+            "gt",
+            "gte",
+            "lt",
+            "lte",
+            "not_equals",
+        ]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        if let Some(c) = f.text(r, "condition") {
+            return Some(Arc::new(FilterStage {
+                condition: Condition::Sql(c),
+            }));
+        }
+        let Some(column) = f.text(r, "column") else {
+            let at = f.location.clone();
+            let d = r.error("filter stage has no condition", at);
+            d.expected = Some("`condition: <SQL predicate>`, or `column:` with `equals`, `in`, `not_in`, `gt`, `gte`, `lt`, `lte` or `not_equals`".into());
+            return None;
+        };
+        let mut tests = Vec::new();
+        if let Some(n) = f.get("equals") {
+            tests.push(Test::Equals(scalar_text(r, n, "`equals`")?));
+        }
+        if let Some(n) = f.get("in") {
+            tests.push(Test::In(
+                r.string_list(n, "`in` values")?.into_iter().map(|t| t.value).collect(),
+            ));
+        }
+        if let Some(n) = f.get("not_in") {
+            tests.push(Test::NotIn(
+                r.string_list(n, "`not_in` values")?
+                    .into_iter()
+                    .map(|t| t.value)
+                    .collect(),
+            ));
+        }
+        for (key, op) in COMPARE {
+            if let Some(n) = f.get(key) {
+                tests.push(Test::Compare(op, scalar_text(r, n, key)?));
+            }
+        }
+        match tests.len() {
+            1 => Some(Arc::new(FilterStage {
+                condition: Condition::Column {
+                    column,
+                    test: tests.remove(0),
+                },
+            })),
+            0 => {
+                let d = r.error(
+                    format!("filter on `{}` says nothing to compare it with", column.value),
+                    column.location.clone(),
+                );
+                d.expected = Some("one of `equals`, `in`, `not_in`, `gt`, `gte`, `lt`, `lte`, `not_equals`".into());
+                None
+            }
+            _ => {
+                let d = r.error("a filter stage takes one test", column.location.clone());
+                d.hint = Some("combine tests with `condition: <SQL predicate>`, or use two filter stages".into());
+                None
+            }
+        }
+    }
+}
+
+/// A literal compared with a column: typed like the column (so `equals: 10` works on
+/// integers, decimals and strings alike).
+fn typed(df: &DataFrame, column: &Text, value: &str) -> Result<Expr, StageError> {
+    let field = df
+        .schema()
+        .field_with_unqualified_name(&column.value)
+        .map_err(|_| StageError::new("unknown column"))?;
+    Ok(datafusion::logical_expr::cast(
+        lit(value.to_string()),
+        field.data_type().clone(),
+    ))
+}
+
+#[async_trait]
+impl Stage for FilterStage {
+    fn describe(&self) -> String {
+        match &self.condition {
+            Condition::Sql(t) => format!("filter {}", t.value),
+            Condition::Column { column, test } => match test {
+                Test::Equals(v) => format!("filter {} = {v}", column.value),
+                Test::In(v) => format!("filter {} in [{}]", column.value, v.join(", ")),
+                Test::NotIn(v) => format!("filter {} not in [{}]", column.value, v.join(", ")),
+                Test::Compare(op, v) => format!("filter {} {op} {v}", column.value),
+            },
+        }
+    }
+    fn fuses(&self) -> bool {
+        true
+    }
+    fn fingerprint(&self) -> String {
+        self.describe()
+    }
+    async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let keep = match &self.condition {
+            Condition::Sql(t) => sql_expr(&input, t)?,
+            Condition::Column { column, test } => {
+                let c = existing(&input, column)?;
+                match test {
+                    Test::Equals(v) => c.eq(typed(&input, column, v)?),
+                    Test::In(vs) => c.in_list(
+                        vs.iter().map(|v| typed(&input, column, v)).collect::<Result<_, _>>()?,
+                        false,
+                    ),
+                    Test::NotIn(vs) => c.in_list(
+                        vs.iter().map(|v| typed(&input, column, v)).collect::<Result<_, _>>()?,
+                        true,
+                    ),
+                    Test::Compare(op, v) => {
+                        let v = typed(&input, column, v)?;
+                        match *op {
+                            ">" => c.gt(v),
+                            ">=" => c.gt_eq(v),
+                            "<" => c.lt(v),
+                            "<=" => c.lt_eq(v),
+                            _ => c.not_eq(v),
+                        }
+                    }
+                }
+            }
+        };
+        let remove = keep.is_not_true();
+        remove_rows(input, remove, &self.describe(), env.stage, env.side).map_err(StageError::new)
+    }
+}

@@ -1,0 +1,196 @@
+//! `kind: map_values`: replace values by a table of from -> to pairs (inline, or a CSV
+//! file with `from,to` columns). Unmapped values keep their value (`keep`, the default),
+//! take a `default`, become NULL, go to the rejects file (`reject`) or fail the stream.
+
+use std::ops::Not;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::functions::expr_fn::concat_ws;
+use datafusion::logical_expr::{Expr, case, cast};
+use datafusion::prelude::{DataFrame, lit};
+
+use super::args::{all_but, existing, plan_err};
+use super::side::{OnError, apply_policy};
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use crate::definition::{Fields, Reader, Text};
+
+pub struct MapValuesKind;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Unmapped {
+    Keep,
+    Default(String),
+    Null,
+    Reject,
+    Fail,
+}
+
+#[derive(Debug)]
+pub struct MapValuesStage {
+    column: Text,
+    output: Option<Text>,
+    pairs: Vec<(String, String)>,
+    unmapped: Unmapped,
+}
+
+fn read_pairs_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("").trim();
+    if header != "from,to" {
+        return Err(format!(
+            "{}: the first line must be `from,to`, found `{header}`",
+            path.display()
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((from, to)) = line.split_once(',') else {
+            return Err(format!(
+                "{} line {}: expected `from,to`, found `{line}`",
+                path.display(),
+                i + 2
+            ));
+        };
+        out.push((from.to_string(), to.to_string()));
+    }
+    Ok(out)
+}
+
+impl StageKind for MapValuesKind {
+    fn name(&self) -> &'static str {
+        "map_values"
+    }
+    fn summary(&self) -> &'static str {
+        "replace values by a from -> to table; unmapped values keep, default, null, reject or fail"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &["column", "output", "values", "file", "unmapped", "default"]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        let column = f.required_text(r, "column", "the column whose values are mapped");
+        let output = f.text(r, "output");
+        let mut pairs = Vec::new();
+        if let Some(node) = f.get("values") {
+            let m = r.mapping(node, "values")?;
+            for (k, v) in m.node().iter() {
+                let to = r.text(v, &format!("the value `{}` maps to", k.as_str()))?;
+                pairs.push((k.as_str().to_string(), to.value));
+            }
+            let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            m.finish(r, &keys);
+        }
+        if let Some(file) = f.text(r, "file") {
+            match read_pairs_file(&ctx.pipeline_dir.join(&file.value)) {
+                Ok(p) => pairs.extend(p),
+                Err(e) => {
+                    r.error(e, file.location.clone());
+                    return None;
+                }
+            }
+        }
+        if pairs.is_empty() {
+            let at = f.location.clone();
+            r.error("map_values has no pairs", at).expected =
+                Some("`values: { from: to, ... }` or `file: <csv with from,to>`".into());
+            return None;
+        }
+        let default = f.text(r, "default");
+        let unmapped = match f.get("unmapped") {
+            None if default.is_some() => {
+                Unmapped::Default(default.as_ref().map(|d| d.value.clone()).unwrap_or_default())
+            }
+            None => Unmapped::Keep,
+            Some(n) => match r
+                .choice(n, "`unmapped` policy", &["keep", "default", "null", "reject", "fail"])?
+                .value
+                .as_str()
+            {
+                "keep" => Unmapped::Keep,
+                "null" => Unmapped::Null,
+                "reject" => Unmapped::Reject,
+                "fail" => Unmapped::Fail,
+                _ => match &default {
+                    Some(d) => Unmapped::Default(d.value.clone()),
+                    None => {
+                        let at = f.location.clone();
+                        r.error("`unmapped: default` needs a `default:` value", at);
+                        return None;
+                    }
+                },
+            },
+        };
+        Some(Arc::new(MapValuesStage {
+            column: column?,
+            output,
+            pairs,
+            unmapped,
+        }))
+    }
+}
+
+#[async_trait]
+impl Stage for MapValuesStage {
+    fn describe(&self) -> String {
+        let target = self
+            .output
+            .as_ref()
+            .map(|o| o.value.as_str())
+            .unwrap_or(&self.column.value);
+        format!(
+            "map_values {} -> {target} ({} pairs, unmapped: {:?})",
+            self.column.value,
+            self.pairs.len(),
+            self.unmapped
+        )
+    }
+    fn fuses(&self) -> bool {
+        true
+    }
+    fn fingerprint(&self) -> String {
+        format!("{} {:?}", self.describe(), self.pairs)
+    }
+    async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let column = existing(&input, &self.column)?;
+        let as_text = cast(column.clone(), arrow::datatypes::DataType::Utf8);
+        let froms: Vec<Expr> = self.pairs.iter().map(|(f, _)| lit(f.clone())).collect();
+        let mapped = column.clone().is_not_null().and(as_text.clone().in_list(froms, false));
+        let mut df = input;
+        if matches!(self.unmapped, Unmapped::Reject | Unmapped::Fail) {
+            let bad = mapped.clone().not();
+            let reason = concat_ws(
+                lit(""),
+                vec![
+                    lit(format!("{}: no mapping for '", self.column.value)),
+                    as_text.clone(),
+                    lit("'"),
+                ],
+            );
+            let policy = if self.unmapped == Unmapped::Reject {
+                OnError::Reject
+            } else {
+                OnError::Fail
+            };
+            df = apply_policy(df, policy, bad, reason, env.stage, env.side).map_err(StageError::new)?;
+        }
+        let mut c = case(as_text.clone());
+        for (from, to) in &self.pairs {
+            c = c.when(lit(from.clone()), lit(to.clone()));
+        }
+        let value = match &self.unmapped {
+            Unmapped::Keep => c.otherwise(as_text),
+            Unmapped::Default(d) => c.otherwise(lit(d.clone())),
+            _ => c.end(),
+        }
+        .map_err(plan_err)?;
+        let target = self.output.as_ref().unwrap_or(&self.column).value.clone();
+        let mut select = all_but(&df, &[target.as_str()]);
+        select.push(value.alias(&target));
+        df.select(select).map_err(plan_err)
+    }
+}
