@@ -219,3 +219,183 @@ async fn copy_columns_refuses_a_cast_that_would_round_money_and_refuses_unparsea
     );
     assert!(rejects.iter().all(|r| r.contains("_reject_stage=copy_columns-1")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formula_typed_outputs_drop_when_and_error_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case {
+        input: ITEMS,
+        schema: ITEMS_SCHEMA,
+        references: &[],
+        stages: "
+- kind: formula
+  drop_when: \"sku = 'STORAGE'\"
+  outputs:
+    - { name: amount, type: \"decimal(20,4)\", expr: \"CAST(qty AS DECIMAL(10,0)) * price\" }
+    - { name: label, type: string, expr: \"concat(lower(sku), '/', coalesce(note, '∅'))\" }
+    - { name: qty_from_note, type: integer, expr: note, on_error: \"null\" }
+    - { name: big, type: boolean, expr: amount > 100 }
+- { kind: sql, query: \"SELECT id, amount, label, qty_from_note, big FROM input\" }",
+        columns: "
+- { name: id, type: integer }
+- { name: amount, type: \"decimal(20,4)\" }
+- { name: label, type: string }
+- { name: qty_from_note, type: integer }
+- { name: big, type: boolean }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // 10 x 1.5000 = 15.0000; 3 x -2.2500 = -6.7500 (a credit); 7 x 99999999999999.9999 =
+    // 699999999999999.9993, which fits decimal(20,4).
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, amount=15.0000, label=vm-std-2/a, qty_from_note=NULL, big=false",
+            "id=2, amount=-6.7500, label=vm-gpu/∅, qty_from_note=NULL, big=false",
+            "id=4, amount=699999999999999.9993, label=vm-std-2/x, qty_from_note=NULL, big=true",
+        ])
+    );
+    assert_eq!(
+        s.removed,
+        vec![("formula-1".to_string(), "drop_when sku = 'STORAGE'".to_string(), 1)]
+    );
+
+    // The same product into decimal(18,4) overflows for id 4: refused, not wrapped.
+    let case = Case {
+        stages: "
+- kind: formula
+  outputs:
+    - { name: amount, type: \"decimal(18,4)\", expr: \"CAST(qty AS DECIMAL(10,0)) * price\", on_error: reject }
+- { kind: sql, query: \"SELECT id, amount FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: amount, type: \"decimal(18,4)\" }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&["id=1, amount=15.0000", "id=2, amount=-6.7500", "id=3, amount=NULL"])
+    );
+    assert_eq!(rejects.len(), 1);
+    assert!(
+        rejects[0].contains("id=4") && rejects[0].contains("cannot convert '699999999999999.9993' to decimal(18,4)"),
+        "{}",
+        rejects[0]
+    );
+
+    // on_error: fail (the default) stops the stream and names the row's reason.
+    let case = Case {
+        stages: "- kind: formula\n  outputs:\n    - { name: amount, type: \"decimal(18,4)\", expr: \"CAST(qty AS DECIMAL(10,0)) * price\" }\n- { kind: sql, query: \"SELECT id, amount FROM input\" }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Failed);
+    let e = s.error.unwrap().to_string();
+    assert!(
+        e.contains("stage `formula-1` refused a row")
+            && e.contains("cannot convert '699999999999999.9993' to decimal(18,4)"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_values_inline_with_default_and_reject() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut case = Case {
+        input: ITEMS,
+        schema: ITEMS_SCHEMA,
+        references: &[],
+        stages: "
+- kind: map_values
+  column: sku
+  output: family
+  values: { VM-STD-2: compute, vm-gpu: \"compute ⚡\" }
+  default: other
+- { kind: sql, query: \"SELECT id, sku, family FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: sku, type: string }\n- { name: family, type: string }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, sku=VM-STD-2, family=compute",
+            "id=2, sku=vm-gpu, family=compute ⚡",
+            "id=3, sku=STORAGE, family=other",
+            "id=4, sku=VM-STD-2, family=compute",
+        ])
+    );
+    case.stages = "- { kind: map_values, column: sku, values: { VM-STD-2: VM2 }, unmapped: reject }\n- { kind: sql, query: \"SELECT id, sku, sku AS family FROM input\" }";
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (_, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(
+        rows,
+        sorted(&["id=1, sku=VM2, family=VM2", "id=4, sku=VM2, family=VM2"])
+    );
+    assert_eq!(rejects.len(), 2);
+    assert!(
+        rejects.iter().any(|r| r.contains("sku: no mapping for 'vm-gpu'")),
+        "{rejects:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_column_named_and_numbered_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = "
+id,code
+1,VM-STD-2
+2,vm-gpu-16
+3,STORAGE
+4,
+5,ÉTÉ-X-9
+6,x VM-STD-4
+";
+    let case = Case {
+        input,
+        schema: "- { name: id, type: integer }\n- { name: code, type: string }",
+        references: &[],
+        stages: "
+- kind: split_column
+  column: code
+  pattern: \"(?P<family>[^-]+)-(?P<line>[^-]+)(?:-(?P<size>\\\\d+))?\"
+- { kind: sql, query: \"SELECT id, family, line, size FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: family, type: string }\n- { name: line, type: string }\n- { name: size, type: string }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, family=VM, line=STD, size=2",
+            "id=2, family=vm, line=gpu, size=16",
+            "id=3, family=NULL, line=NULL, size=NULL",
+            "id=4, family=NULL, line=NULL, size=NULL",
+            "id=5, family=ÉTÉ, line=X, size=9",
+            // Anchored at the start: `x VM` is the family, as the pattern allows spaces.
+            "id=6, family=x VM, line=STD, size=4",
+        ])
+    );
+    let numbered = Case {
+        stages: "
+- { kind: split_column, column: code, pattern: \"([A-Za-z]+)-\", outputs: [head] }
+- { kind: sql, query: \"SELECT id, head FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: head, type: string }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (_, rows, _) = run_case(tmp.path(), &numbered).await;
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, head=VM",
+            "id=2, head=vm",
+            "id=3, head=NULL",
+            "id=4, head=NULL",
+            "id=5, head=NULL",
+            "id=6, head=NULL"
+        ])
+    );
+}
