@@ -319,9 +319,33 @@ impl Engine {
                     };
                     upstream.push(r);
                 }
-                let report = engine
-                    .run_stream(&plan, i, &upstream, &options, progress.as_ref())
-                    .await;
+                // A panic inside a stream (ours or a library's) fails that stream with the
+                // panic's message instead of vanishing with its task.
+                let run =
+                    std::panic::AssertUnwindSafe(engine.run_stream(&plan, i, &upstream, &options, progress.as_ref()));
+                let report = match futures::FutureExt::catch_unwind(run).await {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        let ps = &plan.streams[i];
+                        let s = plan.def(ps);
+                        let mut r = empty_report(s, ps);
+                        r.status = Status::Failed;
+                        r.error = Some(StreamError {
+                            pipeline: plan.pipeline.id.value.clone(),
+                            stream: s.id.value.clone(),
+                            stage: None,
+                            message: format!("internal error (a bug in billflow or a library it uses): {what}"),
+                            location: None,
+                            hint: Some("please report it with the pipeline file".into()),
+                        });
+                        r
+                    }
+                };
                 progress.finished(&report);
                 let report = Arc::new(report);
                 let _ = tx.send(Some(report.clone()));

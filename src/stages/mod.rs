@@ -8,6 +8,7 @@ pub mod copy_columns;
 pub mod filter;
 pub mod formula;
 pub mod interop;
+pub mod lookup;
 pub mod map_values;
 pub mod money;
 pub mod polars;
@@ -32,6 +33,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &copy_columns::CopyColumnsKind,
     &filter::FilterKind,
     &formula::FormulaKind,
+    &lookup::LookupKind,
     &map_values::MapValuesKind,
     &split_column::SplitColumnKind,
 ];

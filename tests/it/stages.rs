@@ -399,3 +399,153 @@ id,code
         ])
     );
 }
+
+const USAGE: &str = "
+id,sub,day,qty
+1,S1,2026-10-01,10
+2,S2,2026-10-15,4
+3,S9,2026-10-16,1
+4,,2026-10-20,2
+5,S1,2026-10-31,3
+";
+const USAGE_SCHEMA: &str = "
+- { name: id, type: integer }
+- { name: sub, type: string }
+- { name: day, type: date }
+- { name: qty, type: integer }
+";
+const SUBS: (&str, &str, &str) = (
+    "subs",
+    "subscription_id,customer,updated\nS1,acme,2026-01-01\nS2,fjord,2026-01-01\nS2,fjord-new,2026-06-01\n",
+    "- { name: subscription_id, type: string }\n- { name: customer, type: string }\n- { name: updated, type: date }",
+);
+const PRICES: (&str, &str, &str) = (
+    "prices",
+    "sub,unit_price,valid_from,valid_to\nS1,1.000000,2026-01-01,2026-10-16\nS1,0.800000,2026-10-16,\nS2,2.500000,2026-10-01,2026-10-15\nS2,2.400000,2026-10-15,2026-11-01\n",
+    "- { name: sub, type: string }\n- { name: unit_price, type: \"decimal(18,6)\" }\n- { name: valid_from, type: date }\n- { name: valid_to, type: date }",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_by_key_with_missing_and_multiple_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_cols = "- { name: id, type: integer }\n- { name: customer, type: string }";
+    let stages = |extra: &str| {
+        format!(
+            "- kind: lookup\n  reference: subs\n  keys: [{{ column: sub, reference_column: subscription_id }}]\n  columns: [customer]\n{extra}\n- {{ kind: sql, query: \"SELECT id, customer FROM input\" }}"
+        )
+    };
+    // S2 has two rows: `last` by `updated` takes fjord-new; S9 and the empty key do not
+    // match and are refused with the key in the reason.
+    let s1 = stages("  on_multiple: last\n  order_by: updated\n  on_missing: reject");
+    let case = Case {
+        input: USAGE,
+        schema: USAGE_SCHEMA,
+        references: &[SUBS],
+        stages: &s1,
+        columns: out_cols,
+    };
+    let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&["id=1, customer=acme", "id=2, customer=fjord-new", "id=5, customer=acme"])
+    );
+    assert_eq!(rejects.len(), 2);
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("id=3") && r.contains("no row of `subs` matches (S9)")),
+        "{rejects:#?}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("id=4") && r.contains("no row of `subs` matches (NULL)")),
+        "{rejects:#?}"
+    );
+
+    // `first` and a default for the missing ones.
+    let s2 = stages("  on_multiple: first\n  order_by: updated\n  defaults: { customer: \"(unknown)\" }");
+    let case = Case { stages: &s2, ..case };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (_, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, customer=acme",
+            "id=2, customer=fjord",
+            "id=3, customer=(unknown)",
+            "id=4, customer=(unknown)",
+            "id=5, customer=acme"
+        ])
+    );
+
+    // The default policy for several matches is to fail, naming the key.
+    let s3 = stages("  on_missing: \"null\"");
+    let case = Case { stages: &s3, ..case };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Failed);
+    assert!(s.error.unwrap().message.contains("several rows of `subs` match (S2)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effective_dated_lookup_takes_the_row_valid_on_the_date() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stages = "
+- kind: lookup
+  reference: prices
+  keys: [sub]
+  columns: [unit_price]
+  date: day
+  on_missing: reject
+- { kind: sql, query: \"SELECT id, day, unit_price FROM input\" }";
+    let case = Case {
+        input: USAGE,
+        schema: USAGE_SCHEMA,
+        references: &[PRICES],
+        stages,
+        columns: "- { name: id, type: integer }\n- { name: day, type: date }\n- { name: unit_price, type: \"decimal(18,6)\" }",
+    };
+    let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // valid_to is exclusive: S2 on 2026-10-15 takes the row starting that day.
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, day=2026-10-01, unit_price=1.000000",
+            "id=2, day=2026-10-15, unit_price=2.400000",
+            "id=5, day=2026-10-31, unit_price=0.800000",
+        ])
+    );
+    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("id=3") && r.contains("no row of `prices` matches (S9) valid at day"))
+    );
+
+    // Overlapping validity: two rows valid on the same day is an error by default.
+    let overlapping = (
+        "prices",
+        "sub,unit_price,valid_from,valid_to\nS1,1.000000,2026-01-01,\nS1,0.800000,2026-10-16,\n",
+        PRICES.2,
+    );
+    let case = Case {
+        references: &[overlapping],
+        stages: "
+- kind: lookup
+  reference: prices
+  keys: [sub]
+  columns: [unit_price]
+  date: day
+  on_missing: \"null\"
+- { kind: sql, query: \"SELECT id, day, unit_price FROM input\" }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Failed);
+    let e = s.error.unwrap().message;
+    assert!(e.contains("several rows of `prices` match (S1) valid at day"), "{e}");
+}

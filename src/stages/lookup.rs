@@ -1,0 +1,528 @@
+//! `kind: lookup`: enrich rows from a reference table on one or several key columns,
+//! optionally effective-dated (the reference row valid at the row's date). Policies for a
+//! missing match (`fail`, `null`, `default`, `reject`) and for several matches (`fail`,
+//! `first`, `last`, `reject`).
+//!
+//! Without dates the reference is first reduced to one row per key (with its row count),
+//! so the join cannot multiply input rows. With dates, input rows get a row id, the join
+//! keeps the rows valid at the date, and a window over the row id counts and ranks the
+//! matches.
+
+use std::hash::{Hash, Hasher};
+use std::ops::Not;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::UInt64Array;
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use datafusion::common::JoinType;
+use datafusion::functions::expr_fn::{coalesce, concat_ws};
+use datafusion::functions_aggregate::count::count_udaf;
+use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::WindowFunctionDefinition;
+use datafusion::logical_expr::expr::WindowFunction;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, SortExpr,
+    Volatility, cast, when,
+};
+use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
+use marked_yaml::Node;
+
+use super::args::{all_but, existing, plan_err};
+use super::side::{OnError, apply_policy};
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use crate::definition::{Fields, Reader, Text};
+
+/// How to join a reference: what the engine needs, whatever stage asks.
+pub struct Join {
+    pub reference: Text,
+    /// (input expression, reference column)
+    pub keys: Vec<(Expr, String)>,
+    /// (reference column, output column)
+    pub pulled: Vec<(String, String)>,
+    /// (the row's date, reference valid_from, reference valid_to)
+    pub dated: Option<(Expr, String, String)>,
+    /// Reference column deciding `first`/`last`, and whether the last one wins.
+    pub order: Option<(String, bool)>,
+}
+
+pub const MATCHES: &str = "__billflow_matches";
+
+/// The input with the pulled columns added (NULL when nothing matched) and the number of
+/// matching reference rows in [`MATCHES`]. One output row per input row.
+pub async fn join_reference(ctx: &SessionContext, input: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
+    let reference = ctx.table(j.reference.value.as_str()).await.map_err(|e| {
+        let mut err = StageError::new(format!(
+            "unknown reference `{}`: {}",
+            j.reference.value,
+            e.strip_backtrace()
+        ))
+        .at(Some(j.reference.location.clone()));
+        err.hint = Some("declare it under `references:`".into());
+        err
+    })?;
+    for name in j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p)) {
+        if reference.schema().field_with_unqualified_name(name).is_err() {
+            let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let mut err = StageError::new(format!("reference `{}` has no column `{name}`", j.reference.value))
+                .at(Some(j.reference.location.clone()));
+            err.hint = crate::definition::diagnostics::did_you_mean(name, cols.iter().map(String::as_str))
+                .or(Some(format!("its columns are: {}", cols.join(", "))));
+            return Err(err);
+        }
+    }
+    let rk = |i: usize| format!("__ref_key_{i}");
+    let rp = |i: usize| format!("__ref_val_{i}");
+    let order_expr = |desc: bool, c: &str| -> Vec<SortExpr> { vec![ident(c).sort(!desc, false)] };
+    let input_names: Vec<String> = input.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let pulled_out: Vec<&str> = j.pulled.iter().map(|(_, o)| o.as_str()).collect();
+
+    let (joined, matches) = match &j.dated {
+        None => {
+            // One reference row per key, with how many there were.
+            let group: Vec<Expr> = j
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k))| ident(k).alias(rk(i)))
+                .collect();
+            let mut aggs: Vec<Expr> = j
+                .pulled
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _))| match &j.order {
+                    Some((o, true)) => last_value(ident(p), order_expr(false, o)).alias(rp(i)),
+                    Some((o, false)) => first_value(ident(p), order_expr(false, o)).alias(rp(i)),
+                    None => first_value(ident(p), vec![]).alias(rp(i)),
+                })
+                .collect();
+            aggs.push(count(lit(1)).alias("__ref_n"));
+            let reduced = reference.aggregate(group, aggs).map_err(plan_err)?;
+            let on: Vec<Expr> = j
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
+                .collect();
+            let joined = input.join_on(reduced, JoinType::Left, on).map_err(plan_err)?;
+            (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
+        }
+        Some((date, from, to)) => {
+            let with_id = {
+                let mut cols = all_but(&input, &[]);
+                cols.push(row_id().alias("__bf_row"));
+                input.select(cols).map_err(plan_err)?
+            };
+            let mut ref_cols: Vec<Expr> = j
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k))| ident(k).alias(rk(i)))
+                .collect();
+            ref_cols.extend(j.pulled.iter().enumerate().map(|(i, (p, _))| ident(p).alias(rp(i))));
+            ref_cols.push(ident(from).alias("__ref_from"));
+            ref_cols.push(ident(to).alias("__ref_to"));
+            ref_cols.push(lit(1i64).alias("__ref_hit"));
+            let order_col = j.order.as_ref().map(|(o, _)| o.as_str()).unwrap_or(from.as_str());
+            ref_cols.push(ident(order_col).alias("__ref_order"));
+            let reference = reference.select(ref_cols).map_err(plan_err)?;
+            let mut on: Vec<Expr> = j
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
+                .collect();
+            on.push(date.clone().gt_eq(ident("__ref_from")));
+            on.push(ident("__ref_to").is_null().or(date.clone().lt(ident("__ref_to"))));
+            let joined = with_id.join_on(reference, JoinType::Left, on).map_err(plan_err)?;
+            let last_wins = j.order.as_ref().map(|(_, l)| *l).unwrap_or(true);
+            // One window per expression: DataFusion plans windows with different sort keys
+            // as separate operators.
+            let counted = joined
+                .window(vec![
+                    Expr::from(WindowFunction::new(
+                        WindowFunctionDefinition::AggregateUDF(count_udaf()),
+                        vec![ident("__ref_hit")],
+                    ))
+                    .partition_by(vec![ident("__bf_row")])
+                    .build()
+                    .map_err(plan_err)?
+                    .alias("__ref_n"),
+                ])
+                .map_err(plan_err)?;
+            let ranked = counted
+                .window(vec![
+                    row_number()
+                        .partition_by(vec![ident("__bf_row")])
+                        .order_by(vec![ident("__ref_order").sort(!last_wins, false)])
+                        .build()
+                        .map_err(plan_err)?
+                        .alias("__ref_rank"),
+                ])
+                .map_err(plan_err)?
+                .filter(ident("__ref_rank").eq(lit(1u64)))
+                .map_err(plan_err)?;
+            (ranked, ident("__ref_n"))
+        }
+    };
+    let mut select: Vec<Expr> = input_names
+        .iter()
+        .filter(|n| !pulled_out.contains(&n.as_str()))
+        .map(ident)
+        .collect();
+    select.extend(j.pulled.iter().enumerate().map(|(i, (_, out))| ident(rp(i)).alias(out)));
+    select.push(matches.alias(MATCHES));
+    joined.select(select).map_err(plan_err)
+}
+
+/// `billflow_row_id()`: a number unique to each row of one execution (volatile).
+#[derive(Debug)]
+struct RowId {
+    signature: Signature,
+    next: Arc<AtomicU64>,
+}
+impl PartialEq for RowId {
+    fn eq(&self, o: &Self) -> bool {
+        Arc::ptr_eq(&self.next, &o.next)
+    }
+}
+impl Eq for RowId {}
+impl Hash for RowId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (Arc::as_ptr(&self.next) as usize).hash(h)
+    }
+}
+impl ScalarUDFImpl for RowId {
+    fn name(&self) -> &str {
+        "billflow_row_id"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::UInt64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let n = args.number_rows as u64;
+        let start = self.next.fetch_add(n, Ordering::Relaxed);
+        Ok(ColumnarValue::Array(Arc::new(UInt64Array::from_iter_values(
+            start..start + n,
+        ))))
+    }
+}
+fn row_id() -> Expr {
+    ScalarUDF::new_from_impl(RowId {
+        signature: Signature::nullary(Volatility::Volatile),
+        next: Arc::new(AtomicU64::new(0)),
+    })
+    .call(vec![])
+}
+
+pub struct LookupKind;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Multiple {
+    Fail,
+    Reject,
+    First,
+    Last,
+}
+
+#[derive(Debug)]
+pub struct LookupStage {
+    reference: Text,
+    keys: Vec<(Text, String)>,
+    pulled: Vec<(String, String)>,
+    dated: Option<(Text, String, String)>,
+    order_by: Option<String>,
+    on_missing: OnError,
+    defaults: Vec<(String, String)>,
+    on_multiple: Multiple,
+}
+
+fn key_list(r: &mut Reader, node: &Node) -> Option<Vec<(Text, String)>> {
+    let items = r.sequence(node, "keys")?;
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Node::Scalar(_) => {
+                let t = r.text(item, "key column")?;
+                let k = t.value.clone();
+                out.push((t, k));
+            }
+            _ => {
+                let mut f = r.mapping(item, "key")?;
+                let column = f.required_text(r, "column", "the stream's column");
+                let reference = f.required_text(r, "reference_column", "the reference's column");
+                f.finish(r, &["column", "reference_column"]);
+                out.push((column?, reference?.value));
+            }
+        }
+    }
+    Some(out)
+}
+
+fn pulled_list(r: &mut Reader, node: &Node) -> Option<Vec<(String, String)>> {
+    let items = r.sequence(node, "columns")?;
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Node::Scalar(_) => {
+                let t = r.text(item, "column")?;
+                out.push((t.value.clone(), t.value));
+            }
+            _ => {
+                let mut f = r.mapping(item, "pulled column")?;
+                let column = f.required_text(r, "column", "the reference's column");
+                let alias = f.text(r, "as");
+                f.finish(r, &["column", "as"]);
+                let column = column?;
+                let alias = alias.map(|a| a.value).unwrap_or_else(|| column.value.clone());
+                out.push((column.value, alias));
+            }
+        }
+    }
+    Some(out)
+}
+
+impl StageKind for LookupKind {
+    fn name(&self) -> &'static str {
+        "lookup"
+    }
+    fn summary(&self) -> &'static str {
+        "enrich rows from a reference table by key (optionally effective-dated)"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "reference",
+            "keys",
+            "columns",
+            "date",
+            "valid_from",
+            "valid_to",
+            "order_by",
+            "on_missing",
+            "defaults",
+            "on_multiple",
+        ]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        let reference = f.required_text(r, "reference", "the name of a reference table");
+        let keys = f
+            .require(r, "keys", "the key columns, e.g. `[subscription_id]`")
+            .and_then(|n| key_list(r, n));
+        let pulled = f
+            .require(r, "columns", "the reference columns to add")
+            .and_then(|n| pulled_list(r, n));
+        let date = f.text(r, "date");
+        let valid_from = f
+            .text(r, "valid_from")
+            .map(|t| t.value)
+            .unwrap_or_else(|| "valid_from".into());
+        let valid_to = f
+            .text(r, "valid_to")
+            .map(|t| t.value)
+            .unwrap_or_else(|| "valid_to".into());
+        let order_by = f.text(r, "order_by").map(|t| t.value);
+        let on_missing = OnError::read(
+            f,
+            r,
+            "on_missing",
+            &[OnError::Fail, OnError::Null, OnError::Reject],
+            OnError::Fail,
+        );
+        let mut defaults = Vec::new();
+        if let Some(n) = f.get("defaults") {
+            let m = r.mapping(n, "defaults")?;
+            for (k, v) in m.node().iter() {
+                let v = r.text(v, "default value")?;
+                defaults.push((k.as_str().to_string(), v.value));
+            }
+        }
+        let on_missing = if !defaults.is_empty() && f.has("on_missing") && on_missing != Some(OnError::Null) {
+            on_missing
+        } else if !defaults.is_empty() {
+            Some(OnError::Skip) // `default`: fill in the defaults
+        } else {
+            on_missing
+        };
+        let on_multiple = match f.get("on_multiple") {
+            None => Some(Multiple::Fail),
+            Some(n) => r
+                .choice(n, "`on_multiple` policy", &["fail", "reject", "first", "last"])
+                .map(|t| match t.value.as_str() {
+                    "first" => Multiple::First,
+                    "last" => Multiple::Last,
+                    "reject" => Multiple::Reject,
+                    _ => Multiple::Fail,
+                }),
+        };
+        let (reference, keys, pulled, on_missing, on_multiple) =
+            (reference?, keys?, pulled?, on_missing?, on_multiple?);
+        if matches!(on_multiple, Multiple::First | Multiple::Last) && order_by.is_none() && date.is_none() {
+            let at = f.location.clone();
+            let d = r.error("`on_multiple: first/last` needs `order_by`", at);
+            d.hint = Some(
+                "files have no reliable row order; name the reference column that decides (e.g. `updated_at`)".into(),
+            );
+            return None;
+        }
+        for (d, _) in &defaults {
+            if !pulled.iter().any(|(_, out)| out == d) {
+                let at = f.location.clone();
+                r.error(format!("default for `{d}`, which the lookup does not add"), at);
+                return None;
+            }
+        }
+        Some(Arc::new(LookupStage {
+            reference,
+            keys,
+            pulled,
+            dated: date.map(|d| (d, valid_from, valid_to)),
+            order_by,
+            on_missing,
+            defaults,
+            on_multiple,
+        }))
+    }
+}
+
+#[async_trait]
+impl Stage for LookupStage {
+    fn describe(&self) -> String {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|(c, k)| {
+                if c.value == *k {
+                    k.clone()
+                } else {
+                    format!("{}={k}", c.value)
+                }
+            })
+            .collect();
+        let cols: Vec<&str> = self.pulled.iter().map(|(_, o)| o.as_str()).collect();
+        let dated = self
+            .dated
+            .as_ref()
+            .map(|(d, _, _)| format!(" valid at {}", d.value))
+            .unwrap_or_default();
+        format!(
+            "lookup {} on ({}){dated} -> {}",
+            self.reference.value,
+            keys.join(", "),
+            cols.join(", ")
+        )
+    }
+    fn fuses(&self) -> bool {
+        true
+    }
+    fn fingerprint(&self) -> String {
+        format!(
+            "{} {:?} {:?} {:?} {:?}",
+            self.describe(),
+            self.order_by,
+            self.on_missing,
+            self.defaults,
+            self.on_multiple
+        )
+    }
+    fn tables(&self) -> Vec<String> {
+        vec![self.reference.value.clone()]
+    }
+    async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|(c, k)| Ok((existing(&input, c)?, k.clone())))
+            .collect::<Result<Vec<_>, StageError>>()?;
+        let dated = match &self.dated {
+            Some((d, from, to)) => Some((existing(&input, d)?, from.clone(), to.clone())),
+            None => None,
+        };
+        let order = match (self.on_multiple, &self.order_by) {
+            (Multiple::First, Some(o)) => Some((o.clone(), false)),
+            (Multiple::Last, Some(o)) => Some((o.clone(), true)),
+            (Multiple::First, None) => self.dated.as_ref().map(|(_, from, _)| (from.clone(), false)),
+            _ => self.order_by.clone().map(|o| (o, true)),
+        };
+        let join = Join {
+            reference: self.reference.clone(),
+            keys,
+            pulled: self.pulled.clone(),
+            dated,
+            order,
+        };
+        let mut df = join_reference(env.ctx, input, &join).await?;
+        let key_text = {
+            let parts: Vec<Expr> = self
+                .keys
+                .iter()
+                .map(|(c, _)| coalesce(vec![cast(ident(&c.value), DataType::Utf8), lit("NULL")]))
+                .collect();
+            concat_ws(lit(", "), parts)
+        };
+        let matches = ident(MATCHES);
+        let dated_note = self
+            .dated
+            .as_ref()
+            .map(|(d, _, _)| format!(" valid at {}", d.value))
+            .unwrap_or_default();
+        // Several matches.
+        let many = matches.clone().gt(lit(1i64));
+        let many_reason = concat_ws(
+            lit(""),
+            vec![
+                lit(format!("several rows of `{}` match (", self.reference.value)),
+                key_text.clone(),
+                lit(format!("){dated_note}")),
+            ],
+        );
+        df = match self.on_multiple {
+            Multiple::Fail => apply_policy(df, OnError::Fail, many, many_reason, env.stage, env.side),
+            Multiple::Reject => apply_policy(df, OnError::Reject, many, many_reason, env.stage, env.side),
+            _ => Ok(df),
+        }
+        .map_err(StageError::new)?;
+        // No match.
+        let missing = matches.clone().eq(lit(0i64));
+        let missing_reason = concat_ws(
+            lit(""),
+            vec![
+                lit(format!("no row of `{}` matches (", self.reference.value)),
+                key_text,
+                lit(format!("){dated_note}")),
+            ],
+        );
+        df = apply_policy(
+            df,
+            self.on_missing,
+            missing.clone(),
+            missing_reason,
+            env.stage,
+            env.side,
+        )
+        .map_err(StageError::new)?;
+        let mut select = all_but(&df, &[MATCHES]);
+        if !self.defaults.is_empty() {
+            let outs: Vec<&str> = self.defaults.iter().map(|(k, _)| k.as_str()).collect();
+            select = all_but(&df, &[&[MATCHES], outs.as_slice()].concat());
+            for (col, value) in &self.defaults {
+                let ty = df
+                    .schema()
+                    .field_with_unqualified_name(col)
+                    .map_err(plan_err)?
+                    .data_type()
+                    .clone();
+                let v = when(missing.clone(), cast(lit(value.clone()), ty))
+                    .otherwise(ident(col))
+                    .map_err(plan_err)?;
+                select.push(v.alias(col));
+            }
+        }
+        let _ = missing.not();
+        df.select(select).map_err(plan_err)
+    }
+}
