@@ -4,6 +4,7 @@
 //! [`KINDS`].
 
 pub mod args;
+pub mod convert_currency;
 pub mod copy_columns;
 pub mod filter;
 pub mod formula;
@@ -12,6 +13,7 @@ pub mod lookup;
 pub mod map_values;
 pub mod money;
 pub mod polars;
+pub mod round;
 pub mod side;
 pub mod split_column;
 pub mod sql;
@@ -31,10 +33,12 @@ pub static KINDS: &[&dyn StageKind] = &[
     &sql::SqlKind,
     &polars::PolarsKind,
     &copy_columns::CopyColumnsKind,
+    &convert_currency::ConvertCurrencyKind,
     &filter::FilterKind,
     &formula::FormulaKind,
     &lookup::LookupKind,
     &map_values::MapValuesKind,
+    &round::RoundKind,
     &split_column::SplitColumnKind,
 ];
 

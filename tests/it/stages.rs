@@ -549,3 +549,173 @@ async fn effective_dated_lookup_takes_the_row_valid_on_the_date() {
     let e = s.error.unwrap().message;
     assert!(e.contains("several rows of `prices` match (S1) valid at day"), "{e}");
 }
+
+const FX: (&str, &str, &str) = (
+    "fx",
+    "from_currency,to_currency,rate,valid_from,valid_to\nUSD,EUR,0.92345678,2026-09-01,2026-10-15\nUSD,EUR,0.91876543,2026-10-15,\nGBP,EUR,1.15,2026-01-01,\n",
+    "- { name: from_currency, type: string }\n- { name: to_currency, type: string }\n- { name: rate, type: \"decimal(18,8)\" }\n- { name: valid_from, type: date }\n- { name: valid_to, type: date }",
+);
+const AMOUNTS: &str = "
+id,day,amount,cur
+1,2026-10-14,100.0000,USD
+2,2026-10-15,100.0000,USD
+3,2026-10-20,10.0000,EUR
+4,2026-10-20,,USD
+5,2026-10-20,5.0000,CHF
+6,2026-10-01,-1.0000,USD
+7,2026-10-20,0.0003,GBP
+";
+const AMOUNTS_SCHEMA: &str = "
+- { name: id, type: integer }
+- { name: day, type: date }
+- { name: amount, type: \"decimal(18,4)\" }
+- { name: cur, type: string }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_currency_at_the_rate_valid_on_the_date() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case {
+        input: AMOUNTS,
+        schema: AMOUNTS_SCHEMA,
+        references: &[FX],
+        stages: "
+- kind: convert_currency
+  amount: amount
+  from_column: cur
+  to: EUR
+  rates: fx
+  date: day
+  output: amount_eur
+  on_missing_rate: reject
+- { kind: sql, query: \"SELECT id, amount_eur FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: amount_eur, type: \"decimal(30,5)\" }",
+    };
+    let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // 100 x 0.92345678 = 92.345678 -> 92.34568; from 10-15 the new rate: 91.876543 ->
+    // 91.87654; EUR stays; NULL stays NULL; -0.92345678 -> -0.92346; 0.0003 x 1.15 =
+    // 0.000345, a tie: half-even keeps 0.00034.
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, amount_eur=92.34568",
+            "id=2, amount_eur=91.87654",
+            "id=3, amount_eur=10.00000",
+            "id=4, amount_eur=NULL",
+            "id=6, amount_eur=-0.92346",
+            "id=7, amount_eur=0.00034",
+        ])
+    );
+    assert_eq!(rejects.len(), 1);
+    assert!(
+        rejects[0].contains("no exchange rate CHF->EUR valid on 2026-10-20 in `fx`"),
+        "{}",
+        rejects[0]
+    );
+
+    // Closing rate of the period, half-up, 2 places, failing on the missing CHF rate.
+    let case = Case {
+        stages: "
+- kind: convert_currency
+  amount: amount
+  from_column: cur
+  to: EUR
+  rates: fx
+  rate_date: period_end
+  scale: 2
+  rounding: half_up
+  rate_output: rate
+- { kind: sql, query: \"SELECT id, amount, rate FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: amount, type: \"decimal(30,2)\" }\n- { name: rate, type: \"decimal(18,8)\" }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Failed);
+    let e = s.error.unwrap().message;
+    assert!(
+        e.contains("no exchange rate CHF->EUR valid on 2026-10-31 in `fx`"),
+        "{e}"
+    );
+
+    let no_chf = AMOUNTS.replace("5,2026-10-20,5.0000,CHF\n", "");
+    let case = Case { input: &no_chf, ..case };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, amount=91.88, rate=0.91876543",
+            "id=2, amount=91.88, rate=0.91876543",
+            "id=3, amount=10.00, rate=1.00000000",
+            "id=4, amount=NULL, rate=0.91876543",
+            "id=6, amount=-0.92, rate=0.91876543",
+            "id=7, amount=0.00, rate=1.15000000",
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_with_penny_reconciliation_per_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = "
+id,grp,amount
+1,A,1.005
+2,A,1.005
+3,A,1.005
+4,B,2.675
+5,B,-0.125
+6,C,
+";
+    let case = Case {
+        input,
+        schema: "- { name: id, type: integer }\n- { name: grp, type: string }\n- { name: amount, type: \"decimal(18,3)\" }",
+        references: &[],
+        stages: "
+- kind: round
+  columns: [amount]
+  scale: 2
+  reconcile: { group_by: [grp], order_by: [id] }",
+        columns: "- { name: id, type: integer }\n- { name: grp, type: string }\n- { name: amount, type: \"decimal(18,2)\" }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // A: each 1.005 -> 1.00 (half-even), lines 3.00, exact 3.015 -> 3.02: the residue
+    // 0.02 goes to the first of the equal lines (id 1). B: 2.675 -> 2.68, -0.125 -> -0.12,
+    // lines 2.56, exact 2.550 -> 2.55: -0.01 goes to the largest line.
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, grp=A, amount=1.02",
+            "id=2, grp=A, amount=1.00",
+            "id=3, grp=A, amount=1.00",
+            "id=4, grp=B, amount=2.67",
+            "id=5, grp=B, amount=-0.12",
+            "id=6, grp=C, amount=NULL",
+        ])
+    );
+    assert_eq!(
+        s.control_totals["amount"], "5.57",
+        "3.02 + 2.55: totals after rounding equal rounded totals"
+    );
+
+    let case = Case {
+        stages: "- { kind: round, columns: [amount], scale: 2, mode: half_up }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (_, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, grp=A, amount=1.01",
+            "id=2, grp=A, amount=1.01",
+            "id=3, grp=A, amount=1.01",
+            "id=4, grp=B, amount=2.68",
+            "id=5, grp=B, amount=-0.13",
+            "id=6, grp=C, amount=NULL",
+        ])
+    );
+}

@@ -1,0 +1,322 @@
+//! `kind: convert_currency`: an amount from one currency (fixed, or per row from a column)
+//! to another, at the rate of an exchange-rate reference valid on the row's date (or the
+//! period's closing rate), rounded to `scale` places (default 5, half-even). A missing
+//! rate fails the stream naming the currency pair and date (or, with
+//! `on_missing_rate: reject`, refuses the row): never a silent zero. A NULL amount stays
+//! NULL; an amount already in the target currency is kept (rate 1).
+
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use datafusion::functions::expr_fn::{coalesce, concat_ws};
+use datafusion::logical_expr::{Expr, cast, when};
+use datafusion::prelude::{DataFrame, ident, lit};
+use datafusion::scalar::ScalarValue;
+
+use super::args::{all_but, existing, plan_err};
+use super::lookup::{Join, MATCHES, join_reference};
+use super::money::{RoundingMode, round};
+use super::side::{OnError, apply_policy};
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use crate::definition::{Fields, Reader, Text};
+
+pub struct ConvertCurrencyKind;
+
+#[derive(Debug, Clone)]
+enum Currency {
+    Fixed(String),
+    Column(Text),
+}
+
+#[derive(Debug, Clone)]
+enum RateDate {
+    Column(Text),
+    PeriodEnd,
+}
+
+#[derive(Debug)]
+pub struct ConvertCurrencyStage {
+    amount: Text,
+    from: Currency,
+    to: Currency,
+    rates: Text,
+    columns: [String; 5],
+    date: RateDate,
+    output: String,
+    rate_output: Option<String>,
+    scale: i8,
+    mode: RoundingMode,
+    on_missing: OnError,
+}
+
+fn currency(f: &mut Fields, r: &mut Reader, fixed: &str, column: &str) -> Option<Currency> {
+    match (f.text(r, fixed), f.text(r, column)) {
+        (Some(c), None) => Some(Currency::Fixed(c.value.to_ascii_uppercase())),
+        (None, Some(c)) => Some(Currency::Column(c)),
+        (Some(c), Some(_)) => {
+            r.error(format!("give `{fixed}` or `{column}`, not both"), c.location);
+            None
+        }
+        (None, None) => {
+            let at = f.location.clone();
+            r.error(
+                format!("convert_currency needs `{fixed}` (a currency code) or `{column}` (a column holding it)"),
+                at,
+            );
+            None
+        }
+    }
+}
+
+pub fn read_rounding(f: &mut Fields, r: &mut Reader, key: &str) -> Option<RoundingMode> {
+    match f.get(key) {
+        None => Some(RoundingMode::HalfEven),
+        Some(n) => r
+            .choice(n, "rounding mode", RoundingMode::NAMES)
+            .and_then(|t| RoundingMode::parse(&t.value)),
+    }
+}
+
+pub fn read_scale(f: &mut Fields, r: &mut Reader, key: &str, default: i8) -> Option<i8> {
+    match f.get(key) {
+        None => Some(default),
+        Some(n) => match r.unsigned(n, "`scale`") {
+            Some(s) if s <= 38 => Some(s as i8),
+            Some(s) => {
+                let at = r.loc(n);
+                r.error(format!("scale {s} is more than Decimal128's 38 digits"), at);
+                None
+            }
+            None => None,
+        },
+    }
+}
+
+impl StageKind for ConvertCurrencyKind {
+    fn name(&self) -> &'static str {
+        "convert_currency"
+    }
+    fn summary(&self) -> &'static str {
+        "convert an amount at the effective-dated rate of an exchange-rate reference"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "amount",
+            "from",
+            "from_column",
+            "to",
+            "to_column",
+            "rates",
+            "rate_columns",
+            "date",
+            "rate_date",
+            "output",
+            "rate_output",
+            "scale",
+            "rounding",
+            "on_missing_rate",
+        ]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        let amount = f.required_text(r, "amount", "the column holding the amount to convert");
+        let from = currency(f, r, "from", "from_column");
+        let to = currency(f, r, "to", "to_column");
+        let rates = f.required_text(r, "rates", "the exchange-rate reference, e.g. `fx_rates`");
+        let mut columns = ["from_currency", "to_currency", "rate", "valid_from", "valid_to"].map(String::from);
+        if let Some(n) = f.get("rate_columns") {
+            let mut m = r.mapping(n, "rate_columns")?;
+            for (i, key) in ["from_currency", "to_currency", "rate", "valid_from", "valid_to"]
+                .iter()
+                .enumerate()
+            {
+                if let Some(t) = m.text(r, key) {
+                    columns[i] = t.value;
+                }
+            }
+            m.finish(r, &[]);
+        }
+        let date = match (f.text(r, "date"), f.get("rate_date")) {
+            (Some(d), None) => Some(RateDate::Column(d)),
+            (None, Some(n)) => r.choice(n, "`rate_date`", &["period_end"]).map(|_| RateDate::PeriodEnd),
+            (Some(d), Some(_)) => {
+                r.error(
+                    "give `date` (the row's date) or `rate_date: period_end`, not both",
+                    d.location,
+                );
+                None
+            }
+            (None, None) => {
+                let at = f.location.clone();
+                let d = r.error("convert_currency needs the date whose rate applies", at);
+                d.expected = Some("`date: <column>` (the rate valid on each row's date) or `rate_date: period_end` (the period's closing rate)".into());
+                None
+            }
+        };
+        let output = f.text(r, "output").map(|t| t.value);
+        let rate_output = f.text(r, "rate_output").map(|t| t.value);
+        let scale = read_scale(f, r, "scale", 5);
+        let mode = read_rounding(f, r, "rounding");
+        let on_missing = OnError::read(
+            f,
+            r,
+            "on_missing_rate",
+            &[OnError::Fail, OnError::Reject],
+            OnError::Fail,
+        );
+        let amount = amount?;
+        Some(Arc::new(ConvertCurrencyStage {
+            output: output.unwrap_or_else(|| amount.value.clone()),
+            amount,
+            from: from?,
+            to: to?,
+            rates: rates?,
+            columns,
+            date: date?,
+            rate_output,
+            scale: scale?,
+            mode: mode?,
+            on_missing: on_missing?,
+        }))
+    }
+}
+
+fn currency_expr(df: &DataFrame, c: &Currency) -> Result<Expr, StageError> {
+    Ok(match c {
+        Currency::Fixed(code) => lit(code.clone()),
+        Currency::Column(t) => cast(existing(df, t)?, DataType::Utf8),
+    })
+}
+
+#[async_trait]
+impl Stage for ConvertCurrencyStage {
+    fn describe(&self) -> String {
+        let cur = |c: &Currency| match c {
+            Currency::Fixed(s) => s.clone(),
+            Currency::Column(t) => format!("[{}]", t.value),
+        };
+        let date = match &self.date {
+            RateDate::Column(t) => format!("rate valid on {}", t.value),
+            RateDate::PeriodEnd => "closing rate of the period".into(),
+        };
+        format!(
+            "convert_currency {} {} -> {} as {} ({date} from {}, {} places {})",
+            self.amount.value,
+            cur(&self.from),
+            cur(&self.to),
+            self.output,
+            self.rates.value,
+            self.scale,
+            self.mode.name()
+        )
+    }
+    fn fuses(&self) -> bool {
+        true
+    }
+    fn fingerprint(&self) -> String {
+        format!(
+            "{} {:?} {:?} {}",
+            self.describe(),
+            self.columns,
+            self.rate_output,
+            self.on_missing.name()
+        )
+    }
+    fn tables(&self) -> Vec<String> {
+        vec![self.rates.value.clone()]
+    }
+    async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let amount = existing(&input, &self.amount)?;
+        let from = currency_expr(&input, &self.from)?;
+        let to = currency_expr(&input, &self.to)?;
+        let date = match &self.date {
+            RateDate::Column(t) => existing(&input, t)?,
+            RateDate::PeriodEnd => {
+                // The last day of the period: the period's end is exclusive.
+                let end = env
+                    .vars
+                    .get("period_end")
+                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+                let last = end
+                    .and_then(|d| d.pred_opt())
+                    .ok_or_else(|| StageError::new("no period end to take the closing rate at"))?;
+                let days = (last - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32;
+                lit(ScalarValue::Date32(Some(days)))
+            }
+        };
+        let [c_from, c_to, c_rate, c_valid_from, c_valid_to] = self.columns.clone();
+        let join = Join {
+            reference: self.rates.clone(),
+            keys: vec![(from.clone(), c_from), (to.clone(), c_to)],
+            pulled: vec![(c_rate, "__billflow_rate".into())],
+            dated: Some((date.clone(), c_valid_from, c_valid_to)),
+            order: None,
+        };
+        let mut df = join_reference(env.ctx, input, &join).await?;
+        let same = from.clone().eq(to.clone());
+        // Several rates valid on one day: the reference is ambiguous, never guessed.
+        let many = ident(MATCHES).gt(lit(1i64));
+        let pair = concat_ws(
+            lit(""),
+            vec![
+                coalesce(vec![from.clone(), lit("NULL")]),
+                lit("->"),
+                coalesce(vec![to.clone(), lit("NULL")]),
+            ],
+        );
+        let on_date = concat_ws(
+            lit(""),
+            vec![
+                lit(" valid on "),
+                coalesce(vec![cast(date.clone(), DataType::Utf8), lit("NULL")]),
+            ],
+        );
+        let many_reason = concat_ws(
+            lit(""),
+            vec![
+                lit(format!("several rates in `{}` for ", self.rates.value)),
+                pair.clone(),
+                on_date.clone(),
+            ],
+        );
+        df = apply_policy(
+            df,
+            OnError::Fail,
+            many.and(same.clone().is_not_true()),
+            many_reason,
+            env.stage,
+            env.side,
+        )
+        .map_err(StageError::new)?;
+        let missing = amount
+            .clone()
+            .is_not_null()
+            .and(same.clone().is_not_true())
+            .and(ident(MATCHES).eq(lit(0i64)));
+        let missing_reason = concat_ws(
+            lit(""),
+            vec![
+                lit("no exchange rate "),
+                pair,
+                on_date,
+                lit(format!(" in `{}`", self.rates.value)),
+            ],
+        );
+        df =
+            apply_policy(df, self.on_missing, missing, missing_reason, env.stage, env.side).map_err(StageError::new)?;
+        let rate = when(same, lit(ScalarValue::Decimal128(Some(1), 1, 0)))
+            .otherwise(ident("__billflow_rate"))
+            .map_err(plan_err)?;
+        let converted = round(amount * rate.clone(), self.scale, self.mode);
+        let mut drop = vec![MATCHES, "__billflow_rate", self.output.as_str()];
+        if let Some(ro) = &self.rate_output {
+            drop.push(ro.as_str());
+        }
+        let mut select = all_but(&df, &drop);
+        select.push(converted.alias(&self.output));
+        if let Some(ro) = &self.rate_output {
+            select.push(rate.alias(ro));
+        }
+        df.select(select).map_err(plan_err)
+    }
+}

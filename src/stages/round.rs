@@ -1,0 +1,209 @@
+//! `kind: round`: money rounding with an explicit scale and mode, and optional penny
+//! reconciliation: per group, the rounded lines add up to the rounded total of the exact
+//! lines; the residue goes to one deterministic line (the largest absolute amount, ties
+//! broken by `order_by`).
+
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use datafusion::functions::expr_fn::coalesce;
+use datafusion::functions::math::expr_fn::abs;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::expr::WindowFunction;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, WindowFunctionDefinition, cast, when};
+use datafusion::prelude::{DataFrame, ident, lit};
+use datafusion::scalar::ScalarValue;
+
+use super::args::{all_but, existing, plan_err};
+use super::convert_currency::{read_rounding, read_scale};
+use super::money::{RoundingMode, round};
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use crate::definition::{Fields, Reader, Text};
+
+pub struct RoundKind;
+
+#[derive(Debug)]
+struct Reconcile {
+    group_by: Vec<Text>,
+    order_by: Vec<Text>,
+}
+
+#[derive(Debug)]
+pub struct RoundStage {
+    columns: Vec<Text>,
+    scale: i8,
+    mode: RoundingMode,
+    reconcile: Option<Reconcile>,
+}
+
+impl StageKind for RoundKind {
+    fn name(&self) -> &'static str {
+        "round"
+    }
+    fn summary(&self) -> &'static str {
+        "round money columns (scale, mode) with optional penny reconciliation per group"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &["columns", "scale", "mode", "reconcile"]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        let columns = f
+            .require(r, "columns", "the decimal columns to round")
+            .and_then(|n| r.string_list(n, "columns"));
+        let scale = if f.has("scale") {
+            read_scale(f, r, "scale", 2)
+        } else {
+            let at = f.location.clone();
+            let d = r.error("round needs an explicit `scale`", at);
+            d.hint = Some("money rounding is a contract decision: write e.g. `scale: 2`".into());
+            None
+        };
+        let mode = read_rounding(f, r, "mode");
+        let reconcile = match f.get("reconcile") {
+            None => Some(None),
+            Some(n) => {
+                let mut m = r.mapping(n, "reconcile")?;
+                let group_by = m
+                    .get("group_by")
+                    .map(|n| r.string_list(n, "group_by"))
+                    .unwrap_or(Some(vec![]));
+                let order_by = m
+                    .get("order_by")
+                    .map(|n| r.string_list(n, "order_by"))
+                    .unwrap_or(Some(vec![]));
+                m.finish(r, &[]);
+                Some(Some(Reconcile {
+                    group_by: group_by?,
+                    order_by: order_by?,
+                }))
+            }
+        };
+        Some(Arc::new(RoundStage {
+            columns: columns?,
+            scale: scale?,
+            mode: mode?,
+            reconcile: reconcile?,
+        }))
+    }
+}
+
+fn window_sum(e: Expr, partition: &[Expr]) -> Result<Expr, StageError> {
+    Expr::from(WindowFunction::new(
+        WindowFunctionDefinition::AggregateUDF(sum_udaf()),
+        vec![e],
+    ))
+    .partition_by(partition.to_vec())
+    .build()
+    .map_err(plan_err)
+}
+
+#[async_trait]
+impl Stage for RoundStage {
+    fn describe(&self) -> String {
+        let cols: Vec<&str> = self.columns.iter().map(|c| c.value.as_str()).collect();
+        let rec = match &self.reconcile {
+            None => String::new(),
+            Some(r) if r.group_by.is_empty() => ", reconciled over the batch".into(),
+            Some(r) => format!(
+                ", reconciled per {}",
+                r.group_by
+                    .iter()
+                    .map(|g| g.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        format!(
+            "round {} to {} places {}{rec}",
+            cols.join(", "),
+            self.scale,
+            self.mode.name()
+        )
+    }
+    fn fuses(&self) -> bool {
+        true
+    }
+    fn fingerprint(&self) -> String {
+        format!(
+            "{} {:?}",
+            self.describe(),
+            self.reconcile
+                .as_ref()
+                .map(|r| r.order_by.iter().map(|o| o.value.clone()).collect::<Vec<_>>())
+        )
+    }
+    async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let mut df = input;
+        for c in &self.columns {
+            let column = existing(&df, c)?;
+            let ty = df
+                .schema()
+                .field_with_unqualified_name(&c.value)
+                .map_err(plan_err)?
+                .data_type()
+                .clone();
+            if !matches!(ty, DataType::Decimal128(_, _) | DataType::Int64 | DataType::Int32) {
+                let mut e = StageError::new(format!(
+                    "`{}` is {ty}, not a decimal: round works on exact money",
+                    c.value
+                ))
+                .at(Some(c.location.clone()));
+                e.hint = Some("cast it to a decimal first (formula or copy_columns with a `decimal(p,s)` type)".into());
+                return Err(e);
+            }
+            let rounded = round(column.clone(), self.scale, self.mode);
+            let Some(rec) = &self.reconcile else {
+                let mut select = all_but(&df, &[c.value.as_str()]);
+                select.push(rounded.alias(&c.value));
+                df = df.select(select).map_err(plan_err)?;
+                continue;
+            };
+            let group: Vec<Expr> = rec
+                .group_by
+                .iter()
+                .map(|g| existing(&df, g))
+                .collect::<Result<_, _>>()?;
+            let mut order = vec![abs(column.clone()).sort(false, false)];
+            for o in &rec.order_by {
+                order.push(existing(&df, o)?.sort(true, false));
+            }
+            // Exact total, total of the rounded lines, and which line takes the residue.
+            df = df
+                .window(vec![window_sum(column.clone(), &group)?.alias("__bf_exact")])
+                .map_err(plan_err)?;
+            df = df
+                .window(vec![window_sum(rounded.clone(), &group)?.alias("__bf_lines")])
+                .map_err(plan_err)?;
+            df = df
+                .window(vec![
+                    row_number()
+                        .partition_by(group.clone())
+                        .order_by(order)
+                        .build()
+                        .map_err(plan_err)?
+                        .alias("__bf_rank"),
+                ])
+                .map_err(plan_err)?;
+            let residue = round(ident("__bf_exact"), self.scale, self.mode) - ident("__bf_lines");
+            let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
+            let adjusted = rounded.clone()
+                + when(ident("__bf_rank").eq(lit(1u64)), coalesce(vec![residue, zero.clone()]))
+                    .otherwise(zero)
+                    .map_err(plan_err)?;
+            let out_type = df
+                .clone()
+                .select(vec![rounded])
+                .map_err(plan_err)?
+                .schema()
+                .field(0)
+                .data_type()
+                .clone();
+            let mut select = all_but(&df, &[c.value.as_str(), "__bf_exact", "__bf_lines", "__bf_rank"]);
+            select.push(cast(adjusted, out_type).alias(&c.value));
+            df = df.select(select).map_err(plan_err)?;
+        }
+        Ok(df)
+    }
+}
