@@ -3,6 +3,7 @@
 //! (transforms a DataFusion `DataFrame`). Adding a kind is one new file plus one line in
 //! [`KINDS`].
 
+pub mod aggregate;
 pub mod args;
 pub mod convert_currency;
 pub mod copy_columns;
@@ -11,6 +12,7 @@ pub mod formula;
 pub mod interop;
 pub mod lookup;
 pub mod map_values;
+pub mod markup;
 pub mod money;
 pub mod polars;
 pub mod round;
@@ -38,6 +40,10 @@ pub static KINDS: &[&dyn StageKind] = &[
     &formula::FormulaKind,
     &lookup::LookupKind,
     &map_values::MapValuesKind,
+    &markup::MarkupKind,
+    &markup::DiscountKind,
+    &markup::MarginKind,
+    &aggregate::AggregateKind,
     &round::RoundKind,
     &split_column::SplitColumnKind,
 ];

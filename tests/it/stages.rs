@@ -719,3 +719,124 @@ id,grp,amount
         ])
     );
 }
+
+const COSTS: &str = "
+id,org,cost
+1,alpha-it,10.0000
+2,bergen-data,3.3333
+3,nobody,1.0000
+4,alpha-it,-2.5000
+";
+const COSTS_SCHEMA: &str =
+    "- { name: id, type: integer }\n- { name: org, type: string }\n- { name: cost, type: \"decimal(18,4)\" }";
+const TERMS: (&str, &str, &str) = (
+    "terms",
+    "organization_id,markup_pct\nalpha-it,0.2000\nbergen-data,0.1750\n",
+    "- { name: organization_id, type: string }\n- { name: markup_pct, type: \"decimal(9,4)\" }",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_discount_and_margin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let price_columns = "- { name: id, type: integer }\n- { name: price, type: \"decimal(18,4)\" }";
+    let cases: &[(&str, Vec<&str>, usize)] = &[
+        // 3.3333 x 1.175 = 3.91662750 -> 3.9166; `nobody` has no rule: refused.
+        (
+            "- kind: markup\n  column: cost\n  output: price\n  rules: { reference: terms, keys: [{ column: org, reference_column: organization_id }], rate_column: markup_pct }\n  on_missing_rule: reject",
+            vec!["id=1, price=12.0000", "id=2, price=3.9166", "id=4, price=-3.0000"],
+            1,
+        ),
+        // 3.3333 x 0.9 = 2.99997 -> 3.00 at 2 places (half-even).
+        (
+            "- { kind: discount, column: cost, output: price, rate: \"0.1\", scale: 2 }",
+            vec![
+                "id=1, price=9.0000",
+                "id=2, price=3.0000",
+                "id=3, price=0.9000",
+                "id=4, price=-2.2500",
+            ],
+            0,
+        ),
+        // A 25% margin: price = cost / 0.75, so (price - cost) / price = 0.25.
+        (
+            "- { kind: margin, column: cost, output: price, rate: \"0.25\" }",
+            vec![
+                "id=1, price=13.3333",
+                "id=2, price=4.4444",
+                "id=3, price=1.3333",
+                "id=4, price=-3.3333",
+            ],
+            0,
+        ),
+        (
+            "- { kind: markup, column: cost, output: price, amount: \"0.5\" }",
+            vec![
+                "id=1, price=10.5000",
+                "id=2, price=3.8333",
+                "id=3, price=1.5000",
+                "id=4, price=-2.0000",
+            ],
+            0,
+        ),
+    ];
+    for (stage, want, refused) in cases {
+        let stages = format!("{stage}\n- {{ kind: sql, query: \"SELECT id, price FROM input\" }}");
+        let case = Case {
+            input: COSTS,
+            schema: COSTS_SCHEMA,
+            references: &[TERMS],
+            stages: &stages,
+            columns: price_columns,
+        };
+        std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+        let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+        assert_eq!(s.status, Status::Written, "{stage}: {:?}", s.error);
+        assert_eq!(rows, sorted(want), "{stage}");
+        assert_eq!(rejects.len(), *refused, "{stage}");
+    }
+    // A margin of 100% or more has no price.
+    let case = Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[TERMS],
+        stages: "- { kind: margin, column: cost, rate: \"1\" }",
+        columns: COSTS_SCHEMA,
+    };
+    let d = billflow::check(&engine(), &write_case(tmp.path(), &case))
+        .await
+        .expect_err("refused");
+    assert!(
+        d.list[0].message.contains("a margin of 1 cannot be reached"),
+        "{}",
+        d.render()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_usage_lines_into_billing_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages: "
+- kind: aggregate
+  group_by: [org]
+  sum: [cost]
+  aggregations:
+    - { function: count, column: id, as: lines }
+    - { function: max, column: cost, as: largest }",
+        columns: "- { name: org, type: string }\n- { name: cost, type: \"decimal(28,4)\" }\n- { name: lines, type: integer }\n- { name: largest, type: \"decimal(18,4)\" }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            "org=alpha-it, cost=7.5000, lines=2, largest=10.0000",
+            "org=bergen-data, cost=3.3333, lines=1, largest=3.3333",
+            "org=nobody, cost=1.0000, lines=1, largest=1.0000",
+        ])
+    );
+    assert_eq!(s.control_totals["cost"], "11.8333");
+}

@@ -1,0 +1,122 @@
+//! `kind: aggregate`: group rows and aggregate them, to turn usage lines into billing
+//! lines. Sums of decimals stay exact (Decimal128, precision + 10).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::DataFrame;
+
+use super::args::{existing, plan_err};
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use crate::definition::{Fields, Reader, Text};
+
+pub struct AggregateKind;
+
+const FUNCTIONS: &[&str] = &["sum", "count", "count_distinct", "min", "max"];
+
+#[derive(Debug)]
+struct Agg {
+    function: String,
+    column: Text,
+    name: String,
+}
+
+#[derive(Debug)]
+pub struct AggregateStage {
+    group_by: Vec<Text>,
+    aggs: Vec<Agg>,
+}
+
+impl StageKind for AggregateKind {
+    fn name(&self) -> &'static str {
+        "aggregate"
+    }
+    fn summary(&self) -> &'static str {
+        "group by columns with sums, counts, distinct counts, minimums and maximums"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &["group_by", "sum", "aggregations"]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        let group_by = f
+            .require(r, "group_by", "the columns that identify a billing line")
+            .and_then(|n| r.string_list(n, "group_by"));
+        let mut aggs = Vec::new();
+        if let Some(n) = f.get("sum") {
+            for t in r.string_list(n, "columns to sum")? {
+                aggs.push(Agg {
+                    function: "sum".into(),
+                    name: t.value.clone(),
+                    column: t,
+                });
+            }
+        }
+        if let Some(n) = f.get("aggregations") {
+            for item in r.sequence(n, "aggregations")? {
+                let mut a = r.mapping(item, "aggregation")?;
+                let function = a
+                    .require(r, "function", "sum, count, count_distinct, min or max")
+                    .and_then(|n| r.choice(n, "aggregate function", FUNCTIONS));
+                let column = a.required_text(r, "column", "the column aggregated");
+                let name = a.required_text(r, "as", "the output column's name");
+                a.finish(r, &[]);
+                aggs.push(Agg {
+                    function: function?.value,
+                    column: column?,
+                    name: name?.value,
+                });
+            }
+        }
+        if aggs.is_empty() {
+            let at = f.location.clone();
+            r.error("aggregate computes nothing", at).expected =
+                Some("`sum: [columns]` and/or `aggregations: [{ function, column, as }]`".into());
+            return None;
+        }
+        Some(Arc::new(AggregateStage {
+            group_by: group_by?,
+            aggs,
+        }))
+    }
+}
+
+#[async_trait]
+impl Stage for AggregateStage {
+    fn describe(&self) -> String {
+        let g: Vec<&str> = self.group_by.iter().map(|t| t.value.as_str()).collect();
+        let a: Vec<String> = self
+            .aggs
+            .iter()
+            .map(|a| format!("{}({}) as {}", a.function, a.column.value, a.name))
+            .collect();
+        format!("aggregate by {}: {}", g.join(", "), a.join(", "))
+    }
+    fn fuses(&self) -> bool {
+        true
+    }
+    fn fingerprint(&self) -> String {
+        self.describe()
+    }
+    async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let group: Vec<Expr> = self
+            .group_by
+            .iter()
+            .map(|g| existing(&input, g))
+            .collect::<Result<_, _>>()?;
+        let mut aggs = Vec::new();
+        for a in &self.aggs {
+            let c = existing(&input, &a.column)?;
+            let e = match a.function.as_str() {
+                "sum" => sum(c),
+                "count" => count(c),
+                "count_distinct" => count_distinct(c),
+                "min" => min(c),
+                _ => max(c),
+            };
+            aggs.push(e.alias(&a.name));
+        }
+        input.aggregate(group, aggs).map_err(plan_err)
+    }
+}
