@@ -53,16 +53,22 @@ pub const MATCHES: &str = "__billflow_matches";
 /// The input with the pulled columns added (NULL when nothing matched) and the number of
 /// matching reference rows in [`MATCHES`]. One output row per input row.
 pub async fn join_reference(ctx: &SessionContext, input: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
-    let reference = ctx.table(j.reference.value.as_str()).await.map_err(|e| {
-        let mut err = StageError::new(format!(
-            "unknown reference `{}`: {}",
-            j.reference.value,
-            e.strip_backtrace()
-        ))
-        .at(Some(j.reference.location.clone()));
+    let reference = reference_table(ctx, &j.reference).await?;
+    join_frame(input, reference, j)
+}
+
+/// A reference table by name, or a located error.
+pub async fn reference_table(ctx: &SessionContext, name: &Text) -> Result<DataFrame, StageError> {
+    ctx.table(name.value.as_str()).await.map_err(|e| {
+        let mut err = StageError::new(format!("unknown reference `{}`: {}", name.value, e.strip_backtrace()))
+            .at(Some(name.location.clone()));
         err.hint = Some("declare it under `references:`".into());
         err
-    })?;
+    })
+}
+
+/// [`join_reference`] with the reference given as a table (e.g. one derived from a reference).
+pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
     for name in j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p)) {
         if reference.schema().field_with_unqualified_name(name).is_err() {
             let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();

@@ -178,6 +178,58 @@ impl ScalarUDFImpl for RoundUdf {
     }
 }
 
+/// Penny reconciliation: adjust the already rounded `column` so that, per group, the lines
+/// add up to `target` (an expression constant within the group, e.g. the rounded total of
+/// the exact lines). The residue goes to the first line in `order`. Windows only: no
+/// row loop.
+pub fn distribute_residue(
+    df: datafusion::prelude::DataFrame,
+    column: &str,
+    target: Expr,
+    group: Vec<Expr>,
+    order: Vec<datafusion::logical_expr::SortExpr>,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    use datafusion::functions::expr_fn::coalesce;
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::functions_window::expr_fn::row_number;
+    use datafusion::logical_expr::expr::WindowFunction;
+    use datafusion::logical_expr::{ExprFunctionExt, WindowFunctionDefinition, cast, when};
+    use datafusion::prelude::ident;
+
+    let ty = df.schema().field_with_unqualified_name(column)?.data_type().clone();
+    let lines = Expr::from(WindowFunction::new(
+        WindowFunctionDefinition::AggregateUDF(sum_udaf()),
+        vec![ident(column)],
+    ))
+    .partition_by(group.clone())
+    .build()?;
+    let df = df.window(vec![lines.alias("__bf_lines")])?;
+    let df = df.window(vec![
+        row_number()
+            .partition_by(group)
+            .order_by(order)
+            .build()?
+            .alias("__bf_rank"),
+    ])?;
+    let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
+    let residue = coalesce(vec![target - ident("__bf_lines"), zero.clone()]);
+    let adjusted = ident(column) + when(ident("__bf_rank").eq(lit(1u64)), residue).otherwise(zero)?;
+    let select: Vec<Expr> = df
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !matches!(f.name().as_str(), "__bf_lines" | "__bf_rank"))
+        .map(|f| {
+            if f.name() == column {
+                cast(adjusted.clone(), ty.clone()).alias(column)
+            } else {
+                ident(f.name())
+            }
+        })
+        .collect();
+    df.select(select)
+}
+
 /// `x` rounded to `scale` places with `mode`, as a DataFusion expression.
 pub fn round(x: Expr, scale: i8, mode: RoundingMode) -> Expr {
     ScalarUDF::new_from_impl(RoundUdf::new()).call(vec![x, lit(scale as i64), lit(mode.name())])

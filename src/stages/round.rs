@@ -7,18 +7,15 @@ use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
-use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions::math::expr_fn::abs;
 use datafusion::functions_aggregate::sum::sum_udaf;
-use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::expr::WindowFunction;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, WindowFunctionDefinition, cast, when};
-use datafusion::prelude::{DataFrame, ident, lit};
-use datafusion::scalar::ScalarValue;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, WindowFunctionDefinition};
+use datafusion::prelude::{DataFrame, ident};
 
 use super::args::{all_but, existing, plan_err};
 use super::convert_currency::{read_rounding, read_scale};
-use super::money::{RoundingMode, round};
+use super::money::{RoundingMode, distribute_residue, round};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 
@@ -169,40 +166,17 @@ impl Stage for RoundStage {
             for o in &rec.order_by {
                 order.push(existing(&df, o)?.sort(true, false));
             }
-            // Exact total, total of the rounded lines, and which line takes the residue.
+            // The exact total per group, then the rounded lines reconciled to its rounding.
             df = df
                 .window(vec![window_sum(column.clone(), &group)?.alias("__bf_exact")])
                 .map_err(plan_err)?;
-            df = df
-                .window(vec![window_sum(rounded.clone(), &group)?.alias("__bf_lines")])
-                .map_err(plan_err)?;
-            df = df
-                .window(vec![
-                    row_number()
-                        .partition_by(group.clone())
-                        .order_by(order)
-                        .build()
-                        .map_err(plan_err)?
-                        .alias("__bf_rank"),
-                ])
-                .map_err(plan_err)?;
-            let residue = round(ident("__bf_exact"), self.scale, self.mode) - ident("__bf_lines");
-            let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
-            let adjusted = rounded.clone()
-                + when(ident("__bf_rank").eq(lit(1u64)), coalesce(vec![residue, zero.clone()]))
-                    .otherwise(zero)
-                    .map_err(plan_err)?;
-            let out_type = df
-                .clone()
-                .select(vec![rounded])
-                .map_err(plan_err)?
-                .schema()
-                .field(0)
-                .data_type()
-                .clone();
-            let mut select = all_but(&df, &[c.value.as_str(), "__bf_exact", "__bf_lines", "__bf_rank"]);
-            select.push(cast(adjusted, out_type).alias(&c.value));
+            let mut select = all_but(&df, &[c.value.as_str()]);
+            select.push(rounded.alias(&c.value));
             df = df.select(select).map_err(plan_err)?;
+            let target = round(ident("__bf_exact"), self.scale, self.mode);
+            df = distribute_residue(df, &c.value, target, group, order).map_err(plan_err)?;
+            let keep = all_but(&df, &["__bf_exact"]);
+            df = df.select(keep).map_err(plan_err)?;
         }
         Ok(df)
     }
