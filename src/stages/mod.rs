@@ -15,6 +15,7 @@ pub mod map_values;
 pub mod markup;
 pub mod money;
 pub mod polars;
+pub mod rate;
 pub mod round;
 pub mod side;
 pub mod split_column;
@@ -44,6 +45,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &markup::DiscountKind,
     &markup::MarginKind,
     &aggregate::AggregateKind,
+    &rate::RateKind,
     &round::RoundKind,
     &split_column::SplitColumnKind,
 ];

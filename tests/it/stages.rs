@@ -840,3 +840,133 @@ async fn aggregate_usage_lines_into_billing_lines() {
     );
     assert_eq!(s.control_totals["cost"], "11.8333");
 }
+
+const PLANS: (&str, &str, &str) = (
+    "plans",
+    "sku,model,band_from,band_to,unit_price,flat_fee,block_size,percent,min_charge,max_charge,free_units,valid_from,valid_to
+TIER,tiered,0,100,1.00,,,,,,,2026-01-01,
+TIER,tiered,100,,0.80,5.00,,,,,,2026-01-01,
+VOL,volume,0,100,1.00,,,,,,,2026-01-01,
+VOL,volume,100,,0.80,,,,,,,2026-01-01,
+PKG,package,,,5.00,,100,,,,,2026-01-01,
+FLAT,flat,,,,20.00,,,,,,2026-01-01,
+UNIT,per_unit,,,0.50,,,,10.00,,10,2026-01-01,2026-10-16
+UNIT,per_unit,,,0.40,,,,,,,2026-10-16,
+PCT,percentage,0,1000,,,,0.02,,24.00,,2026-01-01,
+PCT,percentage,1000,,,,,0.01,,24.00,,2026-01-01,
+",
+    "- { name: sku, type: string }
+- { name: model, type: string }
+- { name: band_from, type: \"decimal(18,4)\" }
+- { name: band_to, type: \"decimal(18,4)\" }
+- { name: unit_price, type: \"decimal(18,6)\" }
+- { name: flat_fee, type: \"decimal(18,4)\" }
+- { name: block_size, type: \"decimal(18,4)\" }
+- { name: percent, type: \"decimal(9,6)\" }
+- { name: min_charge, type: \"decimal(18,4)\" }
+- { name: max_charge, type: \"decimal(18,4)\" }
+- { name: free_units, type: \"decimal(18,4)\" }
+- { name: valid_from, type: date }
+- { name: valid_to, type: date }",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_every_model_with_allowances_limits_versions_and_allocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = "
+id,sub,sku,day,qty,value
+1,A,TIER,2026-10-01,50,
+2,A,TIER,2026-10-02,50,
+3,A,TIER,2026-10-03,50,
+4,B,TIER,2026-10-05,100,
+5,A,VOL,2026-10-01,100,
+6,B,VOL,2026-10-01,99.5,
+7,A,PKG,2026-10-01,250,
+8,B,PKG,2026-10-01,200,
+9,A,FLAT,2026-10-10,1,
+10,A,FLAT,2026-10-20,3,
+11,A,UNIT,2026-10-05,12,
+12,A,UNIT,2026-10-10,3,
+13,A,UNIT,2026-10-20,10,
+14,A,UNIT,2026-10-21,-2.5,
+15,A,PCT,2026-10-01,1,1000.00
+16,A,PCT,2026-10-02,1,500.00
+17,C,NOPE,2026-10-01,1,
+18,C,UNIT,2025-01-01,1,
+";
+    let case = Case {
+        input,
+        schema: "
+- { name: id, type: integer }
+- { name: sub, type: string }
+- { name: sku, type: string }
+- { name: day, type: date }
+- { name: qty, type: \"decimal(18,4)\" }
+- { name: value, type: \"decimal(18,2)\" }",
+        references: &[PLANS],
+        stages: "
+- kind: rate
+  price_list: plans
+  keys: [sku]
+  group_by: [sub]
+  quantity: qty
+  base_amount: value
+  date: day
+  output: amount
+  scale: 2
+  order_by: [id]
+  on_missing_price: reject
+- { kind: sql, query: \"SELECT id, amount FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: amount, type: \"decimal(18,2)\" }",
+    };
+    let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            // A/TIER, 150 units: 100 x 1.00 + 50 x 0.80 + band 2's fee 5.00 = 145.00; thirds
+            // of 48.3333 round to 48.33 (144.99): the penny goes to the first line.
+            "id=1, amount=48.34",
+            "id=2, amount=48.33",
+            "id=3, amount=48.33",
+            // B/TIER, exactly 100 units: band 2 not entered, no fee.
+            "id=4, amount=100.00",
+            // Volume: 100 units reach band 2, all at 0.80; 99.5 stay in band 1.
+            "id=5, amount=80.00",
+            "id=6, amount=99.50",
+            // Package: 250 units = 3 started blocks of 100; 200 = exactly 2.
+            "id=7, amount=15.00",
+            "id=8, amount=10.00",
+            // Flat 20.00 per subscription, shared 1:3 by quantity.
+            "id=9, amount=5.00",
+            "id=10, amount=15.00",
+            // Per unit, first version: 15 units - 10 free = 5 x 0.50 = 2.50 -> minimum 10.00,
+            // shared 12:3.
+            "id=11, amount=8.00",
+            "id=12, amount=2.00",
+            // Second version from the 16th: 10 - 2.5 (a credit) = 7.5 x 0.40 = 3.00.
+            "id=13, amount=4.00",
+            "id=14, amount=-1.00",
+            // Percentage, graduated on the base amount 1500: 1000 x 2% + 500 x 1% = 25.00,
+            // capped at 24.00, shared 1000:500.
+            "id=15, amount=16.00",
+            "id=16, amount=8.00",
+        ])
+    );
+    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("id=17") && r.contains("no price in `plans` for (NOPE) valid on 2026-10-01")),
+        "{rejects:#?}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("id=18") && r.contains("no price in `plans` for (UNIT) valid on 2025-01-01")),
+        "{rejects:#?}"
+    );
+    // Totals reconcile: the lines add up to the group charges exactly.
+    // 145 + 100 + 80 + 99.50 + 15 + 10 + 20 + 10 + 3 + 24: the lines add up to the charges.
+    assert_eq!(s.control_totals["amount"], "506.50");
+}
