@@ -583,7 +583,7 @@ impl Stage for RateStage {
         let model_reason = concat_ws(
             lit(""),
             vec![
-                lit(format!("unknown pricing model '")),
+                lit("unknown pricing model '"),
                 coalesce(vec![ident("__bf_model"), lit("NULL")]),
                 lit(format!(
                     "' in `{}` (known: {})",
@@ -623,19 +623,16 @@ impl Stage for RateStage {
             c.extend(gkeys.iter().zip(&gnames).map(|(e, n)| e.clone().alias(n)));
             lines.select(c).map_err(plan_err)?
         };
-        let groups_w = {
-            let g = lines
-                .clone()
-                .aggregate(
-                    gnames.iter().map(|n| ident(n).alias(format!("{n}w"))).collect(),
-                    vec![
-                        sum(ident("__bf_weight")).alias("__bf_w"),
-                        count(lit(1i64)).alias("__bf_n"),
-                    ],
-                )
-                .map_err(plan_err)?;
-            g
-        };
+        let groups_w = lines
+            .clone()
+            .aggregate(
+                gnames.iter().map(|n| ident(n).alias(format!("{n}w"))).collect(),
+                vec![
+                    sum(ident("__bf_weight")).alias("__bf_w"),
+                    count(lit(1i64)).alias("__bf_n"),
+                ],
+            )
+            .map_err(plan_err)?;
         let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}w")))).collect();
         let lines = lines.join_on(groups_w, JoinType::Left, on).map_err(plan_err)?;
         let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}c")))).collect();
