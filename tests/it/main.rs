@@ -6,5 +6,6 @@ mod errors;
 mod formats;
 mod golden;
 mod lifecycle;
+mod properties;
 mod rejects;
 mod stages;

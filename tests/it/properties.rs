@@ -1,0 +1,147 @@
+//! Invariants checked over generated inputs (a fixed-seed generator, so failures repeat).
+
+use crate::common::*;
+use crate::stages::{Case, run_case};
+use billflow::execution::Status;
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Decimal text with `scale` places of an integer count of units.
+fn text(v: i128, scale: u32) -> String {
+    let sign = if v < 0 { "-" } else { "" };
+    let a = v.unsigned_abs();
+    let p = 10u128.pow(scale);
+    format!("{sign}{}.{:0width$}", a / p, a % p, width = scale as usize)
+}
+
+fn parse(s: &str, scale: u32) -> i128 {
+    let (neg, s) = s.strip_prefix('-').map(|r| (true, r)).unwrap_or((false, s));
+    let (i, f) = s.split_once('.').unwrap_or((s, ""));
+    let v: i128 = format!("{i}{f:0<width$}", width = scale as usize)[..i.len() + scale as usize]
+        .parse()
+        .unwrap();
+    if neg { -v } else { v }
+}
+
+/// Round half-even from `from` places to `to` places.
+fn half_even(v: i128, from: u32, to: u32) -> i128 {
+    let d = 10i128.pow(from - to);
+    let (q, r) = (v / d, (v % d).abs());
+    if r * 2 > d || (r * 2 == d && q % 2 != 0) {
+        q + v.signum()
+    } else {
+        q
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocated_tier_charges_add_up_to_each_group_charge() {
+    let mut rng = Rng(20261125);
+    let mut csv = String::from("id,sub,sku,qty\n");
+    // (group) -> total quantity in hundredths
+    let mut totals: std::collections::BTreeMap<String, i128> = Default::default();
+    for id in 0..400 {
+        let sub = format!("S{:02}", rng.below(25));
+        let q = rng.below(30_000) as i128 + 1; // 0.01 .. 300.00
+        csv.push_str(&format!("{id},{sub},T,{}\n", text(q, 2)));
+        *totals.entry(sub).or_default() += q;
+    }
+    let plans = (
+        "plans",
+        "sku,model,band_from,band_to,unit_price\nT,tiered,0,100,1.2345\nT,tiered,100,500,0.9071\nT,tiered,500,,0.7003\n",
+        "- { name: sku, type: string }\n- { name: model, type: string }\n- { name: band_from, type: \"decimal(18,2)\" }\n- { name: band_to, type: \"decimal(18,2)\" }\n- { name: unit_price, type: \"decimal(18,4)\" }",
+    );
+    let refs = [plans];
+    let case = Case {
+        input: &csv,
+        schema: "- { name: id, type: integer }\n- { name: sub, type: string }\n- { name: sku, type: string }\n- { name: qty, type: \"decimal(18,2)\" }",
+        references: &refs,
+        stages: "- { kind: rate, price_list: plans, keys: [sku], group_by: [sub], quantity: qty, output: amount, scale: 2, order_by: [id] }\n- { kind: sql, query: \"SELECT sub, amount FROM input\" }",
+        columns: "- { name: sub, type: string }\n- { name: amount, type: \"decimal(18,2)\" }",
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    let mut got: std::collections::BTreeMap<String, i128> = Default::default();
+    for r in &rows {
+        let sub = r.split(", ").next().unwrap().trim_start_matches("sub=").to_string();
+        let amount = r.rsplit("amount=").next().unwrap();
+        *got.entry(sub).or_default() += parse(amount, 2);
+    }
+    for (sub, q) in &totals {
+        // Graduated charge at 2 + 4 = 6 places, by hand: bands in hundredths of a unit.
+        let bands = [
+            (0i128, Some(10_000i128), 12_345i128),
+            (10_000, Some(50_000), 9_071),
+            (50_000, None, 7_003),
+        ];
+        let exact: i128 = bands
+            .iter()
+            .map(|(from, to, price)| {
+                let units = (q - from).max(0).min(to.map(|t| t - from).unwrap_or(i128::MAX));
+                units * price
+            })
+            .sum();
+        assert_eq!(
+            got[sub],
+            half_even(exact, 6, 2),
+            "group {sub}: lines must add up to the rounded charge"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converting_there_and_back_stays_within_rounding() {
+    let mut rng = Rng(7);
+    let mut csv = String::from("id,day,amount\n");
+    let mut amounts = Vec::new();
+    for id in 0..300 {
+        let v = rng.below(2_000_000_000) as i128 - 1_000_000_000; // +-100000.0000
+        amounts.push(v);
+        csv.push_str(&format!("{id},2026-10-{:02},{}\n", 1 + id % 28, text(v, 4)));
+    }
+    let fx = (
+        "fx",
+        "from_currency,to_currency,rate,valid_from,valid_to\nUSD,EUR,0.91876543,2026-01-01,\nEUR,USD,1.08841709,2026-01-01,\n",
+        "- { name: from_currency, type: string }\n- { name: to_currency, type: string }\n- { name: rate, type: \"decimal(18,8)\" }\n- { name: valid_from, type: date }\n- { name: valid_to, type: date }",
+    );
+    let refs = [fx];
+    let case = Case {
+        input: &csv,
+        schema: "- { name: id, type: integer }\n- { name: day, type: date }\n- { name: amount, type: \"decimal(18,4)\" }",
+        references: &refs,
+        stages: "
+- { kind: convert_currency, amount: amount, from: USD, to: EUR, rates: fx, date: day, output: eur }
+- { kind: convert_currency, amount: eur, from: EUR, to: USD, rates: fx, date: day, output: back }
+- { kind: sql, query: \"SELECT id, back FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: back, type: \"decimal(38,5)\" }",
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(rows.len(), amounts.len());
+    for r in &rows {
+        let id: usize = r.split(", ").next().unwrap().trim_start_matches("id=").parse().unwrap();
+        let back = parse(r.rsplit("back=").next().unwrap(), 5);
+        let original = amounts[id] * 10; // at 5 places
+        // Two roundings of at most half a unit at 5 places each (the second scaled by the
+        // rate), plus the amount times how far the two 8-place rates' product is from 1.
+        let (r1, r2) = (91_876_543i128, 108_841_709i128);
+        let deviation = (r1 * r2 - 10i128.pow(16)).abs(); // in 1e-16
+        let bound = 2 + original.abs() * deviation / 10i128.pow(16) + 1;
+        assert!((back - original).abs() <= bound, "id {id}: {original} -> {back}");
+    }
+}
