@@ -230,6 +230,108 @@ pub fn distribute_residue(
     df.select(select)
 }
 
+/// `a / b` rounded to `to` places, exactly: the quotient is computed on the unscaled
+/// integers with the remainder deciding the rounding, never through a truncated
+/// intermediate. `None` on division by zero or overflow.
+pub fn div_round_unscaled(a: i128, sa: i8, b: i128, sb: i8, to: i8, mode: RoundingMode) -> Option<i128> {
+    if b == 0 {
+        return None;
+    }
+    // a/10^sa / (b/10^sb) * 10^to = a * 10^(to + sb - sa) / b
+    let shift = to as i32 + sb as i32 - sa as i32;
+    let (num, den) = if shift >= 0 {
+        (a.checked_mul(10i128.checked_pow(shift as u32)?)?, b)
+    } else {
+        (a, b.checked_mul(10i128.checked_pow((-shift) as u32)?)?)
+    };
+    let q = num / den;
+    let r = (num % den).unsigned_abs();
+    let d = den.unsigned_abs();
+    let negative = (num < 0) != (den < 0);
+    let away = match mode {
+        RoundingMode::Down => false,
+        RoundingMode::Up => r != 0,
+        RoundingMode::HalfUp => r * 2 >= d,
+        RoundingMode::HalfDown => r * 2 > d,
+        RoundingMode::HalfEven => r * 2 > d || (r * 2 == d && q % 2 != 0),
+    };
+    Some(if away && r != 0 {
+        if negative { q - 1 } else { q + 1 }
+    } else {
+        q
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DivRoundUdf {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for DivRoundUdf {
+    fn name(&self) -> &str {
+        "billflow_div_round"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Err(DataFusionError::Internal(
+            "billflow_div_round uses return_field_from_args".into(),
+        ))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let (to, _) = literal_args(&[None, args.scalar_arguments[1], args.scalar_arguments[3]])?;
+        Ok(Arc::new(Field::new(self.name(), DataType::Decimal128(38, to), true)))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let DataType::Decimal128(_, to) = *args.return_field.data_type() else {
+            return Err(DataFusionError::Internal("billflow_div_round: bad return type".into()));
+        };
+        let mode = match &args.args[3] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(m))) => {
+                RoundingMode::parse(m).unwrap_or(RoundingMode::HalfEven)
+            }
+            _ => RoundingMode::HalfEven,
+        };
+        let as_decimal = |v: &ColumnarValue| -> Result<ArrayRef> {
+            let a = v.to_array(args.number_rows)?;
+            Ok(match a.data_type() {
+                DataType::Decimal128(_, _) => a,
+                DataType::Null => arrow::array::new_null_array(&DataType::Decimal128(38, 0), a.len()),
+                _ => arrow::compute::cast(&a, &DataType::Decimal128(38, 0))?,
+            })
+        };
+        let a = as_decimal(&args.args[0])?;
+        let b = as_decimal(&args.args[2].clone())?;
+        let (DataType::Decimal128(_, sa), DataType::Decimal128(_, sb)) = (a.data_type().clone(), b.data_type().clone())
+        else {
+            unreachable!()
+        };
+        let out: Decimal128Array = arrow::compute::kernels::arity::try_binary(
+            a.as_primitive::<Decimal128Type>(),
+            b.as_primitive::<Decimal128Type>(),
+            |x, y| {
+                div_round_unscaled(x, sa, y, sb, to, mode).ok_or_else(|| {
+                    arrow::error::ArrowError::ComputeError(if y == 0 {
+                        "division by zero".to_string()
+                    } else {
+                        format!("decimal overflow dividing {x} by {y}")
+                    })
+                })
+            },
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(out.with_precision_and_scale(38, to)?)))
+    }
+}
+
+/// `a / b` rounded to `scale` places with `mode`, computed exactly.
+pub fn div_round(a: Expr, b: Expr, scale: i8, mode: RoundingMode) -> Expr {
+    ScalarUDF::new_from_impl(DivRoundUdf {
+        signature: Signature::any(4, Volatility::Immutable),
+    })
+    .call(vec![a, lit(scale as i64), b, lit(mode.name())])
+}
+
 /// `x` rounded to `scale` places with `mode`, as a DataFusion expression.
 pub fn round(x: Expr, scale: i8, mode: RoundingMode) -> Expr {
     ScalarUDF::new_from_impl(RoundUdf::new()).call(vec![x, lit(scale as i64), lit(mode.name())])
@@ -270,6 +372,28 @@ mod tests {
         assert_eq!(round_unscaled(i128::MAX / 10, 0, 2, HalfEven), None);
         // Dropping more places than i128 holds rounds to zero.
         assert_eq!(r(99, 39, 0, HalfEven), 0);
+    }
+
+    #[test]
+    fn exact_division_rounds_on_the_true_remainder() {
+        use RoundingMode::*;
+        let d = |a, sa, b, sb, to, m| div_round_unscaled(a, sa, b, sb, to, m).unwrap();
+        // 145.00 / 3 = 48.3333.. -> 48.33
+        assert_eq!(d(14500, 2, 3, 0, 2, HalfEven), 4833);
+        // 1 / 8 = 0.125: a tie at 2 places -> 0.12 (half-even), 0.13 (half-up)
+        assert_eq!(d(1, 0, 8, 0, 2, HalfEven), 12);
+        assert_eq!(d(1, 0, 8, 0, 2, HalfUp), 13);
+        // Just above the tie: 0.1250000001 must round up even when a truncated quotient
+        // would look like an exact tie.
+        assert_eq!(d(1_250_000_001, 10, 1, 0, 2, HalfEven), 13);
+        // Signs.
+        assert_eq!(d(-1, 0, 8, 0, 2, HalfEven), -12);
+        assert_eq!(d(1, 0, -8, 0, 2, HalfUp), -13);
+        assert_eq!(d(-10, 0, 3, 0, 0, Up), -4);
+        assert_eq!(d(-10, 0, 3, 0, 0, Down), -3);
+        // cost / (1 - 0.25) = 10.0000 / 0.75
+        assert_eq!(d(100_000, 4, 75, 2, 4, HalfEven), 133_333);
+        assert_eq!(div_round_unscaled(1, 0, 0, 0, 2, HalfEven), None);
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use datafusion::scalar::ScalarValue;
 use super::args::{all_but, existing, plan_err};
 use super::convert_currency::{read_rounding, read_scale};
 use super::lookup::{Join, MATCHES, join_frame, reference_table};
-use super::money::{RoundingMode, distribute_residue, round};
+use super::money::{RoundingMode, distribute_residue, div_round, round};
 use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -638,9 +638,17 @@ impl Stage for RateStage {
         let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}c")))).collect();
         let joined = lines.join_on(charges, JoinType::Left, on).map_err(plan_err)?;
         let w_zero = ident("__bf_w").eq(dec(0, 0)).or(ident("__bf_w").is_null());
-        let share = when(w_zero, ident("__bf_charge") / ident("__bf_n"))
-            .otherwise(ident("__bf_charge") * ident("__bf_weight") / ident("__bf_w"))
-            .map_err(plan_err)?;
+        let share = when(
+            w_zero,
+            div_round(ident("__bf_charge"), ident("__bf_n"), self.scale, self.mode),
+        )
+        .otherwise(div_round(
+            ident("__bf_charge") * ident("__bf_weight"),
+            ident("__bf_w"),
+            self.scale,
+            self.mode,
+        ))
+        .map_err(plan_err)?;
         let internal: Vec<String> = {
             let mut v: Vec<String> = vec![
                 "__bf_measure",
@@ -662,7 +670,7 @@ impl Stage for RateStage {
         };
         let internal_refs: Vec<&str> = internal.iter().map(String::as_str).collect();
         let mut select = all_but(&joined, &internal_refs);
-        select.push(round(share, self.scale, self.mode).alias(&self.output));
+        select.push(share.alias(&self.output));
         select.push(ident("__bf_charge"));
         select.extend(gnames.iter().map(ident));
         select.push(ident("__bf_weight"));
