@@ -127,15 +127,17 @@ impl StageKind for FilterKind {
 
 /// A literal compared with a column: typed like the column (so `equals: 10` works on
 /// integers, decimals and strings alike).
-fn typed(df: &DataFrame, column: &Text, value: &str) -> Result<Expr, StageError> {
+fn typed(df: &DataFrame, column: &Text, value: &str, env: &StageEnv<'_>) -> Result<Expr, StageError> {
     let field = df
         .schema()
         .field_with_unqualified_name(&column.value)
         .map_err(|_| StageError::new("unknown column"))?;
-    Ok(datafusion::logical_expr::cast(
-        lit(value.to_string()),
-        field.data_type().clone(),
-    ))
+    // Values may name the stream's context, e.g. `equals: "{{ owner }}"`.
+    let value = env
+        .vars
+        .expand(value)
+        .map_err(|e| StageError::new(e).at(Some(column.location.clone())))?;
+    Ok(datafusion::logical_expr::cast(lit(value), field.data_type().clone()))
 }
 
 #[async_trait]
@@ -159,21 +161,37 @@ impl Stage for FilterStage {
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let keep = match &self.condition {
-            Condition::Sql(t) => sql_expr(&input, t)?,
+            Condition::Sql(t) => {
+                let expanded = env
+                    .vars
+                    .expand(&t.value)
+                    .map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
+                sql_expr(
+                    &input,
+                    &Text {
+                        value: expanded,
+                        location: t.location.clone(),
+                    },
+                )?
+            }
             Condition::Column { column, test } => {
                 let c = existing(&input, column)?;
                 match test {
-                    Test::Equals(v) => c.eq(typed(&input, column, v)?),
+                    Test::Equals(v) => c.eq(typed(&input, column, v, env)?),
                     Test::In(vs) => c.in_list(
-                        vs.iter().map(|v| typed(&input, column, v)).collect::<Result<_, _>>()?,
+                        vs.iter()
+                            .map(|v| typed(&input, column, v, env))
+                            .collect::<Result<_, _>>()?,
                         false,
                     ),
                     Test::NotIn(vs) => c.in_list(
-                        vs.iter().map(|v| typed(&input, column, v)).collect::<Result<_, _>>()?,
+                        vs.iter()
+                            .map(|v| typed(&input, column, v, env))
+                            .collect::<Result<_, _>>()?,
                         true,
                     ),
                     Test::Compare(op, v) => {
-                        let v = typed(&input, column, v)?;
+                        let v = typed(&input, column, v, env)?;
                         match *op {
                             ">" => c.gt(v),
                             ">=" => c.gt_eq(v),
@@ -186,6 +204,13 @@ impl Stage for FilterStage {
             }
         };
         let remove = keep.is_not_true();
-        remove_rows(input, remove, &self.describe(), env.stage, env.side).map_err(StageError::new)
+        remove_rows(
+            input,
+            remove,
+            &env.vars.expand(&self.describe()).unwrap_or_else(|_| self.describe()),
+            env.stage,
+            env.side,
+        )
+        .map_err(StageError::new)
     }
 }

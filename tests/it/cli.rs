@@ -23,7 +23,7 @@ fn validate_explain_and_test_the_sample() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
-            "pipeline `cloud-reseller` is valid: 6 organisations, 1 sources, 4 references, 6 streams, 10 stages"
+            "pipeline `cloud-reseller` is valid: 6 organisations, 2 sources, 4 references, 8 streams, 33 stages"
         ),
         "{out}"
     );
@@ -34,10 +34,12 @@ fn validate_explain_and_test_the_sample() {
         "vendor nimbus (Nimbus Cloud Inc.)",
         "stream eurodist-usage [billing] <- stream nimbus-rated-usage, period column usage_date",
         "1. normalise-sku - polars with_columns(upper(trim(sku)) AS sku)  (materialises)",
-        "2. rate-at-cost - sql queries/cloud-reseller/vendor_rate.sql  [reads subscriptions, vendor_prices]",
+        "2. subscriber - lookup subscriptions on (subscription_id) -> customer_id, reseller_id, distributor_id  [reads subscriptions]",
+        "3. rate-at-cost - rate quantity against vendor_prices by (sku) at usage_date, sum per subscription_id, sku -> cost_usd (4 places half_even, proportional allocation)  [reads vendor_prices]",
+        "4. publish - sql queries/cloud-reseller/vendor_publish.sql",
         "reseller clyde-cloud (Clyde Cloud Partners)",
         "=> reseller/clyde-cloud/clyde-cloud-invoice-lines/<batch>",
-        "(+1 intermediate)",
+        "(+3 intermediate)",
     ] {
         assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
     }
@@ -111,7 +113,7 @@ fn run_prints_a_summary_and_a_broken_file_a_located_error() {
         "nimbus-rated-usage",
         "clyde-cloud-invoice-lines",
         "written",
-        "cost_usd 1017.6031",
+        "cost_usd 1017.6027",
         "1 row(s) rejected",
         "U-0017",
     ] {
@@ -157,7 +159,7 @@ fn a_failing_stage_stops_its_branch_and_the_others_finish() {
     // the eurodist branch is written.
     let text = std::fs::read_to_string(&pipeline).unwrap().replacen(
         "    extends: eurodist-usage\n    owner: britdist\n",
-        "    extends: eurodist-usage\n    owner: britdist\n    stages:\n      - name: convert-and-markup\n        kind: sql\n        file: ../../queries/cloud-reseller/distributor_price.sql\n      - name: boom\n        kind: sql\n        query: SELECT * FROM input WHERE cost / (quantity - quantity) > 0\n",
+        "    extends: eurodist-usage\n    owner: britdist\n    stages:\n      - { name: own-customers, kind: filter, column: distributor_id, equals: britdist }\n      - { name: channel-currency, kind: lookup, reference: channel_terms, keys: [{ column: distributor_id, reference_column: organization_id }], columns: [currency] }\n      - { name: to-local-currency, kind: convert_currency, amount: cost_usd, from: USD, to_column: currency, rates: fx_rates, date: usage_date, output: cost, rate_output: fx_rate, scale: 4 }\n      - { name: markup, kind: markup, column: cost, output: price, rate: \"0.095\" }\n      - name: boom\n        kind: sql\n        query: SELECT * FROM input WHERE cost / (quantity - quantity) > 0\n",
         1,
     );
     std::fs::write(&pipeline, text).unwrap();
@@ -173,7 +175,7 @@ fn a_failing_stage_stops_its_branch_and_the_others_finish() {
     ]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        out.contains("error: pipeline `cloud-reseller`, stream `britdist-usage`, stage `convert-and-markup, boom`"),
+        out.contains("error: pipeline `cloud-reseller`, stream `britdist-usage`, stage `own-customers, channel-currency, to-local-currency, markup, boom`"),
         "{out}"
     );
     assert!(out.to_lowercase().contains("divide by zero"), "{out}");

@@ -218,7 +218,7 @@ async fn e11_unknown_stage_kind() {
 async fn e12_sql_with_an_unknown_column_points_into_the_query() {
     let y = edit(
         &base(),
-        "        kind: sql\n        file: ../../queries/cloud-reseller/vendor_rate.sql",
+        "        kind: sql\n        file: ../../queries/cloud-reseller/vendor_publish.sql",
         "        kind: sql\n        query: SELECT record_id, usage_dte FROM input",
     );
     let d = problems(&y).await;
@@ -236,10 +236,7 @@ async fn e12_sql_with_an_unknown_column_points_into_the_query() {
         "DataFusion's span, mapped into the YAML: {}",
         e.render()
     );
-    assert!(
-        e.message
-            .contains("stage `rate-at-cost` of stream `nimbus-rated-usage`")
-    );
+    assert!(e.message.contains("stage `publish` of stream `nimbus-rated-usage`"));
 }
 
 #[tokio::test]
@@ -252,7 +249,7 @@ async fn e13_declared_column_the_stages_do_not_produce() {
     let d = problems(&y).await;
     let e = expect(
         &d,
-        "declares column `cost_usdd` but its last stage `rate-at-cost` does not produce it",
+        "declares column `cost_usdd` but its last stage `publish` does not produce it",
         position(&y, "cost_usdd"),
     );
     assert!(hint(&e).contains("did you mean `cost_usd`?"));
@@ -273,7 +270,7 @@ async fn e14_declared_type_that_would_lose_decimals() {
     let (line, col) = position(&y, "{ name: cost_usd, type: \"decimal(18,2)\"");
     let e = expect(
         &d,
-        "column `cost_usd` of stream `nimbus-rated-usage` is decimal(18,4) after stage `rate-at-cost` but is declared decimal(18,2)",
+        "column `cost_usd` of stream `nimbus-rated-usage` is decimal(38,4) after stage `publish` but is declared decimal(18,2)",
         (line, col + "{ name: ".len()),
     );
     assert!(hint(&e).contains("round explicitly"), "{}", e.render());
@@ -373,11 +370,10 @@ async fn e21_polars_expression_that_does_not_parse() {
 #[tokio::test]
 async fn e22_unknown_template_variable_points_into_the_query_file() {
     let d = problems_with(&base(), |root| {
-        let f = root.join("queries/cloud-reseller/reseller_price.sql");
-        let text = std::fs::read_to_string(&f).unwrap().replace(
-            "WHERE u.reseller_id = '{{ owner }}'",
-            "WHERE u.reseller_id = '{{ ownr }}'",
-        );
+        let f = root.join("queries/cloud-reseller/vendor_publish.sql");
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("FROM input", "FROM input WHERE '{{ ownr }}' <> ''");
         std::fs::write(f, text).unwrap();
     })
     .await;
@@ -387,7 +383,8 @@ async fn e22_unknown_template_variable_points_into_the_query_file() {
         .find(|x| x.message.contains("unknown template variable `{{ ownr }}`"))
         .unwrap_or_else(|| panic!("{}", d.render()));
     let loc = e.location.as_ref().unwrap();
-    assert!(loc.file.path.ends_with("reseller_price.sql"), "{}", loc);
+    assert!(loc.file.path.ends_with("vendor_publish.sql"), "{}", loc);
+    assert_eq!(loc.line, 12, "the line with the template");
     assert_eq!(
         d.list.iter().filter(|x| x.message.contains("ownr")).count(),
         1,

@@ -15,6 +15,8 @@ const STREAMS: &[(&str, &str, &str)] = &[
     ("alpha-it-invoice-lines", "reseller", "alpha-it"),
     ("bergen-data-invoice-lines", "reseller", "bergen-data"),
     ("clyde-cloud-invoice-lines", "reseller", "clyde-cloud"),
+    ("nimbus-price-list", "vendor", "nimbus"),
+    ("eurodist-price-list", "distributor", "eurodist"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,21 +65,25 @@ async fn sample_chain_matches_hand_computed_batches() {
         assert!(m.schema.iter().all(|c| c.name != "fx_rate"));
     }
 
-    // The vendor tier: 58 October rows in; U-0017 (no price) refused by the contract.
+    // The vendor tier: 58 October rows in; U-0017 (no price for LEGACY-X) refused by the
+    // rating stage, with its reason.
     let vendor = report.stream("nimbus-rated-usage").unwrap();
     assert_eq!(vendor.rows_in, 58);
     assert_eq!(vendor.rows_out, 57);
     assert_eq!(vendor.rows_rejected, 1);
     let rejects_dir = vendor.batch_dir.clone().unwrap().join(REJECTS_DIR);
-    let (_, rejected) = parquet_rows(&rejects_dir).await;
+    let (_, rejected) = parquet_rows(&rejects_dir.join("stage-rate-at-cost.parquet")).await;
     assert_eq!(rejected.len(), 1);
     assert!(rejected[0].contains("record_id=U-0017"), "{}", rejected[0]);
     assert!(
-        rejected[0].contains("unit_price_usd is empty but declared nullable: false"),
+        rejected[0].contains("no price in `vendor_prices` for (LEGACY-X) valid on 2026-10-12"),
         "{}",
         rejected[0]
     );
-    assert!(rejected[0].contains("_reject_stage=contract"), "{}", rejected[0]);
+    assert!(rejected[0].contains("_reject_stage=rate-at-cost"), "{}", rejected[0]);
+    // Each distributor's filter removed the other's rows, and says so.
+    let removed = |s: &str| report.stream(s).unwrap().removed.iter().map(|r| r.2).sum::<u64>();
+    assert_eq!((removed("eurodist-usage"), removed("britdist-usage")), (15, 42));
 
     // Reconciliation between tiers: each distributor's USD cost is exactly its share of
     // the vendor's, and the distributors together account for every vendor row.
@@ -112,11 +118,11 @@ mod rust_decimal_free {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_period_without_usage_writes_empty_batches_with_their_schema() {
+async fn a_period_without_usage_writes_empty_batches_and_a_missing_rate_fails_by_name() {
     let wh = tempfile::tempdir().unwrap();
     let report = run(&sample_pipeline(), "2025-01", wh.path()).await;
-    assert!(report.ok(), "{report:?}");
-    for s in &report.streams {
+    for s in report.streams.iter().filter(|s| !s.stream.ends_with("price-list")) {
+        assert_eq!(s.status, Status::Written, "{}: {:?}", s.stream, s.error);
         assert_eq!(s.rows_out, 0, "{}", s.stream);
         let (schema, rows) = parquet_rows(&s.batch_dir.clone().unwrap().join("data")).await;
         assert!(rows.is_empty());
@@ -126,4 +132,17 @@ async fn a_period_without_usage_writes_empty_batches_with_their_schema() {
             s.stream
         );
     }
+    // Price lists are not periodic: all 6 prices are published...
+    assert_eq!(report.stream("nimbus-price-list").unwrap().rows_out, 6);
+    // ...but the exchange-rate table starts in September 2026: no closing rate for January
+    // 2025, and the stream says so instead of converting at zero.
+    let eur = report.stream("eurodist-price-list").unwrap();
+    assert_eq!(eur.status, Status::Failed);
+    let e = eur.error.clone().unwrap().to_string();
+    assert!(
+        e.contains("stage `to-euro` refused a row")
+            && e.contains("no exchange rate USD->EUR valid on 2025-01-31 in `fx_rates`"),
+        "{e}"
+    );
+    assert!(!report.ok());
 }

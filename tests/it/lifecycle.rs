@@ -39,7 +39,7 @@ async fn rerun_reuses_the_same_batches_and_a_changed_input_makes_new_ones() {
     }
 
     // A changed exchange rate touches the distributors (and everything below them), not
-    // the vendor, whose stages do not read the rates.
+    // the vendor's streams, whose stages do not read the rates.
     let fx = tmp.path().join("data-samples/cloud-reseller/reference/fx_rates.csv");
     let text = std::fs::read_to_string(&fx)
         .unwrap()
@@ -49,7 +49,7 @@ async fn rerun_reuses_the_same_batches_and_a_changed_input_makes_new_ones() {
     assert!(third.ok());
     for (a, c) in first.streams.iter().zip(&third.streams) {
         let stream_dir = c.batch_dir.as_ref().unwrap().parent().unwrap();
-        if c.stream == "nimbus-rated-usage" {
+        if c.stream == "nimbus-rated-usage" || c.stream == "nimbus-price-list" {
             assert_eq!(c.status, Status::Reused);
             assert_eq!(a.batch_id, c.batch_id);
             assert_eq!(visible_entries(stream_dir).len(), 1);
@@ -65,14 +65,14 @@ async fn rerun_reuses_the_same_batches_and_a_changed_input_makes_new_ones() {
         );
     }
     // Editing a query is a new definition: new batches from that stream down.
-    let q = tmp.path().join("queries/cloud-reseller/reseller_price.sql");
+    let q = tmp.path().join("queries/cloud-reseller/vendor_publish.sql");
     std::fs::write(&q, format!("{}\n-- reviewed\n", std::fs::read_to_string(&q).unwrap())).unwrap();
     let fourth = run(&pipeline, "2026-10", &wh).await;
     for s in &fourth.streams {
-        let want = if s.stream.ends_with("invoice-lines") {
-            Status::Written
-        } else {
+        let want = if s.stream.ends_with("price-list") {
             Status::Reused
+        } else {
+            Status::Written
         };
         assert_eq!(s.status, want, "{}", s.stream);
     }

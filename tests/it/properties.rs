@@ -1,6 +1,5 @@
 //! Invariants checked over generated inputs (a fixed-seed generator, so failures repeat).
 
-use crate::common::*;
 use crate::stages::{Case, run_case};
 use billflow::execution::Status;
 

@@ -1,319 +1,242 @@
 #!/usr/bin/env python3
-"""Hand calculation of the expected outputs of the cloud-reseller pipeline for period 2026-10.
+"""Hand calculation of the cloud-reseller pipeline's batches for period 2026-10.
 
-This is NOT a re-implementation of billflow: it is a literal, row-by-row transcription of
-the three SQL files in queries/cloud-reseller/ using Python's decimal module, so that a
-reviewer can check every number. It only reads the CSVs under
-data-samples/cloud-reseller/ and writes the expected files next to this script plus
-data-samples/cloud-reseller/samples/nimbus-expected.csv.
+A transparent restatement of what each stage is documented to do (docs/transformations.md),
+in exact decimal arithmetic, independent of billflow's code. Run it from anywhere:
 
-Arithmetic rules (from the SQL):
-  * products of decimals are exact (no intermediate rounding);
-  * CAST(x AS DECIMAL(18, 4)) rounds the exact value to 4 decimals, half AWAY FROM ZERO
-    (decimal.ROUND_HALF_UP is away from zero for negative numbers too);
-  * sums in the invoice-line aggregation are exact.
-  * validity windows are half-open: valid_from <= usage_date < valid_to (empty valid_to = open).
+    python3 tests/golden/cloud-reseller/compute_expected.py
 
-Run:  python3 tests/golden/cloud-reseller/compute_expected.py   (from the repository root
-or anywhere: paths are resolved relative to this file)
+It rewrites the expected CSVs and control totals next to it, and the samples' expected
+outputs under data-samples/cloud-reseller/samples/.
 """
 import csv
-import glob
 import json
-import os
-from datetime import date
-from decimal import Decimal, ROUND_HALF_UP, ROUND_HALF_EVEN
+from collections import OrderedDict, defaultdict
+from decimal import ROUND_HALF_EVEN, Decimal, getcontext
+from fractions import Fraction
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
-PIPE = os.path.join(ROOT, "data-samples", "cloud-reseller")
-OUT = HERE
-
-PERIOD_START = date(2026, 10, 1)   # period 2026-10: [2026-10-01, 2026-11-01)
-PERIOD_END = date(2026, 11, 1)
-
-Q4 = Decimal("0.0001")
+getcontext().prec = 60
+HERE = Path(__file__).resolve().parent
+SAMPLE = HERE.parents[2] / "data-samples" / "cloud-reseller"
+PERIOD = ("2026-10-01", "2026-11-01")  # [start, end)
 
 
-def cast_4(x):
-    """CAST(x AS DECIMAL(18, 4)): round half away from zero to 4 decimals."""
-    return x.quantize(Q4, rounding=ROUND_HALF_UP)
+def q(x, places):
+    """Round half-even to `places` decimals (billflow's default rounding)."""
+    return Decimal(x).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 
 
-def is_tie_at_5th(x):
-    """True if the exact value has exactly 5 decimals and the 5th is a 5 (a rounding tie)."""
-    return (x * 10000) % 1 == Decimal("0.5") or (x * 10000) % 1 == Decimal("-0.5")
+def div_round(a, b, places):
+    """a / b rounded half-even on the exact quotient."""
+    exact = Fraction(a) / Fraction(b)
+    scaled = exact * 10**places
+    floor = scaled.numerator // scaled.denominator
+    rem = scaled - floor
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and floor % 2 == 1):
+        floor += 1
+    return Decimal(floor).scaleb(-places)
 
 
-def d(s):
-    return date.fromisoformat(s)
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
+def read(path):
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
-def fmt(value, scale):
-    if value is None:
-        return ""
-    if isinstance(value, date):
-        return value.isoformat()
-    if scale is None:
-        return str(value)
-    return f"{value.quantize(Decimal(1).scaleb(-scale)):f}"
+def fmt(x, places):
+    return f"{Decimal(x):.{places}f}"
 
 
-def valid_on(row, day):
-    return d(row["valid_from"]) <= day and (row["valid_to"] == "" or day < d(row["valid_to"]))
+def allocate(charge, lines, weight, order_key, places):
+    """Share `charge` over `lines` in proportion to `weight` (equally if the weights add up
+    to zero), rounded; the residue goes to the line with the largest |weight|, ties broken
+    by `order_key`."""
+    total = sum(weight(l) for l in lines)
+    if total == 0:
+        shares = [div_round(charge, len(lines), places) for _ in lines]
+    else:
+        shares = [div_round(charge * weight(l), total, places) for l in lines]
+    residue = charge - sum(shares)
+    first = sorted(range(len(lines)), key=lambda i: (-abs(weight(lines[i])), order_key(lines[i])))[0]
+    shares[first] += residue
+    return shares
 
 
-# ---------------------------------------------------------------- reference data
-subscriptions = {r["subscription_id"]: r for r in read_csv(os.path.join(PIPE, "reference", "subscriptions.csv"))}
-vendor_prices = read_csv(os.path.join(PIPE, "reference", "vendor_prices.csv"))
-fx_rates = read_csv(os.path.join(PIPE, "reference", "fx_rates.csv"))
-channel_terms = {r["organization_id"]: r for r in read_csv(os.path.join(PIPE, "reference", "channel_terms.csv"))}
-
-
-def read_usage(path):
-    rows = []
-    for r in read_csv(path):
-        rows.append({
-            "record_id": r["record_id"],
-            "usage_date": d(r["usage_date"]),
-            "subscription_id": r["subscription_id"],
-            "sku": r["sku"],
-            "quantity": Decimal(r["quantity"]),
-            "unit": r["unit"] if r["unit"] != "" else None,
-        })
-    return rows
-
-
-# ---------------------------------------------------------------- published schemas
-NIMBUS_COLS = [("record_id", None), ("usage_date", None), ("subscription_id", None),
-               ("customer_id", None), ("reseller_id", None), ("distributor_id", None),
-               ("sku", None), ("quantity", 6), ("unit_price_usd", 6), ("cost_usd", 4)]
-NIMBUS_NOT_NULL = [c for c, _ in NIMBUS_COLS]          # every column is nullable: false
-# fx_rate is declared (decimal(18,8), output: false): computed, not published.
-DIST_COLS = [("record_id", None), ("usage_date", None), ("customer_id", None),
-             ("reseller_id", None), ("sku", None), ("quantity", 6), ("cost_usd", 4),
-             ("cost", 4), ("price", 4), ("currency", None)]
-INVOICE_COLS = [("customer_id", None), ("sku", None), ("currency", None),
-                ("quantity", 6), ("amount", 4), ("usage_lines", None)]
-
-
-# ---------------------------------------------------------------- tier 1: vendor
-def nimbus_rated_usage(usage):
-    """normalise-sku (upper(trim(sku))) then vendor_rate.sql, then the contract check."""
-    out, rejects = [], []
-    for u in usage:
-        sku = u["sku"].strip().upper()                       # upper(trim(sku))
-        s = subscriptions.get(u["subscription_id"])          # LEFT JOIN subscriptions
-        prices = [p for p in vendor_prices if p["sku"] == sku and valid_on(p, u["usage_date"])]
-        assert len(prices) <= 1, f"overlapping prices for {sku} on {u['usage_date']}"
-        unit_price = Decimal(prices[0]["unit_price"]) if prices else None   # LEFT JOIN prices
-        cost = cast_4(u["quantity"] * unit_price) if unit_price is not None else None
-        row = {
-            "record_id": u["record_id"], "usage_date": u["usage_date"],
-            "subscription_id": u["subscription_id"],
-            "customer_id": s["customer_id"] if s else None,
-            "reseller_id": s["reseller_id"] if s else None,
-            "distributor_id": s["distributor_id"] if s else None,
-            "sku": sku, "quantity": u["quantity"],
-            "unit_price_usd": unit_price, "cost_usd": cost,
-        }
-        nulls = [c for c in NIMBUS_NOT_NULL if row[c] is None]
-        if nulls:
-            rejects.append(("nimbus-rated-usage", row["record_id"], ";".join(nulls)))
-        else:
-            out.append(row)
-    return out, rejects
-
-
-# ---------------------------------------------------------------- tier 2: distributor
-def distributor_usage(owner, rated):
-    """distributor_price.sql with {{ owner }} = owner."""
-    t = channel_terms[owner]                                  # JOIN channel_terms
-    markup = Decimal(t["markup_pct"])
-    out = []
-    for u in rated:
-        if u["distributor_id"] != owner:                      # WHERE u.distributor_id = owner
+def vendor(usage_rows, subs, prices):
+    """nimbus-rated-usage: normalise SKU, look up the subscription, rate per unit per
+    (subscription, SKU, price version) and allocate back to lines."""
+    rejects, lines = [], []
+    for r in usage_rows:
+        r = dict(r)
+        r["sku"] = r["sku"].strip().upper()
+        s = subs.get(r["subscription_id"])
+        if s is None:
+            rejects.append((r["record_id"], "no subscription"))
             continue
-        fx = [r for r in fx_rates if r["from_currency"] == "USD" and r["to_currency"] == t["currency"]
-              and valid_on(r, u["usage_date"])]
-        assert len(fx) == 1, f"no/overlapping fx for {u['record_id']}"
-        rate = Decimal(fx[0]["rate"])
-        cost = cast_4(u["cost_usd"] * rate)
-        price = cast_4(cost * (1 + markup))
+        r.update(customer_id=s["customer_id"], reseller_id=s["reseller_id"], distributor_id=s["distributor_id"])
+        version = [p for p in prices if p["sku"] == r["sku"] and p["valid_from"] <= r["usage_date"] and (not p["valid_to"] or r["usage_date"] < p["valid_to"])]
+        if not version:
+            rejects.append((r["record_id"], f"no price in `vendor_prices` for ({r['sku']}) valid on {r['usage_date']}"))
+            continue
+        r["price"] = version[0]
+        lines.append(r)
+    groups = OrderedDict()
+    for r in lines:
+        groups.setdefault((r["subscription_id"], r["sku"], r["price"]["valid_from"]), []).append(r)
+    out = []
+    for (_, _, _), g in groups.items():
+        quantity = sum(Decimal(r["quantity"]) for r in g)
+        charge = q(quantity * Decimal(r_price(g)), 4)
+        shares = allocate(charge, g, lambda l: Decimal(l["quantity"]), lambda l: l["record_id"], 4)
+        for r, share in zip(g, shares):
+            out.append({
+                "record_id": r["record_id"], "usage_date": r["usage_date"], "subscription_id": r["subscription_id"],
+                "customer_id": r["customer_id"], "reseller_id": r["reseller_id"], "distributor_id": r["distributor_id"],
+                "sku": r["sku"], "quantity": fmt(r["quantity"], 6), "cost_usd": fmt(share, 4),
+            })
+    return sorted(out, key=lambda r: r["record_id"]), rejects
+
+
+def r_price(group):
+    return group[0]["price"]["unit_price"]
+
+
+def distributor(owner, vendor_rows, terms, fx):
+    """<distributor>-usage: own rows, USD cost converted at the rate valid on the usage
+    date (4 places), then marked up by the channel terms (4 places)."""
+    currency = terms[owner]["currency"]
+    markup = Decimal(terms[owner]["markup_pct"])
+    out = []
+    for r in vendor_rows:
+        if r["distributor_id"] != owner:
+            continue
+        rate = [f for f in fx if f["from_currency"] == "USD" and f["to_currency"] == currency and f["valid_from"] <= r["usage_date"] and (not f["valid_to"] or r["usage_date"] < f["valid_to"])]
+        assert len(rate) == 1, r
+        cost = q(Decimal(r["cost_usd"]) * Decimal(rate[0]["rate"]), 4)
+        price = q(cost * (1 + markup), 4)
         out.append({
-            "record_id": u["record_id"], "usage_date": u["usage_date"],
-            "customer_id": u["customer_id"], "reseller_id": u["reseller_id"], "sku": u["sku"],
-            "quantity": u["quantity"], "cost_usd": u["cost_usd"], "fx_rate": rate,
-            "cost": cost, "price": price, "currency": t["currency"],
+            "record_id": r["record_id"], "usage_date": r["usage_date"], "customer_id": r["customer_id"],
+            "reseller_id": r["reseller_id"], "sku": r["sku"], "quantity": r["quantity"], "cost_usd": r["cost_usd"],
+            "cost": fmt(cost, 4), "price": fmt(price, 4), "currency": currency,
         })
     return out
 
 
-# ---------------------------------------------------------------- tier 3: reseller
-def reseller_lines(owner, dist_rows):
-    """reseller_price.sql, then group_by [customer_id, sku, currency] with exact sums."""
-    markup = Decimal(channel_terms[owner]["markup_pct"])
-    priced = [{"record_id": u["record_id"], "customer_id": u["customer_id"], "sku": u["sku"],
-               "currency": u["currency"], "quantity": u["quantity"],
-               "amount": cast_4(u["price"] * (1 + markup))}
-              for u in dist_rows if u["reseller_id"] == owner]
-    groups = {}
-    for p in priced:
-        key = (p["customer_id"], p["sku"], p["currency"])
-        g = groups.setdefault(key, {"customer_id": key[0], "sku": key[1], "currency": key[2],
-                                    "quantity": Decimal(0), "amount": Decimal(0), "usage_lines": 0})
-        g["quantity"] += p["quantity"]
-        g["amount"] += p["amount"]
-        g["usage_lines"] += 1
-    return priced, sorted(groups.values(), key=lambda g: (g["customer_id"], g["sku"]))
+def reseller(owner, distributor_rows, terms):
+    """<reseller>-invoice-lines: own rows marked up (4 places), one line per customer, SKU
+    and currency, rounded to cents with the residue of each customer on its largest line."""
+    markup = Decimal(terms[owner]["markup_pct"])
+    groups = OrderedDict()
+    for r in distributor_rows:
+        if r["reseller_id"] != owner:
+            continue
+        amount = q(Decimal(r["price"]) * (1 + markup), 4)
+        g = groups.setdefault((r["customer_id"], r["sku"], r["currency"]), [Decimal(0), Decimal(0), 0])
+        g[0] += Decimal(r["quantity"])
+        g[1] += amount
+        g[2] += 1
+    lines = [{"customer_id": k[0], "sku": k[1], "currency": k[2], "quantity": v[0], "exact": v[1], "usage_lines": v[2]} for k, v in groups.items()]
+    by_customer = defaultdict(list)
+    for l in lines:
+        by_customer[l["customer_id"]].append(l)
+    for customer, ls in by_customer.items():
+        target = q(sum(l["exact"] for l in ls), 2)
+        for l in ls:
+            l["amount"] = q(l["exact"], 2)
+        residue = target - sum(l["amount"] for l in ls)
+        first = sorted(ls, key=lambda l: (-abs(l["exact"]), l["sku"]))[0]
+        first["amount"] += residue
+    return sorted(
+        ({"customer_id": l["customer_id"], "sku": l["sku"], "currency": l["currency"], "quantity": fmt(l["quantity"], 6), "amount": fmt(l["amount"], 2), "usage_lines": str(l["usage_lines"])} for l in lines),
+        key=lambda r: (r["customer_id"], r["sku"]),
+    )
 
 
-# ---------------------------------------------------------------- writers
-def write_rows(path, cols, rows):
-    with open(path, "w", newline="") as f:
-        f.write(",".join(c for c, _ in cols) + "\n")
-        for r in rows:
-            f.write(",".join(fmt(r[c], s) for c, s in cols) + "\n")
+CATEGORIES = {"VM": "compute", "STORAGE": "storage", "EGRESS": "network", "SUPPORT": "services"}
 
 
-def totals(cols, rows):
-    return {"rows": len(rows),
-            "totals": {c: fmt(sum((r[c] for r in rows), Decimal(0)), s)
-                       for c, s in cols if s is not None}}
+def nimbus_price_list(prices):
+    out = []
+    for p in prices:
+        family, variant = p["sku"].split("-", 1)
+        out.append({
+            "sku": p["sku"], "description": p["description"], "family": family, "variant": variant,
+            "category": CATEGORIES[family], "list_price_usd": fmt(p["unit_price"], 6),
+            "valid_from": p["valid_from"], "valid_to": p["valid_to"], "open_ended": "false" if p["valid_to"] else "true",
+        })
+    return sorted(out, key=lambda r: (r["sku"], r["valid_from"]))
 
 
-# ---------------------------------------------------------------- run
-usage_files = sorted(glob.glob(os.path.join(PIPE, "inputs", "usage-*.csv")))
-all_usage = [u for p in usage_files for u in read_usage(p)]
-ids = [u["record_id"] for u in all_usage]
-assert len(ids) == len(set(ids)), "duplicate record_id"
-period_usage = [u for u in all_usage if PERIOD_START <= u["usage_date"] < PERIOD_END]
-
-nimbus, rejects = nimbus_rated_usage(period_usage)
-nimbus.sort(key=lambda r: r["record_id"])
-streams = {"nimbus-rated-usage": (NIMBUS_COLS, nimbus)}
-dist = {}
-for owner in ("eurodist", "britdist"):
-    dist[owner] = sorted(distributor_usage(owner, nimbus), key=lambda r: r["record_id"])
-    streams[f"{owner}-usage"] = (DIST_COLS, dist[owner])
-priced_by_reseller = {}
-for owner, upstream in (("alpha-it", "eurodist"), ("bergen-data", "eurodist"), ("clyde-cloud", "britdist")):
-    priced_by_reseller[owner], lines = reseller_lines(owner, dist[upstream])
-    streams[f"{owner}-invoice-lines"] = (INVOICE_COLS, lines)
-
-# ---------------------------------------------------------------- worked examples
-by_id = {u["record_id"]: u for u in all_usage}
-nim_by_id = {r["record_id"]: r for r in nimbus}
-dist_by_id = {r["record_id"]: r for o in dist for r in dist[o]}
-amount_by_id = {p["record_id"]: (o, p) for o in priced_by_reseller for p in priced_by_reseller[o]}
+def eurodist_price_list(price_list, fx):
+    """Open-ended prices, converted at the period's closing rate (6 places), priced for a
+    15% margin (4 places) and a 5% promotional price (4 places)."""
+    closing = "2026-10-31"
+    rate = [f for f in fx if f["from_currency"] == "USD" and f["to_currency"] == "EUR" and f["valid_from"] <= closing and (not f["valid_to"] or closing < f["valid_to"])]
+    assert len(rate) == 1
+    out = []
+    for p in price_list:
+        if p["open_ended"] != "true":
+            continue
+        cost = q(Decimal(p["list_price_usd"]) * Decimal(rate[0]["rate"]), 6)
+        list_price = div_round(cost, Decimal("1") - Decimal("0.15"), 4)
+        promo = q(list_price * (Decimal("1") - Decimal("0.05")), 4)
+        out.append({"sku": p["sku"], "category": p["category"], "list_price_usd": p["list_price_usd"], "list_price_eur": fmt(list_price, 4), "promo_price_eur": fmt(promo, 4)})
+    return sorted(out, key=lambda r: r["sku"])
 
 
-def chain(rid, title, note):
-    u, n, t = by_id[rid], nim_by_id[rid], dist_by_id[rid]
-    owner, p = amount_by_id[rid]
-    dm = Decimal(channel_terms[n["distributor_id"]]["markup_pct"])
-    rm = Decimal(channel_terms[owner]["markup_pct"])
-    exact_cost = n["quantity"] * n["unit_price_usd"]
-    exact_conv = n["cost_usd"] * t["fx_rate"]
-    exact_price = t["cost"] * (1 + dm)
-    exact_amount = t["price"] * (1 + rm)
-    lines = [
-        f"## {title}: {rid}",
-        "",
-        note,
-        "",
-        "```",
-        f"input     : usage_date={u['usage_date']} subscription={u['subscription_id']} sku={u['sku']!r} quantity={u['quantity']}",
-        f"normalise : upper(trim({u['sku']!r})) = {n['sku']}",
-        f"subscr.   : customer={n['customer_id']} reseller={n['reseller_id']} distributor={n['distributor_id']}",
-        f"vendor    : unit_price_usd = {n['unit_price_usd']} (price row valid on {u['usage_date']})",
-        f"            quantity * unit_price = {u['quantity']} * {n['unit_price_usd']} = {exact_cost}",
-        f"            cost_usd = CAST(.. AS DECIMAL(18,4)) = {n['cost_usd']}"
-        + ("   <- tie at 5th decimal, half away from zero" if is_tie_at_5th(exact_cost) else "")
-        + (f"  (half-even would give {exact_cost.quantize(Q4, rounding=ROUND_HALF_EVEN)})"
-           if exact_cost.quantize(Q4, rounding=ROUND_HALF_EVEN) != n["cost_usd"] else ""),
-        f"distrib.  : fx_rate USD->{t['currency']} valid on {u['usage_date']} = {t['fx_rate']}",
-        f"            cost_usd * fx_rate = {n['cost_usd']} * {t['fx_rate']} = {exact_conv}",
-        f"            cost  = CAST(.. AS DECIMAL(18,4)) = {t['cost']}",
-        f"            cost * (1 + {dm}) = {t['cost']} * {1 + dm} = {exact_price}",
-        f"            price = CAST(.. AS DECIMAL(18,4)) = {t['price']}",
-        f"reseller  : price * (1 + {rm}) = {t['price']} * {1 + rm} = {exact_amount}",
-        f"            amount = CAST(.. AS DECIMAL(18,4)) = {p['amount']}  ({owner}, {t['currency']})",
-        "```",
-        "",
-    ]
-    return lines
+def write(path, rows, columns):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
-md = ["# Worked examples (generated by compute_expected.py)", "",
-      "Every step follows the SQL in queries/cloud-reseller/: products exact, CAST to",
-      "DECIMAL(18,4) rounds half away from zero, validity windows are half-open",
-      "(valid_from <= usage_date < valid_to).", ""]
-md += chain("U-0023", "Price change, last day of the old price",
-            "VM-STD-2 costs 0.096 until 2026-10-16 (exclusive); 2026-10-15 is also the first day of the new USD->EUR rate.")
-md += chain("U-0024", "Price change, first day of the new price",
-            "Same subscription and quantity as U-0023, one day later: VM-STD-2 now costs 0.0875.")
-md += chain("U-0019", "FX change, last day of the old USD->EUR rate",
-            "USD->EUR 0.92345678 is valid until 2026-10-15 (exclusive).")
-md += chain("U-0021", "FX change, first day of the new USD->EUR rate",
-            "Same quantity and SKU as U-0019 one day later (price unchanged, 0.096): USD->EUR is now 0.91876543.")
-md += chain("U-0010", "Rounding tie (positive)",
-            "123.46 * 0.0125 = 1.54325 exactly: half away from zero gives 1.5433 (half-even would give 1.5432).")
-md += chain("U-0035", "Rounding tie (negative, the credit)",
-            "-12.35 * 0.087 = -1.07445 exactly: half away from zero gives -1.0745 (half-even, or rounding toward +infinity, would give -1.0744).")
+def totals(rows, decimals):
+    t = {c: Decimal(0) for c in decimals}
+    for r in rows:
+        for c, places in decimals.items():
+            t[c] += Decimal(r[c])
+    return {"rows": len(rows), "totals": {c: fmt(v, decimals[c]) for c, v in t.items()}}
 
-# list every rounding tie in the run, at every CAST
-ties = []
-for r in nimbus:
-    if is_tie_at_5th(r["quantity"] * r["unit_price_usd"]):
-        ties.append(f"{r['record_id']} nimbus cost_usd: {r['quantity'] * r['unit_price_usd']} -> {r['cost_usd']}")
-for o in dist:
-    dm = Decimal(channel_terms[o]["markup_pct"])
-    for r in dist[o]:
-        if is_tie_at_5th(r["cost_usd"] * r["fx_rate"]):
-            ties.append(f"{r['record_id']} {o} cost: {r['cost_usd'] * r['fx_rate']} -> {r['cost']}")
-        if is_tie_at_5th(r["cost"] * (1 + dm)):
-            ties.append(f"{r['record_id']} {o} price: {r['cost'] * (1 + dm)} -> {r['price']}")
-for o in priced_by_reseller:
-    rm = Decimal(channel_terms[o]["markup_pct"])
-    for p in priced_by_reseller[o]:
-        exact = dist_by_id[p["record_id"]]["price"] * (1 + rm)
-        if is_tie_at_5th(exact):
-            ties.append(f"{p['record_id']} {o} amount: {exact} -> {p['amount']}")
-md += ["## All rounding ties in the 2026-10 run", "", "```"] + ties + ["```", ""]
 
-print("\n".join(md))
-with open(os.path.join(OUT, "WORKED_EXAMPLES.md"), "w") as f:
-    f.write("\n".join(md))
+def main():
+    subs = {s["subscription_id"]: s for s in read(SAMPLE / "reference/subscriptions.csv")}
+    prices = read(SAMPLE / "reference/vendor_prices.csv")
+    terms = {t["organization_id"]: t for t in read(SAMPLE / "reference/channel_terms.csv")}
+    fx = read(SAMPLE / "reference/fx_rates.csv")
+    usage = [r for f in sorted((SAMPLE / "inputs").glob("usage-*.csv")) for r in read(f)]
+    october = [r for r in usage if PERIOD[0] <= r["usage_date"] < PERIOD[1]]
 
-# ---------------------------------------------------------------- write expected files
-control = {}
-for sid, (cols, rows) in streams.items():
-    write_rows(os.path.join(OUT, f"{sid}.csv"), cols, rows)
-    control[sid] = totals(cols, rows)
-with open(os.path.join(OUT, "rejects.csv"), "w", newline="") as f:
-    f.write("stream_id,record_id,null_columns\n")
-    for r in sorted(rejects, key=lambda r: (r[0], r[1])):
-        f.write(",".join(r) + "\n")
-with open(os.path.join(OUT, "control_totals.json"), "w") as f:
-    json.dump(control, f, indent=2)
-    f.write("\n")
+    vendor_cols = ["record_id", "usage_date", "subscription_id", "customer_id", "reseller_id", "distributor_id", "sku", "quantity", "cost_usd"]
+    dist_cols = ["record_id", "usage_date", "customer_id", "reseller_id", "sku", "quantity", "cost_usd", "cost", "price", "currency"]
+    res_cols = ["customer_id", "sku", "currency", "quantity", "amount", "usage_lines"]
+    v, rejects = vendor(october, subs, prices)
+    # Distributors see the vendor batch with its subscription and distributor ids.
+    streams = {"nimbus-rated-usage": (v, vendor_cols, {"quantity": 6, "cost_usd": 4})}
+    for d in ["eurodist", "britdist"]:
+        streams[f"{d}-usage"] = (distributor(d, v, terms, fx), dist_cols, {"quantity": 6, "cost_usd": 4, "cost": 4, "price": 4})
+    for r, d in [("alpha-it", "eurodist"), ("bergen-data", "eurodist"), ("clyde-cloud", "britdist")]:
+        streams[f"{r}-invoice-lines"] = (reseller(r, streams[f"{d}-usage"][0], terms), res_cols, {"quantity": 6, "amount": 2})
+    pl = nimbus_price_list(prices)
+    streams["nimbus-price-list"] = (pl, ["sku", "description", "family", "variant", "category", "list_price_usd", "valid_from", "valid_to", "open_ended"], {"list_price_usd": 6})
+    streams["eurodist-price-list"] = (eurodist_price_list(pl, fx), ["sku", "category", "list_price_usd", "list_price_eur", "promo_price_eur"], {"list_price_usd": 6, "list_price_eur": 4, "promo_price_eur": 4})
 
-# sample for `billflow test`: nimbus-rated-usage on samples/nimbus-input.csv
-sample_in = read_usage(os.path.join(PIPE, "samples", "nimbus-input.csv"))
-sample_out, sample_rejects = nimbus_rated_usage(sample_in)
-assert not sample_rejects
-write_rows(os.path.join(PIPE, "samples", "nimbus-expected.csv"), NIMBUS_COLS,
-           sorted(sample_out, key=lambda r: r["record_id"]))
+    control = {}
+    for name, (rows, cols, decimals) in streams.items():
+        write(HERE / f"{name}.csv", rows, cols)
+        control[name] = totals(rows, decimals)
+    (HERE / "control_totals.json").write_text(json.dumps(control, indent=2) + "\n")
+    write(HERE / "rejects.csv", [{"stream_id": "nimbus-rated-usage", "record_id": r, "reason": why} for r, why in rejects], ["stream_id", "record_id", "reason"])
 
-# ---------------------------------------------------------------- summary
-print("usage rows per period:",
-      {k: sum(1 for u in all_usage if u["usage_date"].strftime("%Y-%m") == k)
-       for k in sorted({u["usage_date"].strftime("%Y-%m") for u in all_usage})})
-print("rejects:", rejects)
-print(json.dumps(control, indent=2))
+    # Samples for `billflow test`.
+    sample_v, _ = vendor(read(SAMPLE / "samples/nimbus-input.csv"), subs, prices)
+    write(SAMPLE / "samples/nimbus-expected.csv", sample_v, vendor_cols)
+    sample_in = read(SAMPLE / "samples/alpha-it-input.csv")
+    write(SAMPLE / "samples/alpha-it-expected.csv", reseller("alpha-it", sample_in, terms), res_cols)
+    for name, c in control.items():
+        print(f"{name:28} {c}")
+    print("rejects:", rejects)
+
+
+if __name__ == "__main__":
+    main()
