@@ -15,6 +15,7 @@ pub mod map_values;
 pub mod markup;
 pub mod money;
 pub mod polars;
+pub mod prorate;
 pub mod rate;
 pub mod round;
 pub mod side;
@@ -46,6 +47,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &markup::MarginKind,
     &aggregate::AggregateKind,
     &rate::RateKind,
+    &prorate::ProrateKind,
     &round::RoundKind,
     &split_column::SplitColumnKind,
 ];

@@ -970,3 +970,55 @@ id,sub,sku,day,qty,value
     // 145 + 100 + 80 + 99.50 + 15 + 10 + 20 + 10 + 3 + 24: the lines add up to the charges.
     assert_eq!(s.control_totals["amount"], "506.50");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prorate_by_days_and_by_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = "
+id,fee,active_from,active_to
+1,31.00,2026-10-11,
+2,100.00,,2026-10-16
+3,100.00,2026-09-15,2026-12-01
+4,100.00,2026-11-05,
+5,-50.00,2026-10-16,
+6,10.00,2026-10-01,2026-10-01
+";
+    let case = Case {
+        input,
+        schema: "- { name: id, type: integer }\n- { name: fee, type: \"decimal(18,2)\" }\n- { name: active_from, type: date }\n- { name: active_to, type: date }",
+        references: &[],
+        stages: "
+- { kind: prorate, amount: fee, start: active_from, end: active_to, output: charge, active_output: days }
+- { kind: sql, query: \"SELECT id, charge, days FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: charge, type: \"decimal(38,4)\" }\n- { name: days, type: integer }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // October has 31 days. 31.00 for 21 days = 21.0000; 100 for 15 days = 48.387096.. ->
+    // 48.3871; the whole month; nothing (starts in November); a downgrade credit of -50
+    // for 16 days = -25.806451.. -> -25.8065; an empty range.
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, charge=21.0000, days=21",
+            "id=2, charge=48.3871, days=15",
+            "id=3, charge=100.0000, days=31",
+            "id=4, charge=0.0000, days=0",
+            "id=5, charge=-25.8065, days=16",
+            "id=6, charge=0.0000, days=0",
+        ])
+    );
+
+    // By seconds: half a day of a 31-day month, for a 31.00 fee, is 0.5000.
+    let case = Case {
+        input: "id,fee,active_from\n1,31.00,2026-10-31T12:00:00\n",
+        schema: "- { name: id, type: integer }\n- { name: fee, type: \"decimal(18,2)\" }\n- { name: active_from, type: timestamp }",
+        stages: "- { kind: prorate, amount: fee, start: active_from, by: seconds, output: charge, active_output: seconds }\n- { kind: sql, query: \"SELECT id, charge, seconds FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: charge, type: \"decimal(38,4)\" }\n- { name: seconds, type: integer }",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(rows, vec!["id=1, charge=0.5000, seconds=43200"]);
+}
