@@ -70,6 +70,7 @@ fn status_text(s: &StreamReport) -> &'static str {
         Status::Reused => "unchanged",
         Status::Failed => "FAILED",
         Status::Skipped => "skipped",
+        Status::Waiting => "WAITING",
     }
 }
 

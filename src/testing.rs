@@ -175,6 +175,7 @@ async fn run_one(
             vars: &vars,
             stage: &st.name,
             side: &side,
+            executing: false,
         };
         df = st
             .stage

@@ -55,6 +55,8 @@ pub enum Status {
     Failed,
     /// Not run because a stream it reads failed.
     Skipped,
+    /// Paused at a manual stage until its file is provided.
+    Waiting,
 }
 
 /// Why a stream failed: the stage (when known), the cause, and where to look.
@@ -260,6 +262,7 @@ impl Engine {
                     vars: &vars,
                     stage: &st.name,
                     side: &side,
+                    executing: false,
                 };
                 match st.stage.apply(df.clone(), &env).await {
                     Ok(next) => df = next,
@@ -500,10 +503,11 @@ impl Engine {
                 }
             }
         }
+        let vars = Self::vars(plan, ps, &options.period);
         let stage_prints: Vec<String> = ps
             .stages
             .iter()
-            .map(|st| format!("{}:{}", st.kind, st.stage.fingerprint()))
+            .map(|st| format!("{}:{}", st.kind, st.stage.fingerprint(&vars)))
             .collect();
         let definition = batches::fingerprint(&[("stream", &s.canonical), ("stages", &stage_prints.join("\u{1f}"))]);
         let inputs_text: Vec<String> = input_infos
@@ -590,7 +594,6 @@ impl Engine {
         };
 
         // Stages, lazily; SQL stages fuse into one plan.
-        let vars = Self::vars(plan, ps, &options.period);
         let side = SideOutputs::default();
         let mut df = input.df.clone();
         for (k, st) in ps.stages.iter().enumerate() {
@@ -600,10 +603,12 @@ impl Engine {
                 vars: &vars,
                 stage: &st.name,
                 side: &side,
+                executing: true,
             };
             match st.stage.apply(df, &env).await {
                 Ok(next) => df = next,
                 Err(e) => {
+                    let waiting = e.waiting;
                     fail(
                         &mut report,
                         Some(&st.name),
@@ -611,6 +616,9 @@ impl Engine {
                         e.location.or_else(|| Some(st.def.location.clone())),
                         e.hint,
                     );
+                    if waiting {
+                        report.status = Status::Waiting;
+                    }
                     return report;
                 }
             }
@@ -891,6 +899,7 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
                 vars: &vars,
                 stage: &st.name,
                 side: &side,
+                executing: false,
             };
             match st.stage.apply(df.clone(), &env).await {
                 Ok(next) => df = next,

@@ -96,7 +96,7 @@ impl Stage for AggregateStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.describe()
     }
     async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {

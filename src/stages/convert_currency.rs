@@ -213,7 +213,7 @@ impl Stage for ConvertCurrencyStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {}",
             self.describe(),

@@ -95,7 +95,7 @@ impl Stage for FormulaStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         let mut s = self.describe();
         for o in &self.outputs {
             s.push_str(o.on_error.name());

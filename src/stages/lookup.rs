@@ -425,7 +425,7 @@ impl Stage for LookupStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {:?} {:?}",
             self.describe(),

@@ -245,7 +245,7 @@ impl Stage for PricingStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         let keys = match &self.source {
             Source::Rules { keys, .. } => keys
                 .iter()

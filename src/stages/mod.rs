@@ -11,6 +11,7 @@ pub mod filter;
 pub mod formula;
 pub mod interop;
 pub mod lookup;
+pub mod manual;
 pub mod map_values;
 pub mod markup;
 pub mod money;
@@ -48,6 +49,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &aggregate::AggregateKind,
     &rate::RateKind,
     &prorate::ProrateKind,
+    &manual::ManualKind,
     &round::RoundKind,
     &split_column::SplitColumnKind,
 ];
@@ -89,6 +91,9 @@ pub struct StageEnv<'a> {
     pub stage: &'a str,
     /// Where stages leave refused rows and counts of removed rows.
     pub side: &'a side::SideOutputs,
+    /// True when the plan will run (not just be checked or explained): a stage may then
+    /// act outside the plan (e.g. `manual` exports its input).
+    pub executing: bool,
 }
 
 /// Values substituted for `{{ name }}` in stage text.
@@ -154,6 +159,8 @@ pub struct StageError {
     pub message: String,
     pub location: Option<Location>,
     pub hint: Option<String>,
+    /// Not a failure: the stream waits for something outside billflow (a manual step).
+    pub waiting: bool,
 }
 
 impl StageError {
@@ -162,6 +169,7 @@ impl StageError {
             message: message.into(),
             location: None,
             hint: None,
+            waiting: false,
         }
     }
     pub fn at(mut self, location: Option<Location>) -> Self {
@@ -190,7 +198,7 @@ pub trait Stage: Send + Sync + Debug {
     fn fuses(&self) -> bool;
     /// Everything that decides the stage's output besides its input (e.g. the query text
     /// read from a file): part of the batch id, so editing a query gives a new batch.
-    fn fingerprint(&self) -> String;
+    fn fingerprint(&self, vars: &TemplateVars) -> String;
     /// Tables besides `input` the stage reads (reference names): edges of the DAG, and
     /// the references whose contents decide the stream's batch id.
     fn tables(&self) -> Vec<String> {

@@ -183,7 +183,7 @@ impl Stage for PolarsStage {
     fn fuses(&self) -> bool {
         false
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.describe()
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {

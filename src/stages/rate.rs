@@ -250,7 +250,7 @@ impl Stage for RateStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {:?} {:?} {:?} {}",
             self.describe(),

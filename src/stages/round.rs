@@ -122,7 +122,7 @@ impl Stage for RoundStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?}",
             self.describe(),

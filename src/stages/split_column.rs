@@ -109,7 +109,7 @@ impl Stage for SplitColumnStage {
     fn fuses(&self) -> bool {
         true
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.describe()
     }
     async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {

@@ -187,6 +187,7 @@ impl SqlStage {
             message,
             location,
             hint,
+            waiting: false,
         }
     }
 }
@@ -214,7 +215,7 @@ impl Stage for SqlStage {
     fn tables(&self) -> Vec<String> {
         self.tables.clone()
     }
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.text.clone()
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {

@@ -1022,3 +1022,74 @@ id,fee,active_from,active_to
     assert_eq!(s.status, Status::Written, "{:?}", s.error);
     assert_eq!(rows, vec!["id=1, charge=0.5000, seconds=43200"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_step_exports_waits_and_resumes_from_the_reviewed_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages: "
+- { kind: filter, column: org, not_equals: nobody }
+- name: review
+  kind: manual
+  export: manual/{{ stream }}-{{ period }}-to-review.csv
+  resume: manual/{{ stream }}-{{ period }}-reviewed.csv
+  instructions: credit control approves or corrects each line",
+        columns: COSTS_SCHEMA,
+    };
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Waiting, "{:?}", s.error);
+    let e = s.error.unwrap().to_string();
+    assert!(
+        e.contains("waiting for a manual step") && e.contains("s-2026-10-reviewed.csv"),
+        "{e}"
+    );
+    let export = std::fs::read_to_string(tmp.path().join("manual/s-2026-10-to-review.csv")).unwrap();
+    let mut lines: Vec<&str> = export.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            "1,alpha-it,10.0000",
+            "2,bergen-data,3.3333",
+            "4,alpha-it,-2.5000",
+            "id,org,cost"
+        ]
+    );
+    assert!(
+        !tmp.path()
+            .join("wh/vendor/v/s")
+            .read_dir()
+            .map(|mut d| d.any(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')))
+            .unwrap_or(false),
+        "no batch while waiting"
+    );
+
+    // The reviewer drops the credit and corrects a cost.
+    std::fs::write(
+        tmp.path().join("manual/s-2026-10-reviewed.csv"),
+        "id,org,cost\n1,alpha-it,9.5000\n2,bergen-data,3.3333\n",
+    )
+    .unwrap();
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&["id=1, org=alpha-it, cost=9.5000", "id=2, org=bergen-data, cost=3.3333"])
+    );
+    let first = s.batch_id.clone();
+    let (again, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(again.status, Status::Reused);
+    // A corrected review is a new batch.
+    std::fs::write(
+        tmp.path().join("manual/s-2026-10-reviewed.csv"),
+        "id,org,cost\n1,alpha-it,9.7500\n",
+    )
+    .unwrap();
+    let (third, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(third.status, Status::Written);
+    assert_ne!(third.batch_id, first);
+    assert_eq!(rows, vec!["id=1, org=alpha-it, cost=9.7500"]);
+}

@@ -1,0 +1,152 @@
+//! `kind: manual`: a step done outside billflow (a credit controller reviews disputed
+//! lines, an external system enriches them). On a run, if the reviewed file is not there
+//! yet, the stage exports its input to `export` and the stream waits (status WAITING, no
+//! batch). Once the user puts the reviewed rows at `resume` (CSV, same columns as the
+//! export), the next run continues from that file; its contents become part of the batch
+//! id, so a corrected file gives a new batch. Paths may use `{{ stream }}`, `{{ period }}`...
+//! and are relative to the pipeline file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::{CsvReadOptions, DataFrame};
+
+use super::args::plan_err;
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind, TemplateVars};
+use crate::definition::{Fields, Reader, Text};
+
+pub struct ManualKind;
+
+#[derive(Debug)]
+pub struct ManualStage {
+    dir: PathBuf,
+    export: Text,
+    resume: Text,
+    instructions: Option<String>,
+}
+
+impl StageKind for ManualKind {
+    fn name(&self) -> &'static str {
+        "manual"
+    }
+    fn summary(&self) -> &'static str {
+        "a step done by hand: export the input, wait for the reviewed file, resume from it"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &["export", "resume", "instructions"]
+    }
+    fn build(&self, f: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
+        let export = f.required_text(
+            r,
+            "export",
+            "where to write the rows to review, e.g. `manual/{{ stream }}-{{ period }}-to-review.csv`",
+        );
+        let resume = f.required_text(
+            r,
+            "resume",
+            "where the reviewed rows will be, e.g. `manual/{{ stream }}-{{ period }}-reviewed.csv`",
+        );
+        let instructions = f.text(r, "instructions").map(|t| t.value);
+        let (export, resume) = (export?, resume?);
+        for t in [&export, &resume] {
+            if let Err(e) = TemplateVars::check(&t.value) {
+                r.error(e, t.location.clone());
+                return None;
+            }
+        }
+        Some(Arc::new(ManualStage {
+            dir: ctx.pipeline_dir.to_path_buf(),
+            export,
+            resume,
+            instructions,
+        }))
+    }
+}
+
+impl ManualStage {
+    fn path(&self, t: &Text, vars: &TemplateVars) -> Result<PathBuf, StageError> {
+        let p = vars
+            .expand(&t.value)
+            .map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
+        Ok(self.dir.join(p))
+    }
+}
+
+#[async_trait]
+impl Stage for ManualStage {
+    fn describe(&self) -> String {
+        format!(
+            "manual: export to {}, resume from {}",
+            self.export.value, self.resume.value
+        )
+    }
+    fn fuses(&self) -> bool {
+        false
+    }
+    fn fingerprint(&self, vars: &TemplateVars) -> String {
+        // The reviewed rows decide the output: hash them when they are there.
+        let content = self
+            .path(&self.resume, vars)
+            .ok()
+            .and_then(|p| crate::batches::file_fingerprint(&p).ok())
+            .unwrap_or_else(|| "not provided".into());
+        format!("{} {content}", self.describe())
+    }
+    async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let resume = self.path(&self.resume, env.vars)?;
+        let schema = input.schema().as_arrow().clone();
+        if resume.is_file() {
+            let df = env
+                .ctx
+                .read_csv(
+                    resume.to_string_lossy().to_string(),
+                    CsvReadOptions::new()
+                        .has_header(true)
+                        .schema(&schema)
+                        .file_extension(""),
+                )
+                .await
+                .map_err(|e| {
+                    StageError::new(format!(
+                        "reading the reviewed file {}: {}",
+                        resume.display(),
+                        e.strip_backtrace()
+                    ))
+                    .at(Some(self.resume.location.clone()))
+                })?;
+            return Ok(df);
+        }
+        if !env.executing {
+            // Checking or explaining: the reviewed rows will have the input's columns.
+            return Ok(input);
+        }
+        let export = self.path(&self.export, env.vars)?;
+        if let Some(parent) = export.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StageError::new(format!("{}: {e}", parent.display())))?;
+        }
+        let tmp = export.with_extension("csv.tmp");
+        input
+            .write_csv(
+                &tmp.to_string_lossy(),
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .map_err(plan_err)?;
+        std::fs::rename(&tmp, &export).map_err(|e| StageError::new(format!("{}: {e}", export.display())))?;
+        let mut e = StageError::new(format!(
+            "waiting for a manual step: its input is in {}; put the reviewed rows (same columns) in {} and run again{}",
+            export.display(),
+            resume.display(),
+            self.instructions
+                .as_ref()
+                .map(|i| format!(" ({i})"))
+                .unwrap_or_default()
+        ))
+        .at(Some(self.resume.location.clone()));
+        e.waiting = true;
+        Err(e)
+    }
+}
