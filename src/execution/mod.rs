@@ -148,8 +148,21 @@ impl Engine {
     /// The values `{{ ... }}` in a stream's stages expand to.
     pub fn vars(plan: &Plan, ps: &PlannedStream, period: &Period) -> TemplateVars {
         let s = plan.def(ps);
+        let p = &plan.pipeline;
+        let owner = p.organization(&s.owner.value);
+        // The vendor at the top of the owner's chain.
+        let mut vendor = owner;
+        for _ in 0..p.organizations.len() {
+            match vendor.and_then(|o| o.upstream.as_ref()).and_then(|u| p.organization(&u.value)) {
+                Some(up) => vendor = Some(up),
+                None => break,
+            }
+        }
         TemplateVars {
             values: vec![
+                ("owner_name".into(), owner.map(|o| o.name.clone()).unwrap_or_default()),
+                ("owner_currency".into(), owner.and_then(|o| o.currency.as_ref()).map(|c| c.value.clone()).unwrap_or_default()),
+                ("vendor_name".into(), vendor.map(|o| o.name.clone()).unwrap_or_default()),
                 ("pipeline".into(), plan.pipeline.id.value.clone()),
                 ("stream".into(), s.id.value.clone()),
                 ("owner".into(), s.owner.value.clone()),

@@ -8,6 +8,7 @@ pub mod args;
 pub mod convert_currency;
 pub mod copy_columns;
 pub mod filter;
+pub mod focus;
 pub mod formula;
 pub mod interop;
 pub mod lookup;
@@ -50,6 +51,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &rate::RateKind,
     &prorate::ProrateKind,
     &manual::ManualKind,
+    &focus::FocusKind,
     &round::RoundKind,
     &split_column::SplitColumnKind,
 ];
@@ -106,6 +108,9 @@ impl TemplateVars {
     pub const NAMES: &'static [&'static str] = &[
         "pipeline",
         "stream",
+        "owner_name",
+        "owner_currency",
+        "vendor_name",
         "owner",
         "tier",
         "period",
