@@ -153,7 +153,10 @@ impl Engine {
         // The vendor at the top of the owner's chain.
         let mut vendor = owner;
         for _ in 0..p.organizations.len() {
-            match vendor.and_then(|o| o.upstream.as_ref()).and_then(|u| p.organization(&u.value)) {
+            match vendor
+                .and_then(|o| o.upstream.as_ref())
+                .and_then(|u| p.organization(&u.value))
+            {
                 Some(up) => vendor = Some(up),
                 None => break,
             }
@@ -161,7 +164,13 @@ impl Engine {
         TemplateVars {
             values: vec![
                 ("owner_name".into(), owner.map(|o| o.name.clone()).unwrap_or_default()),
-                ("owner_currency".into(), owner.and_then(|o| o.currency.as_ref()).map(|c| c.value.clone()).unwrap_or_default()),
+                (
+                    "owner_currency".into(),
+                    owner
+                        .and_then(|o| o.currency.as_ref())
+                        .map(|c| c.value.clone())
+                        .unwrap_or_default(),
+                ),
                 ("vendor_name".into(), vendor.map(|o| o.name.clone()).unwrap_or_default()),
                 ("pipeline".into(), plan.pipeline.id.value.clone()),
                 ("stream".into(), s.id.value.clone()),
@@ -679,6 +688,9 @@ impl Engine {
             }
         };
         let out_schema = Arc::new(arrow_schema(&s.columns, true));
+        // The plan as run: taps it contains once count exactly (see `Tap::exact_in`).
+        let out_plan = out.logical_plan().clone();
+        let fused = ps.stages.iter().all(|st| st.stage.fuses());
         let written = match write::write_parquet(out, &staging.data_dir(), out_schema).await {
             Ok(w) => w,
             Err(e) => {
@@ -701,16 +713,17 @@ impl Engine {
         // Read the taps now: writing the rejects below runs parts of the plan again.
         let source_rejected = input.tap.flagged();
         let contract_rejected = contract_tap.flagged();
-        report.rows_in = input.rows_in();
         report.rows_out = written.rows;
         let mut samples = Vec::new();
         let mut rejected = 0;
+        let mut input_refused = 0;
         if source_rejected > 0
-            && let Some(rej) = input.rejects
+            && let Some(rej) = input.rejects.clone()
         {
             match write::write_rejects(rej, &staging.rejects_dir().join("input.parquet")).await {
                 Ok((n, smp)) => {
                     rejected += n;
+                    input_refused = n;
                     samples.extend(smp);
                 }
                 Err(e) => {
@@ -776,11 +789,47 @@ impl Engine {
                 }
             }
         }
-        report.removed = side
-            .take_counts()
-            .into_iter()
-            .map(|c| (c.stage, c.what, c.tap.flagged()))
-            .collect();
+        // Rows in: the input tap's count when the plan read the input once; otherwise (a
+        // stage that reads its input twice, or materialises it) count again, exactly.
+        report.rows_in = if fused && input.tap.exact_in(&out_plan) {
+            input.rows_in()
+        } else {
+            match input.df.clone().count().await {
+                Ok(n) => n as u64 + input_refused,
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        None,
+                        format!("counting input rows: {}", e.strip_backtrace()),
+                        None,
+                        None,
+                    );
+                    return report;
+                }
+            }
+        };
+        let mut removed = Vec::new();
+        for c in side.take_counts() {
+            let n = if fused && c.tap.exact_in(&out_plan) {
+                c.tap.flagged()
+            } else {
+                match (c.before.count().await, c.after.count().await) {
+                    (Ok(b), Ok(a)) => (b - a) as u64,
+                    (Err(e), _) | (_, Err(e)) => {
+                        fail(
+                            &mut report,
+                            Some(&c.stage),
+                            format!("counting removed rows: {}", e.strip_backtrace()),
+                            None,
+                            None,
+                        );
+                        return report;
+                    }
+                }
+            };
+            removed.push((c.stage, c.what, n));
+        }
+        report.removed = removed;
         report.rows_rejected = rejected;
         report.reject_samples = samples;
         report.control_totals = written.totals_as_text();

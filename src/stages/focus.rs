@@ -13,13 +13,13 @@ use arrow::datatypes::{DataType, TimeUnit};
 use async_trait::async_trait;
 use datafusion::functions::expr_fn::{concat_ws, regexp_like};
 use datafusion::functions::math::expr_fn::abs;
-use datafusion::logical_expr::{cast, when, Expr, ExprSchemable};
-use datafusion::prelude::{ident, lit, DataFrame};
+use datafusion::logical_expr::{Expr, ExprSchemable, cast, when};
+use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 use marked_yaml::Node;
 
 use super::args::{existing, plan_err};
-use super::side::{apply_policy, OnError};
+use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind, TemplateVars};
 use crate::definition::{Fields, Reader, Text};
 
@@ -71,9 +71,25 @@ const COLUMNS: &[(&str, Kind)] = &[
 const REQUIRED: &[&str] = &["BilledCost", "BillingCurrency", "BillingAccountId"];
 const CHARGE_CATEGORIES: &[&str] = &["Adjustment", "Credit", "Purchase", "Tax", "Usage"];
 const SERVICE_CATEGORIES: &[&str] = &[
-    "AI and Machine Learning", "Analytics", "Business Applications", "Compute", "Databases", "Developer Tools",
-    "Multicloud", "Identity", "Integration", "Internet of Things", "Management and Governance", "Media", "Migration",
-    "Mobile", "Networking", "Security", "Storage", "Web", "Other",
+    "AI and Machine Learning",
+    "Analytics",
+    "Business Applications",
+    "Compute",
+    "Databases",
+    "Developer Tools",
+    "Multicloud",
+    "Identity",
+    "Integration",
+    "Internet of Things",
+    "Management and Governance",
+    "Media",
+    "Migration",
+    "Mobile",
+    "Networking",
+    "Security",
+    "Storage",
+    "Web",
+    "Other",
 ];
 
 #[derive(Debug, Clone)]
@@ -105,7 +121,11 @@ impl StageKind for FocusKind {
             Some(n) => r.string_list(n, "kept columns"),
             None => Some(vec![]),
         };
-        let node = f.require(r, "columns", "FOCUS column names mapped to the stream's columns, e.g. `BilledCost: amount`")?;
+        let node = f.require(
+            r,
+            "columns",
+            "FOCUS column names mapped to the stream's columns, e.g. `BilledCost: amount`",
+        )?;
         let mut m = r.mapping(node, "FOCUS columns")?;
         let mut sources = Vec::new();
         let mut ok = true;
@@ -137,7 +157,11 @@ impl StageKind for FocusKind {
         if !ok {
             return None;
         }
-        Some(Arc::new(FocusStage { sources, keep: keep?, on_error: on_error? }))
+        Some(Arc::new(FocusStage {
+            sources,
+            keep: keep?,
+            on_error: on_error?,
+        }))
     }
 }
 
@@ -168,7 +192,12 @@ impl Stage for FocusStage {
         true
     }
     fn fingerprint(&self, _vars: &TemplateVars) -> String {
-        format!("{} keep {:?} {}", self.describe(), self.keep.iter().map(|k| &k.value).collect::<Vec<_>>(), self.on_error.name())
+        format!(
+            "{} keep {:?} {}",
+            self.describe(),
+            self.keep.iter().map(|k| &k.value).collect::<Vec<_>>(),
+            self.on_error.name()
+        )
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let var = |n: &str| env.vars.get(n).unwrap_or("").to_string();
@@ -180,7 +209,8 @@ impl Stage for FocusStage {
                 None => None,
             })
         };
-        let null = || lit(ScalarValue::Utf8(None));
+        // Untyped NULL: converts to whatever type the stream declares for the column.
+        let null = || lit(ScalarValue::Null);
         let mut select = Vec::new();
         for (name, kind) in COLUMNS {
             let value = match (given(name)?, *name) {
@@ -193,7 +223,12 @@ impl Stage for FocusStage {
                 (None, "ChargePeriodStart") => period("period_start"),
                 // A charge dated by day covers that day.
                 (None, "ChargePeriodEnd") => match self.source("ChargePeriodStart") {
-                    Some(Source::Column(c)) if input.schema().field_with_unqualified_name(&c.value).is_ok_and(|f| f.data_type() == &DataType::Date32) => {
+                    Some(Source::Column(c))
+                        if input
+                            .schema()
+                            .field_with_unqualified_name(&c.value)
+                            .is_ok_and(|f| f.data_type() == &DataType::Date32) =>
+                    {
                         timestamp(existing(&input, c)? + lit(ScalarValue::new_interval_dt(1, 0)))
                     }
                     _ => period("period_end"),
@@ -208,8 +243,12 @@ impl Stage for FocusStage {
                     if let Expr::Column(_) = &value {
                         let t = value.get_type(input.schema()).map_err(plan_err)?;
                         if !matches!(t, DataType::Decimal128(_, _)) {
-                            let mut e = StageError::new(format!("FOCUS {name} must be an exact decimal, the mapped column is {t}"));
-                            e.hint = Some("costs and quantities stay Decimal128; cast the column to decimal(p,s) first".into());
+                            let mut e = StageError::new(format!(
+                                "FOCUS {name} must be an exact decimal, the mapped column is {t}"
+                            ));
+                            e.hint = Some(
+                                "costs and quantities stay Decimal128; cast the column to decimal(p,s) first".into(),
+                            );
                             return Err(e);
                         }
                     }
@@ -227,30 +266,74 @@ impl Stage for FocusStage {
 
         // FOCUS's rules, per row.
         let mut checks: Vec<(Expr, String)> = Vec::new();
-        for name in ["BilledCost", "BillingCurrency", "BillingAccountId", "ChargeCategory", "BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd"] {
+        for name in [
+            "BilledCost",
+            "BillingCurrency",
+            "BillingAccountId",
+            "ChargeCategory",
+            "BillingPeriodStart",
+            "BillingPeriodEnd",
+            "ChargePeriodStart",
+            "ChargePeriodEnd",
+        ] {
             checks.push((ident(name).is_null(), format!("{name} is required")));
         }
         for name in ["BillingCurrency", "PricingCurrency"] {
-            checks.push((ident(name).is_not_null().and(regexp_like(ident(name), lit("^[A-Z]{3}$"), None).is_not_true()), format!("{name} must be an ISO 4217 code")));
+            checks.push((
+                ident(name)
+                    .is_not_null()
+                    .and(regexp_like(ident(name), lit("^[A-Z]{3}$"), None).is_not_true()),
+                format!("{name} must be an ISO 4217 code"),
+            ));
         }
         checks.push((
-            ident("ChargeCategory").is_not_null().and(ident("ChargeCategory").in_list(CHARGE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
+            ident("ChargeCategory")
+                .is_not_null()
+                .and(ident("ChargeCategory").in_list(CHARGE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
             format!("ChargeCategory must be one of {}", CHARGE_CATEGORIES.join(", ")),
         ));
-        checks.push((ident("ChargeClass").is_not_null().and(ident("ChargeClass").not_eq(lit("Correction"))), "ChargeClass must be empty or Correction".into()));
         checks.push((
-            ident("ServiceCategory").is_not_null().and(ident("ServiceCategory").in_list(SERVICE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
+            ident("ChargeClass")
+                .is_not_null()
+                .and(ident("ChargeClass").not_eq(lit("Correction"))),
+            "ChargeClass must be empty or Correction".into(),
+        ));
+        checks.push((
+            ident("ServiceCategory")
+                .is_not_null()
+                .and(ident("ServiceCategory").in_list(SERVICE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
             "ServiceCategory is not a FOCUS service category".into(),
         ));
-        checks.push((abs(ident("ListCost")).lt(abs(ident("ContractedCost"))), "ListCost must be at least ContractedCost".into()));
-        checks.push((ident("ChargePeriodStart").gt_eq(ident("ChargePeriodEnd")), "ChargePeriodStart must be before ChargePeriodEnd".into()));
-        checks.push((ident("BillingPeriodStart").gt_eq(ident("BillingPeriodEnd")), "BillingPeriodStart must be before BillingPeriodEnd".into()));
-        let bad = checks.iter().map(|(c, _)| c.clone().is_true()).reduce(Expr::or).unwrap_or(lit(false));
+        checks.push((
+            abs(ident("ListCost")).lt(abs(ident("ContractedCost"))),
+            "ListCost must be at least ContractedCost".into(),
+        ));
+        checks.push((
+            ident("ChargePeriodStart").gt_eq(ident("ChargePeriodEnd")),
+            "ChargePeriodStart must be before ChargePeriodEnd".into(),
+        ));
+        checks.push((
+            ident("BillingPeriodStart").gt_eq(ident("BillingPeriodEnd")),
+            "BillingPeriodStart must be before BillingPeriodEnd".into(),
+        ));
+        let bad = checks
+            .iter()
+            .map(|(c, _)| c.clone().is_true())
+            .reduce(Expr::or)
+            .unwrap_or(lit(false));
         let reasons: Vec<Expr> = checks
             .iter()
             .map(|(c, why)| when(c.clone().is_true(), lit(format!("FOCUS: {why}"))).end())
             .collect::<Result<_, _>>()
             .map_err(plan_err)?;
-        apply_policy(df, self.on_error, bad, concat_ws(lit("; "), reasons), env.stage, env.side).map_err(StageError::new)
+        apply_policy(
+            df,
+            self.on_error,
+            bad,
+            concat_ws(lit("; "), reasons),
+            env.stage,
+            env.side,
+        )
+        .map_err(StageError::new)
     }
 }

@@ -517,7 +517,11 @@ impl Stage for RateStage {
         let in_band = |x: Expr| {
             least(vec![
                 greatest(vec![x.clone() - from.clone(), zero.clone()]),
-                coalesce(vec![to.clone() - from.clone(), x - from.clone()]),
+                // An open-ended top band holds everything above its start.
+                coalesce(vec![
+                    to.clone() - from.clone(),
+                    greatest(vec![x - from.clone(), zero.clone()]),
+                ]),
             ])
         };
         let reached = |x: Expr| {
@@ -526,7 +530,9 @@ impl Stage for RateStage {
                 .and(to.clone().is_null().or(x.lt(to.clone())))
         };
         let block = ident("__bf_block_size");
+        // Started blocks of a positive quantity; a net credit buys no blocks.
         let blocks = {
+            let billable = greatest(vec![billable.clone(), zero.clone()]);
             let whole = round(billable.clone() / block.clone(), 0, RoundingMode::Down);
             whole.clone()
                 + when((whole * block.clone()).lt(billable.clone()), dec(1, 0))
@@ -560,10 +566,20 @@ impl Stage for RateStage {
             .when(lit("package"), blocks * price.clone() + fee.clone())
             .when(
                 lit("percentage"),
-                in_band(amount.clone()) * pct.clone()
-                    + when(amount.gt(from.clone()), fee.clone())
+                // A negative base (a refund) is credited at the first band's percent.
+                when(
+                    amount.clone().lt(zero.clone()),
+                    when(from.clone().eq(zero.clone()), amount.clone() * pct.clone())
                         .otherwise(zero.clone())
                         .map_err(plan_err)?,
+                )
+                .otherwise(
+                    in_band(amount.clone()) * pct.clone()
+                        + when(amount.gt(from.clone()), fee.clone())
+                            .otherwise(zero.clone())
+                            .map_err(plan_err)?,
+                )
+                .map_err(plan_err)?,
             )
             .end()
             .map_err(plan_err)?;

@@ -28,6 +28,9 @@ pub struct StageCount {
     pub stage: String,
     pub what: String,
     pub tap: Tap,
+    /// The stage's input and output, to count exactly when the tap's counts are not.
+    pub before: DataFrame,
+    pub after: DataFrame,
 }
 
 #[derive(Default)]
@@ -144,6 +147,7 @@ pub fn remove_rows(
     let tap = Tap::new(stage);
     let removed = remove.is_true();
     let kept = df
+        .clone()
         .filter(tap.call(removed.clone(), removed.not()))
         .map_err(|e| e.strip_backtrace())?;
     if let Ok(mut v) = side.counts.lock() {
@@ -151,6 +155,8 @@ pub fn remove_rows(
             stage: stage.to_string(),
             what: what.to_string(),
             tap,
+            before: df,
+            after: kept.clone(),
         });
     }
     Ok(kept)

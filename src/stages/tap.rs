@@ -19,6 +19,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::scalar::ScalarValue;
 
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Debug, Default)]
 pub struct Counts {
     pub rows: AtomicU64,
@@ -49,7 +51,12 @@ impl Hash for Tap {
 impl Tap {
     pub fn new(name: &str) -> Self {
         Tap {
-            name: format!("billflow_tap_{name}"),
+            // Unique per tap, so the engine can find it in a plan (see `Tap::exact_in`).
+            name: format!(
+                "billflow_tap_{}_{}",
+                name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
             // Volatile: never folded, never pushed into a scan, evaluated once per row.
             signature: Signature::exact(vec![DataType::Boolean, DataType::Boolean], Volatility::Volatile),
             counts: Arc::new(Counts::default()),
@@ -59,6 +66,16 @@ impl Tap {
     /// `tap(refused, keep)` as an expression: filter on it to keep the `keep` rows.
     pub fn call(&self, refused: Expr, keep: Expr) -> Expr {
         ScalarUDF::new_from_impl(self.clone()).call(vec![refused, keep])
+    }
+
+    /// Whether this tap's counts are exact for `plan`: it appears there exactly once. A
+    /// plan that reads the tapped table twice (a self-join, a stage that aggregates and
+    /// joins back) runs the tap twice and its counts add up.
+    pub fn exact_in(&self, plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+        format!("{}", plan.display_indent())
+            .matches(&format!("{}(", self.name))
+            .count()
+            == 1
     }
 
     pub fn rows(&self) -> u64 {

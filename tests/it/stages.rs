@@ -1093,3 +1093,153 @@ async fn manual_step_exports_waits_and_resumes_from_the_reviewed_file() {
     assert_ne!(third.batch_id, first);
     assert_eq!(rows, vec!["id=1, org=alpha-it, cost=9.7500"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_below_an_open_ended_band_and_net_credits() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Found in review: the open-ended top band used to subtract for quantities below its
+    // start (50 tiered units cost 10.00 instead of 50.00).
+    let input = "
+id,sub,sku,day,qty,value
+1,A,TIER,2026-10-01,50,
+2,B,TIER,2026-10-01,-150,
+3,A,VOL,2026-10-01,-20,
+4,A,PKG,2026-10-01,-250,
+5,A,PCT,2026-10-01,1,300.00
+6,B,PCT,2026-10-01,1,-400.00
+7,X,TIER,2026-10-02,10,
+";
+    let case = Case {
+        input,
+        schema: "
+- { name: id, type: integer }
+- { name: sub, type: string }
+- { name: sku, type: string }
+- { name: day, type: date }
+- { name: qty, type: \"decimal(18,4)\" }
+- { name: value, type: \"decimal(18,2)\" }",
+        references: &[PLANS],
+        stages: "
+- { kind: filter, column: sub, not_equals: X }
+- { kind: rate, price_list: plans, keys: [sku], group_by: [sub], quantity: qty, base_amount: value, date: day, output: amount, scale: 2 }
+- { kind: sql, query: \"SELECT id, amount FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: amount, type: \"decimal(18,2)\" }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            // 50 units in band 1; band 2 (from 100, open-ended) adds nothing, nor its fee.
+            "id=1, amount=50.00",
+            // Net credits: tiered, volume and package charge nothing for them...
+            "id=2, amount=0.00",
+            "id=3, amount=0.00",
+            "id=4, amount=0.00",
+            // ...a percentage of 300 stays in the first band: 2% = 6.00...
+            "id=5, amount=6.00",
+            // ...and a refunded base is credited at the first band's 2%.
+            "id=6, amount=-8.00",
+        ])
+    );
+    // Rating reads its input more than once (groups, weights, lines): the counts must not.
+    assert_eq!(s.rows_in, 7);
+    assert_eq!(
+        s.removed,
+        vec![("filter-1".to_string(), "filter sub <> X".to_string(), 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn focus_columns_defaults_and_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = "
+id,customer,sku,day,qty,amount,list_amount,currency
+1,acme,VM-STD-2,2026-10-05,10,10.00,12.00,EUR
+2,acme,VM-STD-2,2026-10-06,5,5.00,4.00,EUR
+3,fjord,STORAGE-GB,2026-10-07,1,1.00,1.00,eur
+4,fjord,STORAGE-GB,2026-10-08,-3,-3.00,-3.50,EUR
+";
+    let case = Case {
+        input,
+        schema: "
+- { name: id, type: integer }
+- { name: customer, type: string }
+- { name: sku, type: string }
+- { name: day, type: date }
+- { name: qty, type: \"decimal(18,4)\" }
+- { name: amount, type: \"decimal(18,2)\" }
+- { name: list_amount, type: \"decimal(18,2)\" }
+- { name: currency, type: string }",
+        references: &[],
+        stages: "
+- kind: focus
+  on_error: reject
+  keep: [id]
+  columns:
+    BilledCost: amount
+    ListCost: list_amount
+    BillingCurrency: currency
+    BillingAccountId: customer
+    ChargePeriodStart: day
+    SkuId: sku
+    ConsumedQuantity: qty
+    ConsumedUnit: { value: Hours }
+    ServiceCategory: { value: Compute }
+- kind: sql
+  query: 'SELECT x_id, \"BilledCost\", \"ListCost\", \"ContractedCost\", \"BillingCurrency\", \"BillingPeriodStart\", \"ChargePeriodStart\", \"ChargePeriodEnd\", \"InvoiceIssuerName\", \"ProviderName\", \"ChargeCategory\", \"ConsumedUnit\", \"PricingQuantity\" FROM input'",
+        columns: "
+- { name: x_id, type: integer }
+- { name: BilledCost, type: \"decimal(18,2)\" }
+- { name: ListCost, type: \"decimal(18,2)\" }
+- { name: ContractedCost, type: \"decimal(18,2)\" }
+- { name: BillingCurrency, type: string }
+- { name: BillingPeriodStart, type: timestamp }
+- { name: ChargePeriodStart, type: timestamp }
+- { name: ChargePeriodEnd, type: timestamp }
+- { name: InvoiceIssuerName, type: string }
+- { name: ProviderName, type: string }
+- { name: ChargeCategory, type: string }
+- { name: ConsumedUnit, type: string }
+- { name: PricingQuantity, type: \"decimal(18,4)\" }",
+    };
+    let (s, rows, rejects) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // The issuer is the stream's owner and the provider the chain's vendor (both `V`
+    // here); costs default to BilledCost; a day's charge covers that day.
+    assert_eq!(
+        rows,
+        sorted(&[
+            "x_id=1, BilledCost=10.00, ListCost=12.00, ContractedCost=10.00, BillingCurrency=EUR, BillingPeriodStart=2026-10-01T00:00:00, ChargePeriodStart=2026-10-05T00:00:00, ChargePeriodEnd=2026-10-06T00:00:00, InvoiceIssuerName=V, ProviderName=V, ChargeCategory=Usage, ConsumedUnit=Hours, PricingQuantity=NULL",
+            "x_id=4, BilledCost=-3.00, ListCost=-3.50, ContractedCost=-3.00, BillingCurrency=EUR, BillingPeriodStart=2026-10-01T00:00:00, ChargePeriodStart=2026-10-08T00:00:00, ChargePeriodEnd=2026-10-09T00:00:00, InvoiceIssuerName=V, ProviderName=V, ChargeCategory=Usage, ConsumedUnit=Hours, PricingQuantity=NULL",
+        ])
+    );
+    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("x_id=2") && r.contains("FOCUS: ListCost must be at least ContractedCost")),
+        "{rejects:#?}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r.contains("x_id=3") && r.contains("FOCUS: BillingCurrency must be an ISO 4217 code")),
+        "{rejects:#?}"
+    );
+
+    // A FOCUS mapping without the required columns is refused before any data is read.
+    let case = Case {
+        stages: "- { kind: focus, columns: { BilledCost: amount } }",
+        columns: "- { name: BilledCost, type: \"decimal(18,2)\" }",
+        ..case
+    };
+    let d = billflow::check(&engine(), &write_case(tmp.path(), &case))
+        .await
+        .expect_err("refused");
+    let text = d.render();
+    assert!(
+        text.contains("FOCUS needs `BillingCurrency`") && text.contains("FOCUS needs `BillingAccountId`"),
+        "{text}"
+    );
+}
