@@ -1243,3 +1243,58 @@ id,customer,sku,day,qty,amount,list_amount,currency
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_quantity_aggregations_and_a_price_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Storage priced per region (a price matrix: SKU x region), per GB-hour.
+    let matrix = (
+        "matrix",
+        "sku,region,model,unit_price\nGB,eu,per_unit,0.0010\nGB,us,per_unit,0.0008\nSEAT,eu,per_unit,10.00\nSEAT,us,per_unit,10.00\n",
+        "- { name: sku, type: string }\n- { name: region, type: string }\n- { name: model, type: string }\n- { name: unit_price, type: \"decimal(18,4)\" }",
+    );
+    let input = "
+id,sub,sku,region,day,qty,hours,user_name
+1,A,GB,eu,2026-10-01,100,24,
+2,A,GB,eu,2026-10-02,200,12,
+3,A,GB,us,2026-10-01,100,24,
+4,A,SEAT,eu,2026-10-01,1,,ana
+5,A,SEAT,eu,2026-10-09,1,,bo
+6,A,SEAT,eu,2026-10-20,1,,ana
+";
+    let schema = "
+- { name: id, type: integer }
+- { name: sub, type: string }
+- { name: sku, type: string }
+- { name: region, type: string }
+- { name: day, type: date }
+- { name: qty, type: \"decimal(18,4)\" }
+- { name: hours, type: \"decimal(18,4)\" }
+- { name: user_name, type: string }";
+    let columns = "- { name: id, type: integer }\n- { name: amount, type: \"decimal(18,2)\" }";
+    let stages = |extra: &str, filter: &str| {
+        format!("- {{ kind: filter, column: sku, equals: {filter} }}\n- {{ kind: rate, price_list: matrix, keys: [sku, region], group_by: [sub], quantity: {extra}, output: amount, scale: 2, order_by: [id] }}\n- {{ kind: sql, query: \"SELECT id, amount FROM input\" }}")
+    };
+    let cases = [
+        // GB-hours: (100 x 24 + 200 x 12) x 0.0010 = 4.80 in eu, shared 2400:2400; us:
+        // 2400 x 0.0008 = 1.92.
+        (stages("qty, aggregation: time_weighted, duration: hours", "GB"), vec!["id=1, amount=2.40", "id=2, amount=2.40", "id=3, amount=1.92"]),
+        // Distinct seat users in the month: ana and bo = 2 x 10.00, shared equally: thirds
+        // of 6.6667 round to 6.67 (20.01), so the first line (by id) gives back the penny.
+        (stages("user_name, aggregation: count_distinct", "SEAT"), vec!["id=4, amount=6.66", "id=5, amount=6.67", "id=6, amount=6.67"]),
+        // Peak storage: max(100, 200) x 0.0010 = 0.20 in eu; 100 x 0.0008 = 0.08 in us.
+        (stages("qty, aggregation: max", "GB"), vec!["id=1, amount=0.10", "id=2, amount=0.10", "id=3, amount=0.08"]),
+        // The latest reading (by day): 200 in eu.
+        (stages("qty, date: day, aggregation: latest", "GB"), vec!["id=1, amount=0.10", "id=2, amount=0.10", "id=3, amount=0.08"]),
+        // Lines: 3 seat lines x 10.00.
+        (stages("qty, aggregation: count", "SEAT"), vec!["id=4, amount=10.00", "id=5, amount=10.00", "id=6, amount=10.00"]),
+    ];
+    for (stages, want) in cases {
+        let refs = [matrix];
+        let case = Case { input, schema, references: &refs, stages: &stages, columns };
+        std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+        let (s, rows, _) = run_case(tmp.path(), &case).await;
+        assert_eq!(s.status, Status::Written, "{stages}: {:?}", s.error);
+        assert_eq!(rows, sorted(&want), "{stages}");
+    }
+}
