@@ -52,6 +52,7 @@ const ROLES: &[&str] = &[
     "min_charge",
     "max_charge",
     "free_units",
+    "commitment",
     "valid_from",
     "valid_to",
 ];
@@ -65,6 +66,7 @@ pub struct RateStage {
     group_by: Vec<Text>,
     aggregation: String,
     duration: Option<Text>,
+    latest_by: Option<Text>,
     base_amount: Option<Text>,
     model: Option<String>,
     output: String,
@@ -74,6 +76,8 @@ pub struct RateStage {
     order_by: Vec<Text>,
     columns: Vec<(String, String)>,
     on_missing: OnError,
+    /// The column telling usage lines from true-up lines (when plans have commitments).
+    line_type: String,
 }
 
 impl StageKind for RateKind {
@@ -86,7 +90,9 @@ impl StageKind for RateKind {
     fn keys(&self) -> &'static [&'static str] {
         &[
             "price_list",
+            "line_type",
             "keys",
+            "latest_by",
             "quantity",
             "date",
             "group_by",
@@ -134,6 +140,11 @@ impl StageKind for RateKind {
             Some(n) => r.choice(n, "quantity aggregation", AGGREGATIONS).map(|t| t.value),
         };
         let duration = f.text(r, "duration");
+        let latest_by = f.text(r, "latest_by");
+        let line_type = f
+            .text(r, "line_type")
+            .map(|t| t.value)
+            .unwrap_or_else(|| "line_type".into());
         let base_amount = f.text(r, "base_amount");
         let model = match f.get("model") {
             None => Some(None),
@@ -175,10 +186,10 @@ impl StageKind for RateKind {
             );
             return None;
         }
-        if aggregation == "latest" && date.is_none() {
+        if aggregation == "latest" && latest_by.is_none() && date.is_none() {
             let at = f.location.clone();
             r.error(
-                "`aggregation: latest` needs `date` to know which line is the latest",
+                "`aggregation: latest` needs `latest_by` (or `date`) to know which line is the latest",
                 at,
             );
             return None;
@@ -191,6 +202,8 @@ impl StageKind for RateKind {
             group_by: group_by?,
             aggregation,
             duration,
+            latest_by,
+            line_type,
             base_amount,
             model: model?,
             output,
@@ -252,13 +265,15 @@ impl Stage for RateStage {
     }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
-            "{} {:?} {:?} {:?} {:?} {:?} {}",
+            "{} {:?} {:?} {:?} {:?} {:?} {:?} {} {}",
             self.describe(),
             self.duration.as_ref().map(|t| &t.value),
+            self.latest_by.as_ref().map(|t| &t.value),
             self.base_amount.as_ref().map(|t| &t.value),
             self.model,
             self.order_by.iter().map(|t| &t.value).collect::<Vec<_>>(),
             self.columns,
+            self.line_type,
             self.on_missing.name()
         )
     }
@@ -437,7 +452,13 @@ impl Stage for RateStage {
             "count" => count(lit(1i64)),
             "count_distinct" => count_distinct(quantity.clone()),
             "max" => max(quantity.clone()),
-            "latest" => last_value(quantity.clone(), vec![date.clone().unwrap_or(lit(0)).sort(true, false)]),
+            "latest" => {
+                let by = match &self.latest_by {
+                    Some(t) => existing(&lines, t)?,
+                    None => date.clone().unwrap_or(lit(0)),
+                };
+                last_value(quantity.clone(), vec![by.sort(true, false)])
+            }
             _ => sum(ident("__bf_measure")),
         };
         let mut aggs = vec![
@@ -489,10 +510,11 @@ impl Stage for RateStage {
             "min_charge",
             "max_charge",
             "free_units",
+            "commitment",
         ] {
             band_cols.push(pcol(role).alias(format!("__bf_{role}")));
         }
-        let bands = plans.select(band_cols).map_err(plan_err)?;
+        let bands = plans.clone().select(band_cols).map_err(plan_err)?;
         let mut on: Vec<Expr> = self
             .keys
             .iter()
@@ -592,6 +614,7 @@ impl Stage for RateStage {
                 c.push(contribution.alias("__bf_contribution"));
                 c.push(ident("__bf_min_charge"));
                 c.push(ident("__bf_max_charge"));
+                c.push(ident("__bf_commitment"));
                 c.push(ident("__bf_model"));
                 c
             })
@@ -617,6 +640,7 @@ impl Stage for RateStage {
                     sum(ident("__bf_contribution")).alias("__bf_raw"),
                     max(ident("__bf_min_charge")).alias("__bf_min"),
                     max(ident("__bf_max_charge")).alias("__bf_max"),
+                    max(ident("__bf_commitment")).alias("__bf_commit"),
                 ],
             )
             .map_err(plan_err)?;
@@ -629,6 +653,7 @@ impl Stage for RateStage {
             .select({
                 let mut c: Vec<Expr> = gnames.iter().map(|n| ident(n).alias(format!("{n}c"))).collect();
                 c.push(round(clamped, self.scale, self.mode).alias("__bf_charge"));
+                c.push(ident("__bf_commit"));
                 c
             })
             .map_err(plan_err)?;
@@ -652,7 +677,7 @@ impl Stage for RateStage {
         let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}w")))).collect();
         let lines = lines.join_on(groups_w, JoinType::Left, on).map_err(plan_err)?;
         let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}c")))).collect();
-        let joined = lines.join_on(charges, JoinType::Left, on).map_err(plan_err)?;
+        let joined = lines.join_on(charges.clone(), JoinType::Left, on).map_err(plan_err)?;
         let w_zero = ident("__bf_w").eq(dec(0, 0)).or(ident("__bf_w").is_null());
         let share = when(
             w_zero,
@@ -704,9 +729,49 @@ impl Stage for RateStage {
             order,
         )
         .map_err(plan_err)?;
-        let mut drop: Vec<&str> = vec!["__bf_charge", "__bf_weight"];
+        let mut drop: Vec<&str> = vec!["__bf_charge", "__bf_weight", "__bf_commit"];
         drop.extend(gnames.iter().map(String::as_str));
         let keep = all_but(&reconciled, &drop);
-        reconciled.select(keep).map_err(plan_err)
+        let usage = reconciled.select(keep).map_err(plan_err)?;
+        if !plans
+            .schema()
+            .field_with_unqualified_name(self.col("commitment"))
+            .is_ok()
+        {
+            return Ok(usage);
+        }
+
+        // 6. A minimum commitment the group's charge falls short of: an explicit true-up
+        // line for the difference, carrying the group's columns; every line says which it is.
+        let line_type = self.line_type.clone();
+        let schema = usage.schema().clone();
+        let mut group_names: Vec<String> = self.group_by.iter().map(|g| g.value.clone()).collect();
+        group_names.extend(self.keys.iter().map(|(c, _)| c.value.clone()));
+        let mut trueup_cols = Vec::new();
+        for f in schema.fields() {
+            let e = if f.name() == &self.output {
+                round(ident("__bf_commit") - ident("__bf_charge"), self.scale, self.mode)
+            } else if let Some(i) = group_names.iter().position(|g| g == f.name()) {
+                ident(format!("{}c", gnames[i]))
+            } else {
+                lit(ScalarValue::Null)
+            };
+            trueup_cols.push(cast(e, f.data_type().clone()).alias(f.name()));
+        }
+        trueup_cols.push(lit("true_up").alias(&line_type));
+        let trueups = charges
+            .filter(
+                ident("__bf_commit")
+                    .is_not_null()
+                    .and(ident("__bf_commit").gt(ident("__bf_charge"))),
+            )
+            .and_then(|d| d.select(trueup_cols))
+            .map_err(plan_err)?;
+        let mut usage_cols = all_but(&usage, &[]);
+        usage_cols.push(lit("usage").alias(&line_type));
+        usage
+            .select(usage_cols)
+            .and_then(|u| u.union(trueups))
+            .map_err(plan_err)
     }
 }

@@ -1273,28 +1273,89 @@ id,sub,sku,region,day,qty,hours,user_name
 - { name: user_name, type: string }";
     let columns = "- { name: id, type: integer }\n- { name: amount, type: \"decimal(18,2)\" }";
     let stages = |extra: &str, filter: &str| {
-        format!("- {{ kind: filter, column: sku, equals: {filter} }}\n- {{ kind: rate, price_list: matrix, keys: [sku, region], group_by: [sub], quantity: {extra}, output: amount, scale: 2, order_by: [id] }}\n- {{ kind: sql, query: \"SELECT id, amount FROM input\" }}")
+        format!(
+            "- {{ kind: filter, column: sku, equals: {filter} }}\n- {{ kind: rate, price_list: matrix, keys: [sku, region], group_by: [sub], quantity: {extra}, output: amount, scale: 2, order_by: [id] }}\n- {{ kind: sql, query: \"SELECT id, amount FROM input\" }}"
+        )
     };
     let cases = [
         // GB-hours: (100 x 24 + 200 x 12) x 0.0010 = 4.80 in eu, shared 2400:2400; us:
         // 2400 x 0.0008 = 1.92.
-        (stages("qty, aggregation: time_weighted, duration: hours", "GB"), vec!["id=1, amount=2.40", "id=2, amount=2.40", "id=3, amount=1.92"]),
+        (
+            stages("qty, aggregation: time_weighted, duration: hours", "GB"),
+            vec!["id=1, amount=2.40", "id=2, amount=2.40", "id=3, amount=1.92"],
+        ),
         // Distinct seat users in the month: ana and bo = 2 x 10.00, shared equally: thirds
         // of 6.6667 round to 6.67 (20.01), so the first line (by id) gives back the penny.
-        (stages("user_name, aggregation: count_distinct", "SEAT"), vec!["id=4, amount=6.66", "id=5, amount=6.67", "id=6, amount=6.67"]),
+        (
+            stages("user_name, aggregation: count_distinct", "SEAT"),
+            vec!["id=4, amount=6.66", "id=5, amount=6.67", "id=6, amount=6.67"],
+        ),
         // Peak storage: max(100, 200) x 0.0010 = 0.20 in eu; 100 x 0.0008 = 0.08 in us.
-        (stages("qty, aggregation: max", "GB"), vec!["id=1, amount=0.10", "id=2, amount=0.10", "id=3, amount=0.08"]),
+        (
+            stages("qty, aggregation: max", "GB"),
+            vec!["id=1, amount=0.10", "id=2, amount=0.10", "id=3, amount=0.08"],
+        ),
         // The latest reading (by day): 200 in eu.
-        (stages("qty, date: day, aggregation: latest", "GB"), vec!["id=1, amount=0.10", "id=2, amount=0.10", "id=3, amount=0.08"]),
+        (
+            stages("qty, latest_by: day, aggregation: latest", "GB"),
+            vec!["id=1, amount=0.10", "id=2, amount=0.10", "id=3, amount=0.08"],
+        ),
         // Lines: 3 seat lines x 10.00.
-        (stages("qty, aggregation: count", "SEAT"), vec!["id=4, amount=10.00", "id=5, amount=10.00", "id=6, amount=10.00"]),
+        (
+            stages("qty, aggregation: count", "SEAT"),
+            vec!["id=4, amount=10.00", "id=5, amount=10.00", "id=6, amount=10.00"],
+        ),
     ];
     for (stages, want) in cases {
         let refs = [matrix];
-        let case = Case { input, schema, references: &refs, stages: &stages, columns };
+        let case = Case {
+            input,
+            schema,
+            references: &refs,
+            stages: &stages,
+            columns,
+        };
         std::fs::remove_dir_all(tmp.path().join("wh")).ok();
         let (s, rows, _) = run_case(tmp.path(), &case).await;
         assert_eq!(s.status, Status::Written, "{stages}: {:?}", s.error);
         assert_eq!(rows, sorted(&want), "{stages}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_minimum_commitment_adds_a_true_up_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plans = (
+        "commit_plans",
+        "sku,model,unit_price,commitment\nDB,per_unit,1.00,50.00\n",
+        "- { name: sku, type: string }\n- { name: model, type: string }\n- { name: unit_price, type: \"decimal(18,2)\" }\n- { name: commitment, type: \"decimal(18,2)\" }",
+    );
+    let refs = [plans];
+    let case = Case {
+        input: "id,sub,sku,qty\n1,A,DB,10\n2,A,DB,20\n3,B,DB,60\n",
+        schema: "- { name: id, type: integer }\n- { name: sub, type: string }\n- { name: sku, type: string }\n- { name: qty, type: \"decimal(18,4)\" }",
+        references: &refs,
+        stages: "- { kind: rate, price_list: commit_plans, keys: [sku], group_by: [sub], quantity: qty, output: amount, scale: 2 }",
+        columns: "
+- { name: id, type: integer }
+- { name: sub, type: string }
+- { name: sku, type: string }
+- { name: qty, type: \"decimal(18,4)\" }
+- { name: amount, type: \"decimal(18,2)\" }
+- { name: line_type, type: string }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // A used 30 of a 50.00 commitment: its lines are charged 30.00 and a true-up line
+    // bills the 20.00 short; B used 60, above its commitment.
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, sub=A, sku=DB, qty=10.0000, amount=10.00, line_type=usage",
+            "id=2, sub=A, sku=DB, qty=20.0000, amount=20.00, line_type=usage",
+            "id=3, sub=B, sku=DB, qty=60.0000, amount=60.00, line_type=usage",
+            "id=NULL, sub=A, sku=DB, qty=NULL, amount=20.00, line_type=true_up",
+        ])
+    );
+    assert_eq!(s.control_totals["amount"], "110.00");
 }
