@@ -733,10 +733,10 @@ impl Stage for RateStage {
         drop.extend(gnames.iter().map(String::as_str));
         let keep = all_but(&reconciled, &drop);
         let usage = reconciled.select(keep).map_err(plan_err)?;
-        if !plans
+        if plans
             .schema()
             .field_with_unqualified_name(self.col("commitment"))
-            .is_ok()
+            .is_err()
         {
             return Ok(usage);
         }
