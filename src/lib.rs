@@ -15,7 +15,7 @@
 //!
 //! let engine = Arc::new(Engine::new(None).unwrap());
 //! let plan = billflow::check(&engine, "data-samples/cloud-reseller/pipeline.yaml".as_ref()).await.unwrap();
-//! assert_eq!(plan.streams.len(), 8);
+//! assert_eq!(plan.streams.len(), 10);
 //! let warehouse = tempfile::tempdir().unwrap();
 //! let options = RunOptions { period: Period::parse("2026-10").unwrap(), warehouse: warehouse.path().into() };
 //! let report = engine.run(Arc::new(plan), options, Arc::new(NoProgress)).await;

@@ -23,7 +23,7 @@ fn validate_explain_and_test_the_sample() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
-            "pipeline `cloud-reseller` is valid: 6 organisations, 2 sources, 4 references, 8 streams, 33 stages"
+            "pipeline `cloud-reseller` is valid: 6 organisations, 3 sources, 4 references, 10 streams, 38 stages"
         ),
         "{out}"
     );

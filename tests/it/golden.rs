@@ -15,6 +15,8 @@ const STREAMS: &[(&str, &str, &str)] = &[
     ("alpha-it-invoice-lines", "reseller", "alpha-it"),
     ("bergen-data-invoice-lines", "reseller", "bergen-data"),
     ("clyde-cloud-invoice-lines", "reseller", "clyde-cloud"),
+    ("alpha-it-focus", "reseller", "alpha-it"),
+    ("nimbus-subscription-fees", "vendor", "nimbus"),
     ("nimbus-price-list", "vendor", "nimbus"),
     ("eurodist-price-list", "distributor", "eurodist"),
 ];

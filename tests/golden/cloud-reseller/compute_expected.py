@@ -15,6 +15,7 @@ from collections import OrderedDict, defaultdict
 from decimal import ROUND_HALF_EVEN, Decimal, getcontext
 from fractions import Fraction
 from pathlib import Path
+from datetime import date
 
 getcontext().prec = 60
 HERE = Path(__file__).resolve().parent
@@ -168,8 +169,15 @@ def nimbus_price_list(prices):
 
 
 def eurodist_price_list(price_list, fx):
-    """Open-ended prices, converted at the period's closing rate (6 places), priced for a
-    15% margin (4 places) and a 5% promotional price (4 places)."""
+    """Open-ended prices as reviewed by hand (the manual stage's file, checked here against
+    the vendor's list: the review only removes SKUs), converted at the period's closing
+    rate (6 places), priced for a 15% margin (4 places) and a 5% promotional price (4
+    places)."""
+    reviewed = read(SAMPLE / "manual/eurodist-price-list-reviewed.csv")
+    current = {p["sku"]: p for p in price_list if p["open_ended"] == "true"}
+    for r in reviewed:
+        assert {k: v for k, v in r.items()} == current[r["sku"]], (r, current[r["sku"]])
+    price_list = reviewed
     closing = "2026-10-31"
     rate = [f for f in fx if f["from_currency"] == "USD" and f["to_currency"] == "EUR" and f["valid_from"] <= closing and (not f["valid_to"] or closing < f["valid_to"])]
     assert len(rate) == 1
@@ -182,6 +190,52 @@ def eurodist_price_list(price_list, fx):
         promo = q(list_price * (Decimal("1") - Decimal("0.05")), 4)
         out.append({"sku": p["sku"], "category": p["category"], "list_price_usd": p["list_price_usd"], "list_price_eur": fmt(list_price, 4), "promo_price_eur": fmt(promo, 4)})
     return sorted(out, key=lambda r: r["sku"])
+
+
+def alpha_it_focus(lines):
+    """FOCUS 1.2 rows of alpha-it's invoice lines: costs default to BilledCost, the charge
+    and billing periods to the run's period, the issuer is the reseller, the provider and
+    publisher the vendor."""
+    out = []
+    for l in lines:
+        out.append({
+            "BilledCost": l["amount"], "EffectiveCost": l["amount"], "ListCost": l["amount"], "ContractedCost": l["amount"],
+            "BillingCurrency": l["currency"], "PricingCurrency": l["currency"],
+            "BillingAccountId": l["customer_id"], "BillingAccountName": l["customer_id"], "SubAccountId": "", "SubAccountName": "",
+            "BillingPeriodStart": "2026-10-01T00:00:00", "BillingPeriodEnd": "2026-11-01T00:00:00",
+            "ChargePeriodStart": "2026-10-01T00:00:00", "ChargePeriodEnd": "2026-11-01T00:00:00",
+            "ChargeCategory": "Usage", "ChargeClass": "", "ChargeDescription": "Cloud usage",
+            "InvoiceIssuerName": "Alpha IT Services", "ProviderName": "Nimbus Cloud Inc.", "PublisherName": "Nimbus Cloud Inc.",
+            "ServiceName": "", "ServiceCategory": "", "SkuId": l["sku"], "SkuPriceId": "",
+            "PricingQuantity": l["quantity"], "PricingUnit": "", "ConsumedQuantity": l["quantity"], "ConsumedUnit": "",
+            "RegionId": "", "RegionName": "", "ResourceId": "", "ResourceName": "", "x_usage_lines": l["usage_lines"],
+        })
+    return out
+
+
+FOCUS_COLUMNS = [
+    "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency", "PricingCurrency", "BillingAccountId",
+    "BillingAccountName", "SubAccountId", "SubAccountName", "BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart",
+    "ChargePeriodEnd", "ChargeCategory", "ChargeClass", "ChargeDescription", "InvoiceIssuerName", "ProviderName",
+    "PublisherName", "ServiceName", "ServiceCategory", "SkuId", "SkuPriceId", "PricingQuantity", "PricingUnit",
+    "ConsumedQuantity", "ConsumedUnit", "RegionId", "RegionName", "ResourceId", "ResourceName", "x_usage_lines",
+]
+
+
+def subscription_fees(fees, subs):
+    """Each plan's monthly fee for the days it was active in October (31 days), exact
+    then rounded half-even to 4 places; plans not active in October are dropped."""
+    start, end = date(2026, 10, 1), date(2026, 11, 1)
+    out = []
+    for f in fees:
+        a = max(date.fromisoformat(f["active_from"]) if f["active_from"] else start, start)
+        b = min(date.fromisoformat(f["active_to"]) if f["active_to"] else end, end)
+        days = max((b - a).days, 0)
+        if days == 0:
+            continue
+        fee = div_round(Decimal(f["monthly_fee"]) * days, (end - start).days, 4)
+        out.append({**f, "customer_id": subs[f["subscription_id"]]["customer_id"], "fee": fmt(fee, 4), "active_days": str(days)})
+    return sorted(out, key=lambda r: (r["subscription_id"], r["plan"]))
 
 
 def write(path, rows, columns):
@@ -217,6 +271,9 @@ def main():
         streams[f"{d}-usage"] = (distributor(d, v, terms, fx), dist_cols, {"quantity": 6, "cost_usd": 4, "cost": 4, "price": 4})
     for r, d in [("alpha-it", "eurodist"), ("bergen-data", "eurodist"), ("clyde-cloud", "britdist")]:
         streams[f"{r}-invoice-lines"] = (reseller(r, streams[f"{d}-usage"][0], terms), res_cols, {"quantity": 6, "amount": 2})
+    streams["alpha-it-focus"] = (alpha_it_focus(streams["alpha-it-invoice-lines"][0]), FOCUS_COLUMNS, {"BilledCost": 2, "EffectiveCost": 2, "ListCost": 2, "ContractedCost": 2, "PricingQuantity": 6, "ConsumedQuantity": 6})
+    fees = read(SAMPLE / "inputs/subscription-fees.csv")
+    streams["nimbus-subscription-fees"] = (subscription_fees(fees, subs), ["subscription_id", "plan", "monthly_fee", "active_from", "active_to", "customer_id", "fee", "active_days"], {"monthly_fee": 2, "fee": 4})
     pl = nimbus_price_list(prices)
     streams["nimbus-price-list"] = (pl, ["sku", "description", "family", "variant", "category", "list_price_usd", "valid_from", "valid_to", "open_ended"], {"list_price_usd": 6})
     streams["eurodist-price-list"] = (eurodist_price_list(pl, fx), ["sku", "category", "list_price_usd", "list_price_eur", "promo_price_eur"], {"list_price_usd": 6, "list_price_eur": 4, "promo_price_eur": 4})
