@@ -16,7 +16,7 @@ use datafusion::scalar::ScalarValue;
 
 use super::args::{all_but, existing, plan_err};
 use super::lookup::{Join, MATCHES, join_reference};
-use super::money::{RoundingMode, round};
+use super::money::{RoundingMode, mul_round};
 use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -307,7 +307,8 @@ impl Stage for ConvertCurrencyStage {
         let rate = when(same, lit(ScalarValue::Decimal128(Some(1), 1, 0)))
             .otherwise(ident("__billflow_rate"))
             .map_err(plan_err)?;
-        let converted = round(amount * rate.clone(), self.scale, self.mode);
+        // One rounding of the full (256-bit) product: no intermediate overflow.
+        let converted = mul_round(amount, rate.clone(), self.scale, self.mode);
         let mut drop = vec![MATCHES, "__billflow_rate", self.output.as_str()];
         if let Some(ro) = &self.rate_output {
             drop.push(ro.as_str());

@@ -16,7 +16,7 @@ use datafusion::scalar::ScalarValue;
 use super::args::{all_but, existing, plan_err};
 use super::convert_currency::{read_rounding, read_scale};
 use super::lookup::{Join, MATCHES, join_reference};
-use super::money::{RoundingMode, div_round, round};
+use super::money::{RoundingMode, div_round, mul_round, round};
 use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -328,17 +328,14 @@ impl Stage for PricingStage {
         let price = match (&self.source, self.pricing) {
             (Source::Amount(v), Pricing::Markup) => cost + lit(v.clone()),
             (Source::Amount(v), _) => cost - lit(v.clone()),
-            (_, Pricing::Markup) => cost * (one + rate.unwrap_or(zero)),
-            (_, Pricing::Discount) => cost * (one - rate.unwrap_or(zero)),
-            (_, Pricing::Margin) => {
-                // Exact: the quotient is rounded on its true remainder.
-                div_round(cost, one - rate.unwrap_or(zero), self.scale, self.mode)
-            }
+            // Exact: one rounding of the full product or quotient.
+            (_, Pricing::Markup) => mul_round(cost, one + rate.unwrap_or(zero), self.scale, self.mode),
+            (_, Pricing::Discount) => mul_round(cost, one - rate.unwrap_or(zero), self.scale, self.mode),
+            (_, Pricing::Margin) => div_round(cost, one - rate.unwrap_or(zero), self.scale, self.mode),
         };
-        let price = if self.pricing == Pricing::Margin && !matches!(self.source, Source::Amount(_)) {
-            price
-        } else {
-            round(price, self.scale, self.mode)
+        let price = match self.source {
+            Source::Amount(_) => round(price, self.scale, self.mode),
+            _ => price,
         };
         let mut drop = extra_drop;
         drop.push(self.output.as_str());

@@ -262,22 +262,74 @@ pub fn div_round_unscaled(a: i128, sa: i8, b: i128, sb: i8, to: i8, mode: Roundi
     })
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct DivRoundUdf {
-    signature: Signature,
+/// `a x b` rounded to `to` places, exactly: the full product is formed in 256 bits, so a
+/// result that fits Decimal128 is never lost to an intermediate overflow.
+pub fn mul_round_unscaled(a: i128, sa: i8, b: i128, sb: i8, to: i8, mode: RoundingMode) -> Option<i128> {
+    use arrow::datatypes::i256;
+    let ten = i256::from_i128(10);
+    let pow = |n: u32| -> Option<i256> { (0..n).try_fold(i256::from_i128(1), |acc, _| acc.checked_mul(ten)) };
+    let p = i256::from_i128(a).checked_mul(i256::from_i128(b))?;
+    let from = sa as i32 + sb as i32;
+    let shift = to as i32 - from;
+    if shift >= 0 {
+        return p.checked_mul(pow(shift as u32)?)?.to_i128();
+    }
+    let d = pow((-shift) as u32)?;
+    let q = p.checked_div(d)?;
+    let r = p.checked_rem(d)?;
+    let r2 = if r < i256::ZERO {
+        r.checked_mul(i256::from_i128(-2))?
+    } else {
+        r.checked_mul(i256::from_i128(2))?
+    };
+    let odd = q.checked_rem(i256::from_i128(2))? != i256::ZERO;
+    let away = match mode {
+        RoundingMode::Down => false,
+        RoundingMode::Up => r != i256::ZERO,
+        RoundingMode::HalfUp => r2 >= d,
+        RoundingMode::HalfDown => r2 > d,
+        RoundingMode::HalfEven => r2 > d || (r2 == d && odd),
+    };
+    let q = if away && r != i256::ZERO {
+        if p < i256::ZERO {
+            q.checked_sub(i256::ONE)?
+        } else {
+            q.checked_add(i256::ONE)?
+        }
+    } else {
+        q
+    };
+    q.to_i128()
 }
 
-impl ScalarUDFImpl for DivRoundUdf {
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum ArithOp {
+    Mul,
+    Div,
+}
+
+/// `billflow_mul_round` / `billflow_div_round`: exact decimal arithmetic with one rounding.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArithRoundUdf {
+    signature: Signature,
+    op: ArithOp,
+}
+
+impl ScalarUDFImpl for ArithRoundUdf {
     fn name(&self) -> &str {
-        "billflow_div_round"
+        match self.op {
+            ArithOp::Mul => "billflow_mul_round",
+            ArithOp::Div => "billflow_div_round",
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Err(DataFusionError::Internal(
-            "billflow_div_round uses return_field_from_args".into(),
-        ))
+        Err(DataFusionError::Internal(format!(
+            "{} uses return_field_from_args",
+            self.name()
+        )))
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let (to, _) = literal_args(&[None, args.scalar_arguments[1], args.scalar_arguments[3]])?;
@@ -285,7 +337,7 @@ impl ScalarUDFImpl for DivRoundUdf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let DataType::Decimal128(_, to) = *args.return_field.data_type() else {
-            return Err(DataFusionError::Internal("billflow_div_round: bad return type".into()));
+            return Err(DataFusionError::Internal(format!("{}: bad return type", self.name())));
         };
         let mode = match &args.args[3] {
             ColumnarValue::Scalar(ScalarValue::Utf8(Some(m))) => {
@@ -302,20 +354,29 @@ impl ScalarUDFImpl for DivRoundUdf {
             })
         };
         let a = as_decimal(&args.args[0])?;
-        let b = as_decimal(&args.args[2].clone())?;
+        let b = as_decimal(&args.args[2])?;
         let (DataType::Decimal128(_, sa), DataType::Decimal128(_, sb)) = (a.data_type().clone(), b.data_type().clone())
         else {
-            unreachable!()
+            return Err(DataFusionError::Internal("decimal arguments expected".into()));
         };
+        let op = self.op;
         let out: Decimal128Array = arrow::compute::kernels::arity::try_binary(
             a.as_primitive::<Decimal128Type>(),
             b.as_primitive::<Decimal128Type>(),
             |x, y| {
-                div_round_unscaled(x, sa, y, sb, to, mode).ok_or_else(|| {
-                    arrow::error::ArrowError::ComputeError(if y == 0 {
-                        "division by zero".to_string()
-                    } else {
-                        format!("decimal overflow dividing {x} by {y}")
+                let r = match op {
+                    ArithOp::Mul => mul_round_unscaled(x, sa, y, sb, to, mode),
+                    ArithOp::Div => div_round_unscaled(x, sa, y, sb, to, mode),
+                };
+                r.filter(|v| v.unsigned_abs() < 10u128.pow(38)).ok_or_else(|| {
+                    arrow::error::ArrowError::ComputeError(match (op, y) {
+                        (ArithOp::Div, 0) => "division by zero".to_string(),
+                        (ArithOp::Mul, _) => {
+                            format!("decimal overflow: {x}e-{sa} x {y}e-{sb} does not fit 38 digits at {to} places")
+                        }
+                        (ArithOp::Div, _) => {
+                            format!("decimal overflow: {x}e-{sa} / {y}e-{sb} does not fit 38 digits at {to} places")
+                        }
                     })
                 })
             },
@@ -324,12 +385,22 @@ impl ScalarUDFImpl for DivRoundUdf {
     }
 }
 
-/// `a / b` rounded to `scale` places with `mode`, computed exactly.
-pub fn div_round(a: Expr, b: Expr, scale: i8, mode: RoundingMode) -> Expr {
-    ScalarUDF::new_from_impl(DivRoundUdf {
+fn arith(op: ArithOp, a: Expr, b: Expr, scale: i8, mode: RoundingMode) -> Expr {
+    ScalarUDF::new_from_impl(ArithRoundUdf {
         signature: Signature::any(4, Volatility::Immutable),
+        op,
     })
     .call(vec![a, lit(scale as i64), b, lit(mode.name())])
+}
+
+/// `a / b` rounded to `scale` places with `mode`, computed exactly.
+pub fn div_round(a: Expr, b: Expr, scale: i8, mode: RoundingMode) -> Expr {
+    arith(ArithOp::Div, a, b, scale, mode)
+}
+
+/// `a x b` rounded to `scale` places with `mode`, computed exactly (256-bit product).
+pub fn mul_round(a: Expr, b: Expr, scale: i8, mode: RoundingMode) -> Expr {
+    arith(ArithOp::Mul, a, b, scale, mode)
 }
 
 /// `x` rounded to `scale` places with `mode`, as a DataFusion expression.
@@ -394,6 +465,23 @@ mod tests {
         // cost / (1 - 0.25) = 10.0000 / 0.75
         assert_eq!(d(100_000, 4, 75, 2, 4, HalfEven), 133_333);
         assert_eq!(div_round_unscaled(1, 0, 0, 0, 2, HalfEven), None);
+    }
+
+    #[test]
+    fn products_round_once_on_the_full_product() {
+        use RoundingMode::*;
+        let m = |a, sa, b, sb, to, md| mul_round_unscaled(a, sa, b, sb, to, md).unwrap();
+        // 123.46 x 0.0125 = 1.54325: a tie at 4 places.
+        assert_eq!(m(12346, 2, 125, 4, 4, HalfEven), 15432);
+        assert_eq!(m(12346, 2, 125, 4, 4, HalfUp), 15433);
+        assert_eq!(m(-12346, 2, 125, 4, 4, HalfEven), -15432);
+        // 10^30 (4 places) x 0.91876543: the 256-bit product does not overflow, the
+        // result at 5 places fits.
+        let big = 10i128.pow(34);
+        assert_eq!(m(big, 4, 91_876_543, 8, 5, HalfEven), 91_876_543 * 10i128.pow(27));
+        // Results that cannot fit are None, never wrapped.
+        assert_eq!(mul_round_unscaled(i128::MAX, 0, 10, 0, 0, HalfEven), None);
+        assert_eq!(m(15, 1, 2, 0, 3, HalfEven), 3000);
     }
 
     #[tokio::test]

@@ -453,11 +453,12 @@ impl Stage for RateStage {
             "count_distinct" => count_distinct(quantity.clone()),
             "max" => max(quantity.clone()),
             "latest" => {
+                // Undated lines sort first, so a dated line is always the latest.
                 let by = match &self.latest_by {
                     Some(t) => existing(&lines, t)?,
                     None => date.clone().unwrap_or(lit(0)),
                 };
-                last_value(quantity.clone(), vec![by.sort(true, false)])
+                last_value(quantity.clone(), vec![by.sort(true, true)])
             }
             _ => sum(ident("__bf_measure")),
         };

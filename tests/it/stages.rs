@@ -1359,3 +1359,32 @@ async fn rate_minimum_commitment_adds_a_true_up_line() {
     );
     assert_eq!(s.control_totals["amount"], "110.00");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_near_the_decimal_limit_fail_loudly_instead_of_wrapping() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 34 integer digits: converting it multiplies by a rate with 8 places, which no
+    // Decimal128 can hold at 5 places. The stream must fail, never wrap or zero.
+    let case = Case {
+        input: "id,day,amount,cur\n1,2026-10-20,9999999999999999999999999999999999.0000,USD\n2,2026-10-20,1.0000,USD\n",
+        schema: "- { name: id, type: integer }\n- { name: day, type: date }\n- { name: amount, type: \"decimal(38,4)\" }\n- { name: cur, type: string }",
+        references: &[FX],
+        stages: "
+- { kind: convert_currency, amount: amount, from_column: cur, to: EUR, rates: fx, date: day, output: eur }
+- { kind: sql, query: \"SELECT id, eur FROM input\" }",
+        columns: "- { name: id, type: integer }\n- { name: eur, type: \"decimal(38,5)\" }",
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Failed, "{rows:?}");
+    let e = s.error.unwrap().to_string().to_lowercase();
+    assert!(e.contains("overflow"), "{e}");
+    // Within the limit the same conversion is exact: 10^33 x 0.91876543.
+    let case = Case {
+        input: "id,day,amount,cur\n1,2026-10-20,1000000000000000000000000000000.0000,USD\n",
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(rows, vec!["id=1, eur=918765430000000000000000000000.00000"]);
+}
