@@ -13,7 +13,6 @@ use datafusion::prelude::{CsvReadOptions, DataFrame};
 use crate::definition::{InputRef, TableDef, TableFormat, arrow_schema};
 use crate::execution::{Engine, contract, inputs};
 use crate::plan::{Period, Plan};
-use crate::stages::StageEnv;
 
 #[derive(Debug)]
 pub struct SampleOutcome {
@@ -168,21 +167,9 @@ async fn run_one(
     };
     let vars = Engine::vars(plan, ps, &Period::current_month());
     let side = crate::stages::side::SideOutputs::default();
-    let mut df = input;
-    for st in &ps.stages {
-        let env = StageEnv {
-            ctx: &ctx,
-            vars: &vars,
-            stage: &st.name,
-            side: &side,
-            executing: false,
-        };
-        df = st
-            .stage
-            .apply(df, &env)
-            .await
-            .map_err(|e| format!("stage `{}`: {e}", st.name))?;
-    }
+    let df = crate::execution::apply_stages(ps, input, &ctx, &vars, &side, false, &|_, _| {})
+        .await
+        .map_err(|(st, e)| format!("stage `{}`: {e}", st.name))?;
     let raw: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     if let Some(d) = contract::check_schema(&s.id.value, "last", &raw, &s.columns)
         .into_iter()

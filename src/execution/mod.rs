@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 use crate::batches::{self, Committed, InputInfo, Manifest, PeriodInfo, Store, StreamLocation};
 use crate::definition::{Diagnostic, Diagnostics, InputRef, Location, StreamDef, arrow_schema};
-use crate::plan::{Period, Plan, PlannedStream};
+use crate::plan::{Period, Plan, PlannedStage, PlannedStream};
 use crate::stages::side::SideOutputs;
-use crate::stages::{StageEnv, TemplateVars};
+use crate::stages::{StageEnv, StageError, TemplateVars};
 
 /// Shared execution resources: one memory pool and spill area for every stream.
 pub struct Engine {
@@ -270,41 +270,27 @@ impl Engine {
             }
             let vars = Self::vars(plan, ps, &period);
             let side = SideOutputs::default();
-            let mut df = match ctx.read_batch(RecordBatch::new_empty(input_schema.clone())) {
+            let df = match ctx.read_batch(RecordBatch::new_empty(input_schema.clone())) {
                 Ok(df) => df,
                 Err(e) => {
                     diags.push(Diagnostic::new(e.strip_backtrace(), Some(s.location.clone())));
                     continue;
                 }
             };
-            let mut failed = false;
-            for st in &ps.stages {
-                let env = StageEnv {
-                    ctx: &ctx,
-                    vars: &vars,
-                    stage: &st.name,
-                    side: &side,
-                    executing: false,
-                };
-                match st.stage.apply(df.clone(), &env).await {
-                    Ok(next) => df = next,
-                    Err(e) => {
-                        let loc = e.location.clone().or_else(|| Some(st.def.location.clone()));
-                        diags.push(
-                            Diagnostic::new(
-                                format!("stage `{}` of stream `{}`: {}", st.name, s.id.value, e.message),
-                                loc,
-                            )
-                            .maybe_hint(e.hint.clone()),
-                        );
-                        failed = true;
-                        break;
-                    }
+            let df = match apply_stages(ps, df, &ctx, &vars, &side, false, &|_, _| {}).await {
+                Ok(next) => next,
+                Err((st, e)) => {
+                    let loc = e.location.clone().or_else(|| Some(st.def.location.clone()));
+                    diags.push(
+                        Diagnostic::new(
+                            format!("stage `{}` of stream `{}`: {}", st.name, s.id.value, e.message),
+                            loc,
+                        )
+                        .maybe_hint(e.hint.clone()),
+                    );
+                    continue;
                 }
-            }
-            if failed {
-                continue;
-            }
+            };
             let last = ps.stages.last().map(|s| s.name.as_str()).unwrap_or("input");
             let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             for d in contract::check_schema(&s.id.value, last, &out_schema, &s.columns) {
@@ -356,19 +342,12 @@ impl Engine {
                             .cloned()
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "unknown panic".into());
-                        let ps = &plan.streams[i];
-                        let s = plan.def(ps);
-                        let mut r = empty_report(s, ps);
-                        r.status = Status::Failed;
-                        r.error = Some(StreamError {
-                            pipeline: plan.pipeline.id.value.clone(),
-                            stream: s.id.value.clone(),
-                            stage: None,
-                            message: format!("internal error (a bug in billflow or a library it uses): {what}"),
-                            location: None,
-                            hint: Some("please report it with the pipeline file".into()),
-                        });
-                        r
+                        failed_report(
+                            &plan,
+                            i,
+                            format!("internal error (a bug in billflow or a library it uses): {what}"),
+                            Some("please report it with the pipeline file".into()),
+                        )
                     }
                 };
                 progress.finished(&report);
@@ -388,21 +367,7 @@ impl Engine {
             .enumerate()
             .map(|(i, r)| match r {
                 Some(r) => (*r).clone(),
-                None => {
-                    let ps = &plan.streams[i];
-                    let s = plan.def(ps);
-                    let mut rep = empty_report(s, ps);
-                    rep.status = Status::Failed;
-                    rep.error = Some(StreamError {
-                        pipeline: plan.pipeline.id.value.clone(),
-                        stream: s.id.value.clone(),
-                        stage: None,
-                        message: "the stream's task stopped unexpectedly".into(),
-                        location: None,
-                        hint: None,
-                    });
-                    rep
-                }
+                None => failed_report(&plan, i, "the stream's task stopped unexpectedly".into(), None),
             })
             .collect();
         RunReport {
@@ -617,34 +582,24 @@ impl Engine {
 
         // Stages, lazily; SQL stages fuse into one plan.
         let side = SideOutputs::default();
-        let mut df = input.df.clone();
-        for (k, st) in ps.stages.iter().enumerate() {
-            progress.stage(&s.id.value, k, &st.name);
-            let env = StageEnv {
-                ctx: &ctx,
-                vars: &vars,
-                stage: &st.name,
-                side: &side,
-                executing: true,
-            };
-            match st.stage.apply(df, &env).await {
-                Ok(next) => df = next,
-                Err(e) => {
-                    let waiting = e.waiting;
-                    fail(
-                        &mut report,
-                        Some(&st.name),
-                        e.message,
-                        e.location.or_else(|| Some(st.def.location.clone())),
-                        e.hint,
-                    );
-                    if waiting {
-                        report.status = Status::Waiting;
-                    }
-                    return report;
+        let on_stage = |k: usize, name: &str| progress.stage(&s.id.value, k, name);
+        let df = match apply_stages(ps, input.df.clone(), &ctx, &vars, &side, true, &on_stage).await {
+            Ok(df) => df,
+            Err((st, e)) => {
+                let waiting = e.waiting;
+                fail(
+                    &mut report,
+                    Some(&st.name),
+                    e.message,
+                    e.location.or_else(|| Some(st.def.location.clone())),
+                    e.hint,
+                );
+                if waiting {
+                    report.status = Status::Waiting;
                 }
+                return report;
             }
-        }
+        };
 
         // The contract: refuse rows that break it, publish the declared columns.
         let raw_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -886,6 +841,49 @@ impl Engine {
     }
 }
 
+/// Apply a stream's stages in order, lazily. On error: the stage that failed, and why.
+/// `on_stage` is told when each stage starts planning (for progress bars).
+pub async fn apply_stages<'p>(
+    ps: &'p PlannedStream,
+    input: DataFrame,
+    ctx: &SessionContext,
+    vars: &TemplateVars,
+    side: &SideOutputs,
+    executing: bool,
+    on_stage: &(dyn Fn(usize, &str) + Sync),
+) -> Result<DataFrame, (&'p PlannedStage, StageError)> {
+    let mut df = input;
+    for (k, st) in ps.stages.iter().enumerate() {
+        on_stage(k, &st.name);
+        let env = StageEnv {
+            ctx,
+            vars,
+            stage: &st.name,
+            side,
+            executing,
+        };
+        df = st.stage.apply(df, &env).await.map_err(|e| (st, e))?;
+    }
+    Ok(df)
+}
+
+/// A report for a stream that failed before or outside its stages.
+fn failed_report(plan: &Plan, i: usize, message: String, hint: Option<String>) -> StreamReport {
+    let ps = &plan.streams[i];
+    let s = plan.def(ps);
+    let mut r = empty_report(s, ps);
+    r.status = Status::Failed;
+    r.error = Some(StreamError {
+        pipeline: plan.pipeline.id.value.clone(),
+        stream: s.id.value.clone(),
+        stage: None,
+        message,
+        location: None,
+        hint,
+    });
+    r
+}
+
 fn empty_report(s: &StreamDef, ps: &PlannedStream) -> StreamReport {
     StreamReport {
         stream: s.id.value.clone(),
@@ -945,7 +943,7 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
                 None => Err("unknown stream".into()),
             },
         };
-        let mut df = match input {
+        let df = match input {
             Ok(df) => df,
             Err(e) => {
                 let _ = writeln!(out, "cannot plan: {e}");
@@ -954,27 +952,13 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
         };
         let vars = Engine::vars(plan, ps, &period);
         let side = SideOutputs::default();
-        let mut ok = true;
-        for st in &ps.stages {
-            let env = StageEnv {
-                ctx: &ctx,
-                vars: &vars,
-                stage: &st.name,
-                side: &side,
-                executing: false,
-            };
-            match st.stage.apply(df.clone(), &env).await {
-                Ok(next) => df = next,
-                Err(e) => {
-                    let _ = writeln!(out, "stage {}: {e}", st.name);
-                    ok = false;
-                    break;
-                }
+        let df = match apply_stages(ps, df, &ctx, &vars, &side, false, &|_, _| {}).await {
+            Ok(df) => df,
+            Err((st, e)) => {
+                let _ = writeln!(out, "stage {}: {e}", st.name);
+                continue;
             }
-        }
-        if !ok {
-            continue;
-        }
+        };
         let raw: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let df = match df.select(contract::output_projection(&raw, &s.columns)) {
             Ok(d) => d,

@@ -93,9 +93,6 @@ impl Stage for AggregateStage {
             .collect();
         format!("aggregate by {}: {}", g.join(", "), a.join(", "))
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.describe()
     }

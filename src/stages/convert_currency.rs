@@ -210,9 +210,6 @@ impl Stage for ConvertCurrencyStage {
             self.mode.name()
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {}",

@@ -90,9 +90,6 @@ impl Stage for CopyColumnsStage {
             .collect();
         format!("{verb} {}", parts.join(", "))
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!("{} {}", self.describe(), self.on_error.name())
     }

@@ -153,9 +153,6 @@ impl Stage for FilterStage {
             },
         }
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.describe()
     }

@@ -188,9 +188,6 @@ impl Stage for FocusStage {
             .collect();
         format!("focus 1.2 ({})", mapped.join(", "))
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &TemplateVars) -> String {
         format!(
             "{} keep {:?} {}",

@@ -92,9 +92,6 @@ impl Stage for FormulaStage {
         }
         format!("formula {}", parts.join("; "))
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         let mut s = self.describe();
         for o in &self.outputs {

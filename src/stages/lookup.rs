@@ -422,9 +422,6 @@ impl Stage for LookupStage {
             cols.join(", ")
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {:?} {:?}",

@@ -149,9 +149,6 @@ impl Stage for MapValuesStage {
             self.unmapped
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!("{} {:?}", self.describe(), self.pairs)
     }

@@ -242,9 +242,6 @@ impl Stage for PricingStage {
             self.mode.name()
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         let keys = match &self.source {
             Source::Rules { keys, .. } => keys

@@ -200,7 +200,9 @@ pub trait Stage: Send + Sync + Debug {
     fn describe(&self) -> String;
     /// True if the stage stays inside the DataFusion plan, fusing with its neighbours;
     /// false if it materialises its input (e.g. to hand it to Polars).
-    fn fuses(&self) -> bool;
+    fn fuses(&self) -> bool {
+        true
+    }
     /// Everything that decides the stage's output besides its input (e.g. the query text
     /// read from a file): part of the batch id, so editing a query gives a new batch.
     fn fingerprint(&self, vars: &TemplateVars) -> String;

@@ -99,9 +99,6 @@ impl Stage for ProrateStage {
             self.mode.name()
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!("{} {:?}", self.describe(), self.active_output)
     }

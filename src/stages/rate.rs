@@ -260,9 +260,6 @@ impl Stage for RateStage {
             self.allocation
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {:?} {:?} {:?} {:?} {} {}",
@@ -501,18 +498,11 @@ impl Stage for RateStage {
             }
             .alias("__bf_model"),
         );
-        for role in [
-            "band_from",
-            "band_to",
-            "unit_price",
-            "flat_fee",
-            "block_size",
-            "percent",
-            "min_charge",
-            "max_charge",
-            "free_units",
-            "commitment",
-        ] {
+        for role in ROLES
+            .iter()
+            .copied()
+            .filter(|r| !matches!(*r, "model" | "valid_from" | "valid_to"))
+        {
             band_cols.push(pcol(role).alias(format!("__bf_{role}")));
         }
         let bands = plans.clone().select(band_cols).map_err(plan_err)?;

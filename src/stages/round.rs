@@ -119,9 +119,6 @@ impl Stage for RoundStage {
             self.mode.name()
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?}",

@@ -106,9 +106,6 @@ impl Stage for SplitColumnStage {
             outs.join(", ")
         )
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         self.describe()
     }

@@ -209,9 +209,6 @@ impl Stage for SqlStage {
             }
         }
     }
-    fn fuses(&self) -> bool {
-        true
-    }
     fn tables(&self) -> Vec<String> {
         self.tables.clone()
     }
