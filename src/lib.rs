@@ -28,6 +28,7 @@ pub mod batches;
 pub mod cli;
 pub mod definition;
 pub mod execution;
+pub mod generate;
 pub mod plan;
 pub mod stages;
 pub mod testing;

@@ -55,6 +55,18 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write a deterministic large scenario (usage as Parquet, references, pipeline).
+    Generate {
+        #[arg(long)]
+        rows: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the usage as CSV (for small runs).
+        #[arg(long)]
+        csv: bool,
+    },
     /// Run each stream that declares a `sample` on it and diff against the expected rows.
     Test {
         #[arg(default_value = DEFAULT_PIPELINE)]
@@ -166,6 +178,23 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
+            }
+        }
+        Command::Generate { rows, seed, out, csv } => {
+            let started = std::time::Instant::now();
+            match billflow::generate::generate(&billflow::generate::Scenario::new(rows, seed), &out, csv) {
+                Ok(()) => {
+                    println!(
+                        "wrote {rows} usage rows (seed {seed}) and the pipeline to {} in {:.1}s",
+                        out.display(),
+                        started.elapsed().as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
         }
         Command::Test { pipeline } => {

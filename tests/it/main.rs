@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod errors;
 mod formats;
+mod generate;
 mod golden;
 mod lifecycle;
 mod properties;
