@@ -367,14 +367,11 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
     let _ = f.text(r, "description");
     f.finish(r, STREAM_KEYS);
     let id = id?;
+    // Without `extends`, these keys must be written (a key written but invalid has
+    // already been reported where it stands).
     if extends.is_none() {
-        for (key, missing) in [
-            ("kind", kind.is_none()),
-            ("owner", owner.is_none()),
-            ("input", input.is_none() && !f_has_input(node)),
-            ("columns", columns.is_none() && !has_key(node, "columns")),
-        ] {
-            if missing && !has_key(node, key) {
+        for key in ["kind", "owner", "input", "columns"] {
+            if !has_key(node, key) {
                 let d = r.error(format!("{what} is missing required key `{key}`"), location.clone());
                 d.expected = Some(match key {
                     "kind" => "`kind: usage`, `billing` or `pricing`".into(),
@@ -402,9 +399,6 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
 
 fn has_key(node: &Node, key: &str) -> bool {
     node.as_mapping().is_some_and(|m| m.get_node(key).is_some())
-}
-fn f_has_input(node: &Node) -> bool {
-    has_key(node, "input")
 }
 
 fn parse_input(r: &mut Reader, node: &Node) -> Option<InputRef> {

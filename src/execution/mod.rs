@@ -672,71 +672,43 @@ impl Engine {
         let mut samples = Vec::new();
         let mut rejected = 0;
         let mut input_refused = 0;
+        // Refused rows, one file per origin: the input, each stage with `on_error: reject`,
+        // the contract. Each is computed only if its tap saw a refusal.
+        let mut refused: Vec<(String, Option<String>, Result<DataFrame, String>)> = Vec::new();
         if source_rejected > 0
             && let Some(rej) = input.rejects.clone()
         {
-            match write::write_rejects(rej, &staging.rejects_dir().join("input.parquet")).await {
-                Ok((n, smp)) => {
-                    rejected += n;
-                    input_refused = n;
-                    samples.extend(smp);
-                }
-                Err(e) => {
-                    fail(
-                        &mut report,
-                        None,
-                        format!("writing rejected input rows: {e}"),
-                        None,
-                        None,
-                    );
-                    return report;
-                }
-            }
+            refused.push(("input.parquet".into(), None, Ok(rej)));
         }
-        if contract_rejected > 0 {
-            let res = match contract_rejects {
-                Ok(rej) => write::write_rejects(rej, &staging.rejects_dir().join("output.parquet")).await,
-                Err(e) => Err(e),
-            };
-            match res {
-                Ok((n, smp)) => {
-                    rejected += n;
-                    samples.extend(smp);
-                }
-                Err(e) => {
-                    fail(
-                        &mut report,
-                        None,
-                        format!("writing rejected output rows: {e}"),
-                        None,
-                        None,
-                    );
-                    return report;
-                }
-            }
-        }
-        // Rows refused by stages (`on_error: reject`), one file per stage.
-        let stage_rejects: Vec<_> = side
-            .take_rejects()
-            .into_iter()
-            .filter(|r| r.tap.flagged() > 0)
-            .collect();
-        for r in stage_rejects {
+        for r in side.take_rejects().into_iter().filter(|r| r.tap.flagged() > 0) {
             let file = format!(
                 "stage-{}.parquet",
                 r.stage
                     .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")
             );
-            match write::write_rejects(r.rows, &staging.rejects_dir().join(file)).await {
+            refused.push((file, Some(r.stage), Ok(r.rows)));
+        }
+        if contract_rejected > 0 {
+            refused.push(("output.parquet".into(), None, contract_rejects));
+        }
+        for (file, stage, rows) in refused {
+            let written = match rows {
+                Ok(rows) => write::write_rejects(rows, &staging.rejects_dir().join(&file)).await,
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok((n, smp)) => {
                     rejected += n;
+                    if file == "input.parquet" {
+                        input_refused = n;
+                    }
                     samples.extend(smp);
                 }
                 Err(e) => {
                     fail(
                         &mut report,
-                        Some(&r.stage),
-                        format!("writing rejected rows: {e}"),
+                        stage.as_deref(),
+                        format!("writing refused rows to {file}: {e}"),
                         None,
                         None,
                     );
