@@ -270,6 +270,8 @@ streams:
     owner: vendor
     input: { source: usage }
     period: usage_date
+    # Sorted by distributor: each distributor's stream reads only its pages.
+    order_by: [distributor_id, reseller_id]
     stages:
       - { name: subscriber, kind: lookup, reference: subscriptions, keys: [subscription_id], columns: [customer_id, reseller_id, distributor_id], on_missing: reject }
       - { name: rate, kind: rate, price_list: price_plans, keys: [sku], group_by: [subscription_id], quantity: quantity, output: cost_usd, scale: 4, on_missing_price: reject }

@@ -273,6 +273,9 @@ pub struct StreamDef {
     pub input: InputRef,
     /// The date or timestamp column of the input that picks the rows of a period.
     pub period: Option<Text>,
+    /// Published rows sorted by these columns: row groups then prune well for readers
+    /// that filter on them (e.g. each distributor's share of the vendor's batch).
+    pub order_by: Vec<Text>,
     pub stages: Vec<StageDef>,
     pub columns: Vec<ColumnDef>,
     pub sample: Option<SampleDef>,

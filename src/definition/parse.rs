@@ -33,6 +33,7 @@ const STREAM_KEYS: &[&str] = &[
     "sample",
     "extends",
     "description",
+    "order_by",
 ];
 
 /// Parse a pipeline file's text. Returns the pipeline if it could be built at all, with
@@ -326,6 +327,7 @@ struct RawStream {
     owner: Option<Text>,
     input: Option<InputRef>,
     period: Option<Text>,
+    order_by: Option<Vec<Text>>,
     stages: Option<Vec<StageDef>>,
     columns: Option<Vec<ColumnDef>>,
     sample: Option<SampleDef>,
@@ -351,6 +353,7 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
     let owner = f.text(r, "owner");
     let input = f.get("input").and_then(|n| parse_input(r, n));
     let period = f.text(r, "period");
+    let order_by = f.get("order_by").and_then(|n| r.string_list(n, "order_by columns"));
     let stages = f.get("stages").and_then(|n| parse_stages(r, n));
     let columns = f.get("columns").and_then(|n| parse_columns(r, n, "column", true));
     let sample = f.get("sample").and_then(|n| {
@@ -389,6 +392,7 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
         owner,
         input,
         period,
+        order_by,
         stages,
         columns,
         sample,
@@ -496,14 +500,19 @@ fn resolve_extends(r: &mut Reader, raw: Vec<RawStream>) -> Vec<StreamDef> {
             continue; // reported when parsed
         };
         let period = inherit!(period);
+        let order_by = inherit!(order_by).unwrap_or_default();
         let stages = inherit!(stages).unwrap_or_default();
-        let canonical = canonical_stream(&kind, &owner, &input, &period, &stages, &columns);
+        let mut canonical = canonical_stream(&kind, &owner, &input, &period, &stages, &columns);
+        for o in &order_by {
+            canonical.push_str(&format!("order_by={};", o.value));
+        }
         out.push(StreamDef {
             id: s.id.clone(),
             kind,
             owner,
             input,
             period,
+            order_by,
             stages,
             columns,
             sample: s.sample.clone(),

@@ -257,6 +257,20 @@ fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
                 }
             }
         }
+        for o in &s.order_by {
+            if !s.columns.iter().any(|c| c.output && c.name.value == o.value) {
+                let published: Vec<&str> = s.output_columns().map(|c| c.name.value.as_str()).collect();
+                let d = diags.error(
+                    format!(
+                        "stream `{}` orders by `{}`, which it does not publish",
+                        s.id.value, o.value
+                    ),
+                    Some(o.location.clone()),
+                );
+                d.expected = Some(format!("one of the published columns: {}", published.join(", ")));
+                d.hint = did_you_mean(&o.value, published.iter().copied());
+            }
+        }
         if !s.columns.iter().any(|c| c.output) {
             diags
                 .error(

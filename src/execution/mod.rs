@@ -628,6 +628,29 @@ impl Engine {
         };
         let contract_rejects = inputs::reject_rows(df, checks.bad, checks.reason, "contract");
 
+        // A published order: one sorted run (DataFusion spills it to disk when large).
+        let out = if s.order_by.is_empty() {
+            out
+        } else {
+            match out.sort(
+                s.order_by
+                    .iter()
+                    .map(|o| datafusion::prelude::ident(&o.value).sort(true, true))
+                    .collect(),
+            ) {
+                Ok(o) => o,
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        None,
+                        format!("ordering the batch: {}", e.strip_backtrace()),
+                        None,
+                        None,
+                    );
+                    return report;
+                }
+            }
+        };
         progress.writing(&s.id.value);
         let staging = match store.begin(&at, &batch_id) {
             Ok(st) => st,

@@ -1388,3 +1388,66 @@ async fn amounts_near_the_decimal_limit_fail_loudly_instead_of_wrapping() {
     assert_eq!(s.status, Status::Written, "{:?}", s.error);
     assert_eq!(rows, vec!["id=1, eur=918765430000000000000000000000.00000"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_publishes_its_rows_in_the_declared_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages: "[]",
+        columns: COSTS_SCHEMA,
+    };
+    let pipeline = write_case(tmp.path(), &case);
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("    columns:\n", "    order_by: [org, cost]\n    columns:\n");
+    std::fs::write(&pipeline, &text).unwrap();
+    let report = run(&pipeline, "2026-10", &tmp.path().join("wh")).await;
+    let s = report.stream("s").unwrap();
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    // Read back in file order (not sorted by the test).
+    let ctx = datafusion::prelude::SessionContext::new();
+    let batches = ctx
+        .read_parquet(
+            s.batch_dir.clone().unwrap().join("data").to_string_lossy().to_string(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let ids: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            (0..c.len())
+                .map(move |i| {
+                    c.as_any()
+                        .downcast_ref::<arrow::array::StringArray>()
+                        .unwrap()
+                        .value(i)
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["4", "1", "2", "3"],
+        "alpha-it (-2.5, 10), bergen-data, nobody"
+    );
+
+    std::fs::write(&pipeline, text.replace("order_by: [org, cost]", "order_by: [orgg]")).unwrap();
+    let d = billflow::check(&engine(), &pipeline).await.expect_err("unknown column");
+    assert!(
+        d.list[0]
+            .message
+            .contains("orders by `orgg`, which it does not publish"),
+        "{}",
+        d.render()
+    );
+    assert!(d.list[0].hint.as_deref().unwrap_or("").contains("did you mean `org`?"));
+}
