@@ -112,7 +112,8 @@ pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<Da
                 .enumerate()
                 .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
                 .collect();
-            let joined = input.join_on(reduced, JoinType::Left, on).map_err(plan_err)?;
+            // The small reference on the build side: the stream is probed, never collected.
+            let joined = reduced.join_on(input, JoinType::Right, on).map_err(plan_err)?;
             (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
         }
         Some((date, from, to)) => {
@@ -142,7 +143,7 @@ pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<Da
                 .collect();
             on.push(date.clone().gt_eq(ident("__ref_from")));
             on.push(ident("__ref_to").is_null().or(date.clone().lt(ident("__ref_to"))));
-            let joined = with_id.join_on(reference, JoinType::Left, on).map_err(plan_err)?;
+            let joined = reference.join_on(with_id, JoinType::Right, on).map_err(plan_err)?;
             let last_wins = j.order.as_ref().map(|(_, l)| *l).unwrap_or(true);
             // One window per expression: DataFusion plans windows with different sort keys
             // as separate operators.
