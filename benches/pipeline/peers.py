@@ -144,52 +144,60 @@ def run_duckdb(scenario_dir: str, out_dir: str, period: str = "2026-10", threads
     usage = os.path.join(scenario_dir, "inputs", "usage-*.parquet")
     vendor_file = os.path.join(out_dir, VENDOR_STREAM, "part-0.parquet")
 
-    # Stream 1: the vendor rates the usage.
+    # Stream 1: the vendor rates the usage, in three passes over the usage whose
+    # intermediate results are small (one row per subscription and SKU), so that memory
+    # stays bounded at any scale: (1) each group's quantity and charge, (2) the residue
+    # of its rounded shares, (3) the lines with their cost.
+    lines = f"""
+        SELECT u.record_id, u.usage_date, u.subscription_id, u.sku, u.quantity,
+               s.customer_id, s.reseller_id, s.distributor_id,
+               CAST(CAST(u.quantity AS DECIMAL(38,6)) * 1000000 AS HUGEINT) AS q_u,  -- 6 places
+               abs(CAST(CAST(u.quantity AS DECIMAL(38,6)) * 1000000 AS HUGEINT))
+                   * CAST(1000000000000 AS HUGEINT) - u.record_id AS key
+        FROM read_parquet('{usage}') u
+        JOIN subscriptions s USING (subscription_id)                         -- on_missing: reject
+        WHERE u.usage_date >= DATE '{start}' AND u.usage_date < DATE '{end}'
+    """
+    con.execute(
+        f"""
+        CREATE TEMP TABLE charges AS
+        WITH groups AS (
+            SELECT subscription_id, sku, sum(q_u) AS qq, count(*) AS n,
+                   -- the line taking the residue: largest |quantity|, then lowest record_id
+                   max(key) AS top_key
+            FROM ({lines}) GROUP BY subscription_id, sku
+        )
+        SELECT g.subscription_id, g.sku, any_value(g.qq) AS qq, any_value(g.n) AS n,
+               any_value(g.top_key) AS top_key,
+               -- the sum over bands at 12 places, rounded half-even to 4
+               div_he(sum(least(greatest(g.qq - b.from_u, 0),
+                                coalesce(b.to_u - b.from_u, greatest(g.qq - b.from_u, 0)))
+                          * b.price_u),
+                      CAST(100000000 AS HUGEINT)) AS charge_u
+        FROM groups g JOIN bands b USING (sku)                               -- on_missing_price: reject
+        GROUP BY g.subscription_id, g.sku
+        """
+    )
+    shares = f"""
+        SELECT l.*, c.charge_u, c.top_key,
+               CASE WHEN c.qq = 0 THEN div_he(c.charge_u, c.n)
+                    ELSE div_he(c.charge_u * l.q_u, c.qq) END AS share_u
+        FROM ({lines}) l JOIN charges c USING (subscription_id, sku)
+    """
+    con.execute(
+        f"""
+        CREATE TEMP TABLE residues AS
+        SELECT subscription_id, sku, any_value(charge_u) - sum(share_u) AS residue_u
+        FROM ({shares}) GROUP BY subscription_id, sku
+        """
+    )
     con.execute(
         f"""
         COPY (
-        WITH lines AS (
-            SELECT u.record_id, u.usage_date, u.subscription_id, u.sku, u.quantity,
-                   s.customer_id, s.reseller_id, s.distributor_id,
-                   CAST(CAST(u.quantity AS DECIMAL(38,6)) * 1000000 AS HUGEINT) AS q_u           -- 6 places
-            FROM read_parquet('{usage}') u
-            JOIN subscriptions s USING (subscription_id)                 -- on_missing: reject
-            WHERE u.usage_date >= DATE '{start}' AND u.usage_date < DATE '{end}'
-        ),
-        groups AS (
-            SELECT subscription_id, sku,
-                   sum(q_u) AS qq,
-                   count(*) AS n,
-                   -- the line taking the residue: largest |quantity|, then lowest record_id
-                   max(abs(q_u) * CAST(1000000000000 AS HUGEINT) - record_id) AS top_key
-            FROM lines GROUP BY subscription_id, sku
-        ),
-        charges AS (
-            SELECT g.subscription_id, g.sku, any_value(g.qq) AS qq, any_value(g.n) AS n,
-                   any_value(g.top_key) AS top_key,
-                   -- sum over bands at 12 places, rounded half-even to 4
-                   div_he(sum(least(greatest(g.qq - b.from_u, 0),
-                                    coalesce(b.to_u - b.from_u, greatest(g.qq - b.from_u, 0)))
-                              * b.price_u),
-                          CAST(100000000 AS HUGEINT)) AS charge_u
-            FROM groups g JOIN bands b USING (sku)                      -- on_missing_price: reject
-            GROUP BY g.subscription_id, g.sku
-        ),
-        shares AS (
-            SELECT l.*, c.charge_u, c.top_key,
-                   CASE WHEN c.qq = 0 THEN div_he(c.charge_u, c.n)
-                        ELSE div_he(c.charge_u * l.q_u, c.qq) END AS share_u
-            FROM lines l JOIN charges c USING (subscription_id, sku)
-        ),
-        residues AS (
-            SELECT subscription_id, sku, any_value(charge_u) - sum(share_u) AS residue_u
-            FROM shares GROUP BY subscription_id, sku
-        )
         SELECT s.record_id, s.usage_date, s.subscription_id, s.sku, s.quantity,
                s.customer_id, s.reseller_id, s.distributor_id,
-               dec4(s.share_u + CASE WHEN abs(s.q_u) * CAST(1000000000000 AS HUGEINT) - s.record_id = s.top_key
-                                     THEN r.residue_u ELSE 0 END) AS cost_usd
-        FROM shares s JOIN residues r USING (subscription_id, sku)
+               dec4(s.share_u + CASE WHEN s.key = s.top_key THEN r.residue_u ELSE 0 END) AS cost_usd
+        FROM ({shares}) s JOIN residues r USING (subscription_id, sku)
         ) TO '{vendor_file}' (FORMAT parquet, COMPRESSION zstd)
         """
     )

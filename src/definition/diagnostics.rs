@@ -2,7 +2,7 @@
 //! what was expected and, where we can guess it, a hint. Rendered with miette.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, SourceSpan};
@@ -295,8 +295,4 @@ pub fn one_of(items: &[&str]) -> String {
         1 => quoted[0].clone(),
         n => format!("{} or {}", quoted[..n - 1].join(", "), quoted[n - 1]),
     }
-}
-
-pub fn path_for_display(p: &Path) -> String {
-    p.display().to_string()
 }

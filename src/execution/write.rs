@@ -91,7 +91,6 @@ fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
 pub async fn write_parquet(df: DataFrame, dir: &Path, schema: SchemaRef) -> Result<Written, String> {
     let streams = df.execute_stream_partitioned().await.map_err(|e| e.strip_backtrace())?;
     let mut tasks = tokio::task::JoinSet::new();
-    let n = streams.len().max(1);
     for (i, mut stream) in streams.into_iter().enumerate() {
         let path = dir.join(format!("part-{i:05}.parquet"));
         let schema = schema.clone();
@@ -151,7 +150,6 @@ pub async fn write_parquet(df: DataFrame, dir: &Path, schema: SchemaRef) -> Resu
             AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
         w.close().await.map_err(|e| e.to_string())?;
     }
-    let _ = n;
     Ok(total)
 }
 

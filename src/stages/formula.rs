@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::functions::expr_fn::concat_ws;
 use datafusion::logical_expr::{cast, try_cast, when};
-use datafusion::prelude::{DataFrame, ident, lit};
+use datafusion::prelude::{DataFrame, lit};
 
 use super::args::{all_but, column_type, plan_err, sql_expr};
 use super::side::{OnError, apply_policy, remove_rows};
@@ -132,7 +132,6 @@ impl Stage for FormulaStage {
             let mut select = all_but(&df, &[o.name.value.as_str()]);
             select.push(value.alias(&o.name.value));
             df = df.select(select).map_err(plan_err)?;
-            let _ = ident(&o.name.value);
         }
         Ok(df)
     }

@@ -9,7 +9,6 @@
 //! matches.
 
 use std::hash::{Hash, Hasher};
-use std::ops::Not;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -526,7 +525,6 @@ impl Stage for LookupStage {
                 select.push(v.alias(col));
             }
         }
-        let _ = missing.not();
         df.select(select).map_err(plan_err)
     }
 }

@@ -173,7 +173,6 @@ impl ScalarUDFImpl for RoundUdf {
                 })
         })?;
         let out = out.with_precision_and_scale(out_p, to)?;
-        let _ = out.len();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Benchmark billflow against DuckDB and Polars on the generated three-tier scenario
+(issue 6), and check that all three produce the same control totals.
+
+    python3 benches/pipeline/compare.py --rows 1000000 [--seed 1] [--keep DIR]
+
+1. `billflow generate --rows N --seed S --out DIR` writes the scenario (not timed).
+2. `billflow run DIR/pipeline.yaml --period 2026-10 --quiet --warehouse DIR/wh`, then the
+   DuckDB and the Polars peers (benches/pipeline/peers.py), each in its own process, timed
+   (wall seconds of the whole process, start-up included) with its peak RSS (the child's
+   ru_maxrss from wait4).
+3. Control totals per stream (organisation): billflow's from the `batch.json` manifests
+   (`rows`, `control_totals`), the peers' summed from their Parquet outputs, exactly (as
+   decimals). Rows and the sums of quantity, cost_usd, cost, price and reseller_price must
+   be equal for every stream; otherwise the first differences are printed and the exit
+   status is 1.
+
+Needs `pip install duckdb polars pyarrow`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PERIOD = "2026-10"  # `billflow generate` writes October 2026
+TOTAL_COLUMNS = ["quantity", "cost_usd", "cost", "price", "reseller_price"]
+PEERS = ["duckdb", "polars"]
+
+
+def default_billflow() -> tuple[Path, str]:
+    home = Path(os.path.expanduser("~"))
+    candidates = [
+        (REPO / "target" / "release" / "billflow", "release build (target/release)"),
+        (home / ".cache" / "billflow-target" / "release" / "billflow", "release build (~/.cache/billflow-target)"),
+        (REPO / "target" / "debug" / "billflow", "DEBUG build (target/debug)"),
+        (home / ".cache" / "billflow-target" / "debug" / "billflow", "DEBUG build (~/.cache/billflow-target)"),
+    ]
+    for path, what in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path, what
+    sys.exit("no billflow binary found: build one with `cargo build --release` or pass --billflow PATH")
+
+
+def measure(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run `cmd` to completion; (wall seconds, peak RSS in MiB) of that process (and the
+    descendants it waited for), from wait4's rusage. Fails on a non-zero exit."""
+    with open(log, "wb") as out:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.stderr.write(log.read_text(errors="replace")[-4000:])
+        sys.exit(f"`{' '.join(cmd)}` failed with status {p.returncode} (log: {log})")
+    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def billflow_totals(warehouse: Path) -> dict[str, dict[str, Decimal]]:
+    """{stream: {"rows": n, column: sum}} from the committed batches' manifests."""
+    totals: dict[str, dict[str, Decimal]] = {}
+    for manifest in sorted(warehouse.rglob("batch.json")):
+        m = json.loads(manifest.read_text())
+        if m.get("status") != "committed" or m["period"]["label"] != PERIOD:
+            continue
+        if m["stream"] in totals:
+            sys.exit(f"two batches of stream {m['stream']} in {warehouse}")
+        t = {"rows": Decimal(m["rows"])}
+        t.update({c: Decimal(v) for c, v in m["control_totals"].items() if c in TOTAL_COLUMNS})
+        totals[m["stream"]] = t
+    return totals
+
+
+def parquet_totals(out_dir: Path) -> dict[str, dict[str, Decimal]]:
+    """{stream: {"rows": n, column: sum}}: one directory per stream, sums exact."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    totals: dict[str, dict[str, Decimal]] = {}
+    for stream_dir in sorted(p for p in out_dir.iterdir() if p.is_dir()):
+        dataset = ds.dataset(stream_dir, format="parquet")
+        names = set(dataset.schema.names)
+        cols = [c for c in TOTAL_COLUMNS if c in names]
+        t = {"rows": Decimal(0), **{c: Decimal(0) for c in cols}}
+        for batch in dataset.to_batches(columns=cols or None):
+            t["rows"] += batch.num_rows
+            for c in cols:
+                arr = batch.column(c)
+                if not pa.types.is_decimal(arr.type):
+                    sys.exit(f"{stream_dir}: {c} is {arr.type}, not a decimal")
+                s = pc.sum(arr.cast(pa.decimal128(38, arr.type.scale))).as_py()
+                t[c] += s if s is not None else 0
+        totals[stream_dir.name] = t
+    return totals
+
+
+def differences(name: str, want: dict, got: dict) -> list[str]:
+    out = []
+    for stream in sorted(set(want) | set(got)):
+        if stream not in got:
+            out.append(f"{name}: stream {stream} missing (billflow has it)")
+            continue
+        if stream not in want:
+            out.append(f"{name}: stream {stream} not in billflow's warehouse")
+            continue
+        for key in sorted(set(want[stream]) | set(got[stream])):
+            a, b = want[stream].get(key), got[stream].get(key)
+            if a != b:
+                diff = f" (diff {b - a})" if a is not None and b is not None else ""
+                out.append(f"{name}: {stream} {key}: billflow {a}, {name} {b}{diff}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, required=True, help="usage rows to generate")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
+    ap.add_argument("--billflow", metavar="PATH", help="the billflow binary (default: a release build if any)")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of duckdb,polars")
+    args = ap.parse_args()
+
+    if args.billflow:
+        billflow, what = Path(args.billflow).resolve(), "given with --billflow"
+    else:
+        billflow, what = default_billflow()
+    print(f"billflow: {billflow} ({what})")
+    if "debug" in str(billflow):
+        print("  note: a debug build; its timings are not representative (cargo build --release)")
+    peers = [p for p in args.peers.split(",") if p]
+    for p in peers:
+        if p not in PEERS:
+            sys.exit(f"unknown peer {p}; known: {', '.join(PEERS)}")
+
+    if args.keep:
+        work = Path(args.keep).resolve()
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="billflow-bench-"))
+    logs = work / "logs"
+    try:
+        scenario = work / "scenario"
+        logs.mkdir(parents=True)
+        t = time.perf_counter()
+        subprocess.run(
+            [str(billflow), "generate", "--rows", str(args.rows), "--seed", str(args.seed), "--out", str(scenario)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        print(f"generated {args.rows} rows (seed {args.seed}) in {scenario} in {time.perf_counter() - t:.1f}s")
+        cores = os.cpu_count() or 1
+
+        results = []  # (name, wall, rss, totals)
+        warehouse = scenario / "wh"
+        print("running billflow ...", flush=True)
+        wall, rss = measure(
+            [str(billflow), "run", str(scenario / "pipeline.yaml"), "--period", PERIOD, "--quiet",
+             "--warehouse", str(warehouse)],
+            logs / "billflow.log",
+        )
+        results.append(("billflow", wall, rss, billflow_totals(warehouse)))
+        for peer in peers:
+            print(f"running {peer} ...", flush=True)
+            out = work / f"out-{peer}"
+            wall, rss = measure(
+                [sys.executable, str(HERE / "peers.py"), peer, str(scenario), str(out), "--period", PERIOD],
+                logs / f"{peer}.log",
+            )
+            results.append((peer, wall, rss, parquet_totals(out)))
+
+        bf_wall = results[0][1]
+        print()
+        print(f"{args.rows} usage rows, seed {args.seed}, {cores} cores")
+        header = ["implementation", "rows", "wall s", "rows/s per core", "peak MiB", "billflow time / this"]
+        rows = [
+            [name, f"{args.rows:,}", f"{wall:.2f}", f"{args.rows / wall / cores:,.0f}", f"{rss:,.0f}",
+             f"{bf_wall / wall:.2f}"]
+            for name, wall, rss, _ in results
+        ]
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        line = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+        print(line(header))
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for r in rows:
+            print(line(r))
+        print()
+
+        want = results[0][3]
+        if not want:
+            print(f"no committed batches in {warehouse}")
+            return 1
+        problems = []
+        for name, _, _, got in results[1:]:
+            problems += differences(name, want, got)
+        streams = len(want)
+        if problems:
+            print(f"CONTROL TOTALS DIFFER ({len(problems)} difference(s)); the first ones:")
+            for p in problems[:20]:
+                print("  " + p)
+            return 1
+        vendor = want.get("vendor-rated-usage", {})
+        print(
+            f"control totals equal: {streams} streams x (rows, {', '.join(TOTAL_COLUMNS)}) for "
+            f"{', '.join(name for name, *_ in results)}; vendor rows {vendor.get('rows')}, "
+            f"cost_usd {vendor.get('cost_usd')}"
+        )
+        return 0
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
