@@ -57,7 +57,7 @@ def measure(cmd: list[str], log: Path) -> tuple[float, float]:
     descendants it waited for), from wait4's rusage. Fails on a non-zero exit."""
     with open(log, "wb") as out:
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t
     p.returncode = os.waitstatus_to_exitcode(status)
