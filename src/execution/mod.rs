@@ -669,7 +669,20 @@ impl Engine {
         };
         let out_schema = Arc::new(arrow_schema(&s.columns, true));
         // The plan as run: taps it contains once count exactly (see `Tap::exact_in`).
-        let out_plan = out.logical_plan().clone();
+        // (optimised: the optimiser is what merges and reorders filters).
+        let out_plan = match out.clone().into_optimized_plan() {
+            Ok(p) => p,
+            Err(e) => {
+                fail(
+                    &mut report,
+                    None,
+                    format!("planning: {}", e.strip_backtrace()),
+                    None,
+                    None,
+                );
+                return report;
+            }
+        };
         let fused = ps.stages.iter().all(|st| st.stage.fuses());
         let written = match write::write_parquet(out, &staging.data_dir(), out_schema).await {
             Ok(w) => w,
@@ -700,12 +713,18 @@ impl Engine {
         // Refused rows, one file per origin: the input, each stage with `on_error: reject`,
         // the contract. Each is computed only if its tap saw a refusal.
         let mut refused: Vec<(String, Option<String>, Result<DataFrame, String>)> = Vec::new();
-        if source_rejected > 0
+        // A tap that saw nothing proves nothing unless its counts are exact for this plan.
+        let maybe = |flagged: u64, tap: &crate::stages::tap::Tap| flagged > 0 || !(fused && tap.exact_in(&out_plan));
+        if maybe(source_rejected, &input.tap)
             && let Some(rej) = input.rejects.clone()
         {
             refused.push(("input.parquet".into(), None, Ok(rej)));
         }
-        for r in side.take_rejects().into_iter().filter(|r| r.tap.flagged() > 0) {
+        for r in side
+            .take_rejects()
+            .into_iter()
+            .filter(|r| maybe(r.tap.flagged(), &r.tap))
+        {
             let file = format!(
                 "stage-{}.parquet",
                 r.stage
@@ -713,7 +732,7 @@ impl Engine {
             );
             refused.push((file, Some(r.stage), Ok(r.rows)));
         }
-        if contract_rejected > 0 {
+        if maybe(contract_rejected, &contract_tap) {
             refused.push(("output.parquet".into(), None, contract_rejects));
         }
         for (file, stage, rows) in refused {

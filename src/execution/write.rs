@@ -153,24 +153,33 @@ pub async fn write_parquet(df: DataFrame, dir: &Path, schema: SchemaRef) -> Resu
     Ok(total)
 }
 
-/// Write refused rows to one file; returns how many and the first few reasons.
+/// Write refused rows to one file; returns how many and the first few reasons. No rows,
+/// no file.
 pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<String>), String> {
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(|e| e.strip_backtrace())?;
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
-    }
-    let file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut w =
-        AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
+    let mut writer: Option<AsyncArrowWriter<tokio::fs::File>> = None;
     let mut rows = 0u64;
     let mut samples = Vec::new();
     let reason_idx = schema.index_of("_reject_reason").ok();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| e.strip_backtrace())?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
         rows += batch.num_rows() as u64;
+        if writer.is_none() {
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
+            }
+            let file = tokio::fs::File::create(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            writer = Some(
+                AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
         if let Some(i) = reason_idx {
             // A few examples for the run summary: the reason and the row's first values.
             let options = arrow::util::display::FormatOptions::default().with_null("NULL");
@@ -194,9 +203,13 @@ pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<Strin
                 samples.push(format!("{} [{}, ...]", reasons.value(row), values.join(", ")));
             }
         }
-        w.write(&batch).await.map_err(|e| e.to_string())?;
+        if let Some(w) = writer.as_mut() {
+            w.write(&batch).await.map_err(|e| e.to_string())?;
+        }
     }
-    w.close().await.map_err(|e| e.to_string())?;
+    if let Some(w) = writer {
+        w.close().await.map_err(|e| e.to_string())?;
+    }
     Ok((rows, samples))
 }
 

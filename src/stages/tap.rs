@@ -68,14 +68,34 @@ impl Tap {
         ScalarUDF::new_from_impl(self.clone()).call(vec![refused, keep])
     }
 
-    /// Whether this tap's counts are exact for `plan`: it appears there exactly once. A
-    /// plan that reads the tapped table twice (a self-join, a stage that aggregates and
-    /// joins back) runs the tap twice and its counts add up.
+    /// Whether this tap's counts are exact for `plan`: it stands in exactly one filter,
+    /// alone. A plan that reads the tapped table twice runs the tap twice; and when the
+    /// optimiser merges another predicate into the tap's filter, it may evaluate the tap
+    /// only on the rows that predicate keeps.
     pub fn exact_in(&self, plan: &datafusion::logical_expr::LogicalPlan) -> bool {
-        format!("{}", plan.display_indent())
-            .matches(&format!("{}(", self.name))
-            .count()
-            == 1
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::logical_expr::LogicalPlan;
+        use datafusion::logical_expr::utils::split_conjunction;
+        let call = format!("{}(", self.name);
+        let mut filters = 0;
+        let mut alone = true;
+        let mut elsewhere = false;
+        let _ = plan.apply(|node| {
+            match node {
+                LogicalPlan::Filter(f) => {
+                    let parts = split_conjunction(&f.predicate);
+                    if parts.iter().any(|p| p.to_string().contains(&call)) {
+                        filters += 1;
+                        alone &= parts.len() == 1;
+                    }
+                }
+                other => {
+                    elsewhere |= other.expressions().iter().any(|e| e.to_string().contains(&call));
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        filters == 1 && alone && !elsewhere
     }
 
     pub fn rows(&self) -> u64 {

@@ -1451,3 +1451,25 @@ async fn a_stream_publishes_its_rows_in_the_declared_order() {
     );
     assert!(d.list[0].hint.as_deref().unwrap_or("").contains("did you mean `org`?"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_when_a_query_filters_right_after_the_input() {
+    // Found while profiling: DataFusion merged a selective SQL WHERE into the input's
+    // counting filter, evaluated the WHERE first and counted only the rows it kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut input = String::from("id,org,cost\n");
+    for i in 1..=200 {
+        input.push_str(&format!("{i},{},1.0000\n", if i == 7 { "alpha-it" } else { "other" }));
+    }
+    let case = Case {
+        input: &input,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages: "- { kind: sql, query: \"SELECT * FROM input WHERE org = 'alpha-it'\" }",
+        columns: COSTS_SCHEMA,
+    };
+    let (s, rows, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(rows, vec!["id=7, org=alpha-it, cost=1.0000"]);
+    assert_eq!(s.rows_in, 200);
+}
