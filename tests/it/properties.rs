@@ -3,20 +3,7 @@
 use crate::stages::{Case, run_case};
 use billflow::execution::Status;
 
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use billflow::generate::Rng;
 
 /// Decimal text with `scale` places of an integer count of units.
 fn text(v: i128, scale: u32) -> String {
@@ -48,7 +35,7 @@ fn half_even(v: i128, from: u32, to: u32) -> i128 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocated_tier_charges_add_up_to_each_group_charge() {
-    let mut rng = Rng(20261125);
+    let mut rng = Rng::new(20261125, 0);
     let mut csv = String::from("id,sub,sku,qty\n");
     // (group) -> total quantity in hundredths
     let mut totals: std::collections::BTreeMap<String, i128> = Default::default();
@@ -104,7 +91,7 @@ async fn allocated_tier_charges_add_up_to_each_group_charge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converting_there_and_back_stays_within_rounding() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7, 0);
     let mut csv = String::from("id,day,amount\n");
     let mut amounts = Vec::new();
     for id in 0..300 {
