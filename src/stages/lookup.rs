@@ -248,7 +248,8 @@ pub struct LookupStage {
     on_multiple: Multiple,
 }
 
-fn key_list(r: &mut Reader, node: &Node) -> Option<Vec<(Text, String)>> {
+/// Join keys: `[col]` (same name on both sides) or `[{ column, reference_column }]`.
+pub fn key_list(r: &mut Reader, node: &Node) -> Option<Vec<(Text, String)>> {
     let items = r.sequence(node, "keys")?;
     let mut out = Vec::new();
     for item in items {

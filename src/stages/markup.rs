@@ -15,7 +15,7 @@ use datafusion::scalar::ScalarValue;
 
 use super::args::{all_but, existing, plan_err};
 use super::convert_currency::{read_rounding, read_scale};
-use super::lookup::{Join, MATCHES, join_reference};
+use super::lookup::{Join, MATCHES, join_reference, key_list};
 use super::money::{RoundingMode, div_round, mul_round, round};
 use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
@@ -135,24 +135,7 @@ fn build(pricing: Pricing, f: &mut Fields, r: &mut Reader) -> Option<Arc<dyn Sta
     } else {
         let mut m = r.mapping(rules?, "rules")?;
         let reference = m.required_text(r, "reference", "the rule table (a reference)");
-        let keys = m.require(r, "keys", "the key columns").and_then(|n| {
-            let items = r.sequence(n, "keys")?;
-            let mut out = Vec::new();
-            for item in items {
-                if let marked_yaml::Node::Scalar(_) = item {
-                    let t = r.text(item, "key")?;
-                    let k = t.value.clone();
-                    out.push((t, k));
-                } else {
-                    let mut k = r.mapping(item, "key")?;
-                    let c = k.required_text(r, "column", "the stream's column");
-                    let rc = k.required_text(r, "reference_column", "the rule table's column");
-                    k.finish(r, &[]);
-                    out.push((c?, rc?.value));
-                }
-            }
-            Some(out)
-        });
+        let keys = m.require(r, "keys", "the key columns").and_then(|n| key_list(r, n));
         let rate_column = m.required_text(
             r,
             "rate_column",
