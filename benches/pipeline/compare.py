@@ -9,11 +9,12 @@
    DuckDB and the Polars peers (benches/pipeline/peers.py), each in its own process, timed
    (wall seconds of the whole process, start-up included) with its peak RSS (the child's
    ru_maxrss from wait4).
-3. Control totals per stream (organisation): billflow's from the `batch.json` manifests
-   (`rows`, `control_totals`), the peers' summed from their Parquet outputs, exactly (as
-   decimals). Rows and the sums of quantity, cost_usd, cost, price and reseller_price must
-   be equal for every stream; otherwise the first differences are printed and the exit
-   status is 1.
+3. Control totals per organisation: the vendor's batch, each distributor's and each
+   reseller's partition. billflow's come from the `batch.json` manifests (`rows`,
+   `control_totals`, and `organizations` for the `for_each` streams), the peers' are summed
+   from their Parquet outputs, exactly (as decimals). Rows and the sums of quantity,
+   cost_usd, cost, price and reseller_price must be equal for every organisation;
+   otherwise the first differences are printed and the exit status is 1.
 
 Needs `pip install duckdb polars pyarrow`.
 """
@@ -68,29 +69,41 @@ def measure(cmd: list[str], log: Path) -> tuple[float, float]:
 
 
 def billflow_totals(warehouse: Path) -> dict[str, dict[str, Decimal]]:
-    """{stream: {"rows": n, column: sum}} from the committed batches' manifests."""
+    """{stream or stream/organisation: {"rows": n, column: sum}} from the committed
+    batches' manifests; a `for_each` stream's batch gives one entry per organisation with
+    rows (its `organizations` section)."""
     totals: dict[str, dict[str, Decimal]] = {}
+
+    def entry(rows, control_totals) -> dict[str, Decimal]:
+        t = {"rows": Decimal(rows)}
+        t.update({c: Decimal(v) for c, v in control_totals.items() if c in TOTAL_COLUMNS})
+        return t
+
     for manifest in sorted(warehouse.rglob("batch.json")):
         m = json.loads(manifest.read_text())
         if m.get("status") != "committed" or m["period"]["label"] != PERIOD:
             continue
-        if m["stream"] in totals:
+        if any(k == m["stream"] or k.startswith(m["stream"] + "/") for k in totals):
             sys.exit(f"two batches of stream {m['stream']} in {warehouse}")
-        t = {"rows": Decimal(m["rows"])}
-        t.update({c: Decimal(v) for c, v in m["control_totals"].items() if c in TOTAL_COLUMNS})
-        totals[m["stream"]] = t
+        orgs = m.get("organizations")
+        if orgs:
+            for org, part in orgs.items():
+                if part["rows"]:
+                    totals[f"{m['stream']}/{org}"] = entry(part["rows"], part["control_totals"])
+        else:
+            totals[m["stream"]] = entry(m["rows"], m["control_totals"])
     return totals
 
 
 def parquet_totals(out_dir: Path) -> dict[str, dict[str, Decimal]]:
-    """{stream: {"rows": n, column: sum}}: one directory per stream, sums exact."""
+    """{stream or stream/organisation: {"rows": n, column: sum}}: one directory per stream,
+    or per organisation under a stream's directory; sums exact."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    totals: dict[str, dict[str, Decimal]] = {}
-    for stream_dir in sorted(p for p in out_dir.iterdir() if p.is_dir()):
-        dataset = ds.dataset(stream_dir, format="parquet")
+    def sums(d: Path) -> dict[str, Decimal]:
+        dataset = ds.dataset(d, format="parquet")
         names = set(dataset.schema.names)
         cols = [c for c in TOTAL_COLUMNS if c in names]
         t = {"rows": Decimal(0), **{c: Decimal(0) for c in cols}}
@@ -99,10 +112,19 @@ def parquet_totals(out_dir: Path) -> dict[str, dict[str, Decimal]]:
             for c in cols:
                 arr = batch.column(c)
                 if not pa.types.is_decimal(arr.type):
-                    sys.exit(f"{stream_dir}: {c} is {arr.type}, not a decimal")
+                    sys.exit(f"{d}: {c} is {arr.type}, not a decimal")
                 s = pc.sum(arr.cast(pa.decimal128(38, arr.type.scale))).as_py()
                 t[c] += s if s is not None else 0
-        totals[stream_dir.name] = t
+        return t
+
+    totals: dict[str, dict[str, Decimal]] = {}
+    for stream_dir in sorted(p for p in out_dir.iterdir() if p.is_dir()):
+        parts = sorted(p for p in stream_dir.iterdir() if p.is_dir())
+        if parts:
+            for part in parts:
+                totals[f"{stream_dir.name}/{part.name}"] = sums(part)
+        else:
+            totals[stream_dir.name] = sums(stream_dir)
     return totals
 
 
@@ -214,7 +236,7 @@ def main() -> int:
             return 1
         vendor = want.get("vendor-rated-usage", {})
         print(
-            f"control totals equal: {streams} streams x (rows, {', '.join(TOTAL_COLUMNS)}) for "
+            f"control totals equal: {streams} organisations' outputs x (rows, {', '.join(TOTAL_COLUMNS)}) for "
             f"{', '.join(name for name, *_ in results)}; vendor rows {vendor.get('rows')}, "
             f"cost_usd {vendor.get('cost_usd')}"
         )

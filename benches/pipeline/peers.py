@@ -10,11 +10,12 @@ The job (see `fn pipeline` in src/generate.rs and docs/transformations.md):
   rounded half-even to 4 places, then allocated back to the lines in proportion to their
   quantity (exact division, half-even, 4 places) with the residue (charge minus the sum
   of the rounded shares) on the line of largest |quantity| (ties: lowest record_id).
-- D00-usage .. D19-usage: the vendor lines of that distributor; its currency from
-  channel_terms; cost = cost_usd x the USD->currency rate valid on usage_date
-  (valid_from <= date < valid_to), half-even 4 places; price = cost x (1 + the
-  distributor's markup_pct), reseller_price = price x (1 + the reseller's markup_pct),
-  each half-even to 4 places.
+- distributor-usage (for each distributor, one partition each): the vendor lines; the
+  distributor's currency from channel_terms; cost = cost_usd x the USD->currency rate valid
+  on usage_date (valid_from <= date < valid_to), half-even 4 places; price = cost x (1 +
+  the distributor's markup_pct), half-even 4 places.
+- reseller-usage (for each reseller, one partition each): read from the distributors'
+  output; reseller_price = price x (1 + the reseller's markup_pct), half-even 4 places.
 
 Money never goes through floating point: both peers compute on scaled integers (DuckDB
 HUGEINT, Polars Int128: the unscaled values of the decimals) and round half-even
@@ -24,7 +25,10 @@ outputs are written as DECIMAL(18,4) / decimal[18,4] columns, like billflow's co
 Output layout under out_dir (the same for both peers):
 
     vendor-rated-usage/part-0.parquet
-    D00-usage/*.parquet ... D19-usage/*.parquet   (no distributor_id column, as billflow)
+    distributor-usage/D00/*.parquet ... distributor-usage/D19/*.parquet
+    reseller-usage/R0000/*.parquet ... reseller-usage/R1999/*.parquet
+
+(the partition key column is left out of the files; billflow keeps it).
 
 Usage: python3 peers.py {duckdb|polars} SCENARIO_DIR OUT_DIR [--period YYYY-MM]
 """
@@ -38,6 +42,8 @@ import sys
 import time
 
 VENDOR_STREAM = "vendor-rated-usage"
+DISTRIBUTOR_STREAM = "distributor-usage"
+RESELLER_STREAM = "reseller-usage"
 PARTS = "_parts"
 
 
@@ -70,14 +76,14 @@ def _prepare(out_dir: str) -> None:
     os.makedirs(os.path.join(out_dir, VENDOR_STREAM))
 
 
-def _rename_partitions(out_dir: str) -> None:
-    """`_parts/distributor_id=D00/...` -> `D00-usage/...` (one directory per stream)."""
-    parts = os.path.join(out_dir, PARTS)
+def _rename_partitions(parts: str, key: str, target: str) -> None:
+    """`parts/<key>=D00/...` -> `target/D00/...` (one directory per organisation)."""
+    os.makedirs(target, exist_ok=True)
     for name in sorted(os.listdir(parts)):
-        key, _, value = name.partition("=")
-        if key != "distributor_id" or not value:
+        k, _, value = name.partition("=")
+        if k != key or not value:
             raise RuntimeError(f"unexpected partition directory {name}")
-        os.rename(os.path.join(parts, name), os.path.join(out_dir, f"{value}-usage"))
+        os.rename(os.path.join(parts, name), os.path.join(target, value))
     os.rmdir(parts)
 
 
@@ -228,7 +234,7 @@ def run_duckdb(scenario_dir: str, out_dir: str, period: str = "2026-10", threads
     )
     phases.done("vendor pass 3 (lines written)")
 
-    # Streams 2..21: each distributor converts, marks up, and applies its resellers' markups.
+    # Every distributor converts its lines to its currency and marks them up.
     # The rate valid on each day of the period (valid_from <= day < valid_to): a small table
     # (currencies x days) joined on (currency, day), rather than a range join.
     con.execute(
@@ -253,23 +259,36 @@ def run_duckdb(scenario_dir: str, out_dir: str, period: str = "2026-10", threads
             FROM read_parquet('{vendor_file}') v
             JOIN terms d ON d.organization_id = v.distributor_id
             JOIN fx_day ON fx_day.currency = d.currency AND fx_day.day = v.usage_date
-        ),
-        priced AS (
-            SELECT c.*, div_he(c.cost_u * c.d_factor_u, CAST(10000 AS HUGEINT)) AS price_u
-            FROM converted c
         )
-        SELECT p.record_id, p.usage_date, p.subscription_id, p.sku, p.quantity,
-               p.customer_id, p.reseller_id, p.distributor_id, p.cost_usd, p.currency,
-               dec4(p.cost_u) AS cost, dec4(p.price_u) AS price,
-               dec4(div_he(p.price_u * r.factor_u, CAST(10000 AS HUGEINT))) AS reseller_price
-        FROM priced p JOIN terms r ON r.organization_id = p.reseller_id
+        SELECT c.record_id, c.usage_date, c.subscription_id, c.sku, c.quantity,
+               c.customer_id, c.reseller_id, c.distributor_id, c.cost_usd, c.currency,
+               dec4(c.cost_u) AS cost,
+               dec4(div_he(c.cost_u * c.d_factor_u, CAST(10000 AS HUGEINT))) AS price
+        FROM converted c
         ) TO '{parts}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (distributor_id))
+        """
+    )
+    distributors = os.path.join(out_dir, DISTRIBUTOR_STREAM)
+    _rename_partitions(parts, "distributor_id", distributors)
+    phases.done("distributor partitions written")
+
+    # Every reseller marks up its distributor's price, read from the distributors' output.
+    con.execute(
+        f"""
+        COPY (
+        SELECT d.record_id, d.usage_date, d.subscription_id, d.sku, d.quantity,
+               d.customer_id, d.reseller_id, d.currency, d.price,
+               dec4(div_he(CAST(CAST(d.price AS DECIMAL(38,4)) * 10000 AS HUGEINT) * r.factor_u,
+                           CAST(10000 AS HUGEINT))) AS reseller_price
+        FROM read_parquet('{distributors}/*/*.parquet') d
+        JOIN terms r ON r.organization_id = d.reseller_id
+        ) TO '{parts}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (reseller_id))
         """
     )
     con.close()
     shutil.rmtree(tmp, ignore_errors=True)
-    _rename_partitions(out_dir)
-    phases.done("distributor streams written")
+    _rename_partitions(parts, "reseller_id", os.path.join(out_dir, RESELLER_STREAM))
+    phases.done("reseller partitions written")
 
 
 # --------------------------------------------------------------------------------------
@@ -423,7 +442,7 @@ def run_polars(scenario_dir: str, out_dir: str, period: str = "2026-10", threads
     vendor.sink_parquet(vendor_file, compression="zstd", maintain_order=False, engine="streaming")
     phases.done("vendor pass 3 (lines written)")
 
-    # Streams 2..21: each distributor converts, marks up, and applies its resellers' markups.
+    # Every distributor converts its lines to its currency and marks them up.
     d_terms = terms.select(
         pl.col("organization_id").alias("distributor_id"), "currency", pl.col("factor_u").alias("d_factor_u")
     )
@@ -441,19 +460,16 @@ def run_polars(scenario_dir: str, out_dir: str, period: str = "2026-10", threads
         pl.scan_parquet(vendor_file)
         .join(d_terms, on="distributor_id", how="inner")  # currency lookup
         .join(fx_day.lazy(), on=["currency", "usage_date"], how="inner")  # on_missing_rate: fail
-        .join(r_terms, on="reseller_id", how="inner")  # reseller markup rule
     )
     cost_u = _pl_div_he(_pl_unscaled("cost_usd", 4) * pl.col("rate_u"), lit(10**8))
     out = (
         converted.with_columns(cost_u=cost_u)
         .with_columns(price_u=_pl_div_he(pl.col("cost_u") * pl.col("d_factor_u"), lit(10**4)))
-        .with_columns(rp_u=_pl_div_he(pl.col("price_u") * pl.col("r_factor_u"), lit(10**4)))
         .select(
             "record_id", "usage_date", "subscription_id", "sku", "quantity",
             "customer_id", "reseller_id", "distributor_id", "cost_usd", "currency",
             _pl_dec4(pl.col("cost_u")).alias("cost"),
             _pl_dec4(pl.col("price_u")).alias("price"),
-            _pl_dec4(pl.col("rp_u")).alias("reseller_price"),
         )
     )
     parts = os.path.join(out_dir, PARTS)
@@ -464,8 +480,30 @@ def run_polars(scenario_dir: str, out_dir: str, period: str = "2026-10", threads
         mkdir=True,
         engine="streaming",
     )
-    _rename_partitions(out_dir)
-    phases.done("distributor streams written")
+    distributors = os.path.join(out_dir, DISTRIBUTOR_STREAM)
+    _rename_partitions(parts, "distributor_id", distributors)
+    phases.done("distributor partitions written")
+
+    # Every reseller marks up its distributor's price, read from the distributors' output.
+    resold = (
+        pl.scan_parquet(os.path.join(distributors, "*", "*.parquet"))
+        .join(r_terms, on="reseller_id", how="inner")  # reseller markup rule
+        .with_columns(rp_u=_pl_div_he(_pl_unscaled("price", 4) * pl.col("r_factor_u"), lit(10**4)))
+        .select(
+            "record_id", "usage_date", "subscription_id", "sku", "quantity",
+            "customer_id", "reseller_id", "currency", "price",
+            _pl_dec4(pl.col("rp_u")).alias("reseller_price"),
+        )
+    )
+    resold.sink_parquet(
+        pl.PartitionBy(parts, key="reseller_id", include_key=False),
+        compression="zstd",
+        maintain_order=False,
+        mkdir=True,
+        engine="streaming",
+    )
+    _rename_partitions(parts, "reseller_id", os.path.join(out_dir, RESELLER_STREAM))
+    phases.done("reseller partitions written")
 
 
 PEERS = {"duckdb": run_duckdb, "polars": run_polars}

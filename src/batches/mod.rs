@@ -47,7 +47,21 @@ pub struct Manifest {
     pub rejects: Vec<FileInfo>,
     pub created_at: String,
     pub billflow_version: String,
+    /// A `for_each` stream's batch: each organisation's partition (`data/<organisation>/`),
+    /// with its own row count and control totals. Every organisation of the tier is
+    /// listed, with 0 rows when it had none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub organizations: BTreeMap<String, OrganizationPart>,
 }
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OrganizationPart {
+    pub rows: u64,
+    pub control_totals: BTreeMap<String, String>,
+}
+
+/// Where a `for_each` stream's batches live in place of an organisation's id.
+pub const EACH: &str = "_each";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PeriodInfo {
@@ -221,13 +235,25 @@ impl Staging {
         if !dir.exists() {
             return Ok(out);
         }
+        // One level of sub-directories: a `for_each` batch's organisation partitions.
         for e in fs::read_dir(&dir)?.filter_map(Result::ok) {
             let meta = e.metadata()?;
+            let name = e.file_name().to_string_lossy().into_owned();
             if meta.is_file() {
                 out.push(FileInfo {
-                    path: format!("{sub}/{}", e.file_name().to_string_lossy()),
+                    path: format!("{sub}/{name}"),
                     bytes: meta.len(),
                 });
+            } else if meta.is_dir() {
+                for f in fs::read_dir(e.path())?.filter_map(Result::ok) {
+                    let meta = f.metadata()?;
+                    if meta.is_file() {
+                        out.push(FileInfo {
+                            path: format!("{sub}/{name}/{}", f.file_name().to_string_lossy()),
+                            bytes: meta.len(),
+                        });
+                    }
+                }
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -311,6 +337,7 @@ mod tests {
             rejects: vec![],
             created_at: "2026-11-25T00:00:00Z".into(),
             billflow_version: "0".into(),
+            organizations: BTreeMap::new(),
         }
     }
 

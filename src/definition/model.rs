@@ -269,7 +269,12 @@ pub struct SampleDef {
 pub struct StreamDef {
     pub id: Text,
     pub kind: StreamKind,
+    /// The owning organisation; for a `for_each` stream, `each <tier>` (no organisation).
     pub owner: Text,
+    /// One stream for every organisation of a tier, run as one plan: each row belongs to
+    /// the organisation named in `column`, and each organisation gets its own partition of
+    /// the batch, with its own row count and control totals.
+    pub for_each: Option<ForEach>,
     pub input: InputRef,
     /// The date or timestamp column of the input that picks the rows of a period.
     pub period: Option<Text>,
@@ -283,6 +288,12 @@ pub struct StreamDef {
     pub location: Location,
     /// The effective definition as stable text (no locations): part of the batch id.
     pub canonical: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ForEach {
+    pub tier: Text,
+    pub column: Text,
 }
 
 impl StreamDef {

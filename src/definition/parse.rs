@@ -34,6 +34,7 @@ const STREAM_KEYS: &[&str] = &[
     "extends",
     "description",
     "order_by",
+    "for_each",
 ];
 
 /// Parse a pipeline file's text. Returns the pipeline if it could be built at all, with
@@ -325,6 +326,7 @@ struct RawStream {
     id: Text,
     kind: Option<StreamKind>,
     owner: Option<Text>,
+    for_each: Option<ForEach>,
     input: Option<InputRef>,
     period: Option<Text>,
     order_by: Option<Vec<Text>>,
@@ -351,6 +353,24 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
             _ => StreamKind::Billing,
         });
     let owner = f.text(r, "owner");
+    let for_each = f.get("for_each").and_then(|n| {
+        let mut e = r.mapping(n, "for_each")?;
+        let tier = e.required_text(
+            r,
+            "tier",
+            "the tier whose organisations each get a partition, e.g. `reseller`",
+        );
+        let column = e.required_text(r, "column", "the column naming each row's organisation");
+        e.finish(r, &["tier", "column"]);
+        Some(ForEach {
+            tier: tier?,
+            column: column?,
+        })
+    });
+    if has_key(node, "owner") && has_key(node, "for_each") {
+        let d = r.error(format!("{what} has both `owner` and `for_each`"), f.location.clone());
+        d.expected = Some("`owner: <organisation>` for one organisation's stream, or `for_each: {tier, column}` for every organisation of a tier".into());
+    }
     let input = f.get("input").and_then(|n| parse_input(r, n));
     let period = f.text(r, "period");
     let order_by = f.get("order_by").and_then(|n| r.string_list(n, "order_by columns"));
@@ -374,11 +394,12 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
     // already been reported where it stands).
     if extends.is_none() {
         for key in ["kind", "owner", "input", "columns"] {
-            if !has_key(node, key) {
+            let owned_by_tier = key == "owner" && has_key(node, "for_each");
+            if !owned_by_tier && !has_key(node, key) {
                 let d = r.error(format!("{what} is missing required key `{key}`"), location.clone());
                 d.expected = Some(match key {
                     "kind" => "`kind: usage`, `billing` or `pricing`".into(),
-                    "owner" => "the id of the organisation that owns the stream".into(),
+                    "owner" => "the id of the organisation that owns the stream (or `for_each: {tier, column}`)".into(),
                     "input" => "`input: { source: <name> }` or `input: { stream: <id> }`".into(),
                     _ => "the stream's output columns (its contract)".into(),
                 });
@@ -390,6 +411,7 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
         id,
         kind,
         owner,
+        for_each,
         input,
         period,
         order_by,
@@ -494,8 +516,20 @@ fn resolve_extends(r: &mut Reader, raw: Vec<RawStream>) -> Vec<StreamDef> {
                 chain.iter().find_map(|c| c.$field.clone())
             };
         }
+        // The nearest of `owner` / `for_each` in the chain decides who owns the stream.
+        let for_each = chain
+            .iter()
+            .find(|c| c.owner.is_some() || c.for_each.is_some())
+            .and_then(|c| c.for_each.clone());
+        let owner = match &for_each {
+            Some(e) => Some(Text {
+                value: format!("each {}", e.tier.value),
+                location: e.tier.location.clone(),
+            }),
+            None => inherit!(owner),
+        };
         let (Some(kind), Some(owner), Some(input), Some(columns)) =
-            (inherit!(kind), inherit!(owner), inherit!(input), inherit!(columns))
+            (inherit!(kind), owner, inherit!(input), inherit!(columns))
         else {
             continue; // reported when parsed
         };
@@ -506,10 +540,14 @@ fn resolve_extends(r: &mut Reader, raw: Vec<RawStream>) -> Vec<StreamDef> {
         for o in &order_by {
             canonical.push_str(&format!("order_by={};", o.value));
         }
+        if let Some(e) = &for_each {
+            canonical.push_str(&format!("for_each={}:{};", e.tier.value, e.column.value));
+        }
         out.push(StreamDef {
             id: s.id.clone(),
             kind,
             owner,
+            for_each,
             input,
             period,
             order_by,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::diagnostics::{Diagnostics, did_you_mean};
 use super::model::*;
+use super::reader::Text;
 
 pub const KNOWN_TIERS: &[(&str, usize)] = &[("vendor", 1), ("distributor", 2), ("reseller", 3)];
 
@@ -180,7 +181,9 @@ fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
     let source_names: Vec<&str> = p.sources.iter().map(|s| s.name.value.as_str()).collect();
     for s in &p.streams {
         let owner = p.organization(&s.owner.value);
-        if owner.is_none() {
+        if let Some(each) = &s.for_each {
+            check_for_each(p, s, each, diags);
+        } else if owner.is_none() {
             let d = diags.error(
                 format!("stream `{}` has unknown owner `{}`", s.id.value, s.owner.value),
                 Some(s.owner.location.clone()),
@@ -221,6 +224,9 @@ fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
                             )
                         })
                     });
+                }
+                Some(up) if s.for_each.is_some() || up.for_each.is_some() => {
+                    check_tier_order(p, s, up, name, diags);
                 }
                 Some(up) => {
                     if let (Some(owner), Some(up_owner)) = (owner, p.organization(&up.owner.value))
@@ -284,6 +290,80 @@ fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
 }
 
 /// True if `org` is `up` or below it in the chain.
+/// The level of a stream's owner, or of the tier of a `for_each` stream.
+fn stream_level(p: &Pipeline, s: &StreamDef) -> Option<usize> {
+    match &s.for_each {
+        Some(e) => p
+            .organizations
+            .iter()
+            .find(|o| o.tier.value == e.tier.value)
+            .map(|o| o.level),
+        None => p.organization(&s.owner.value).map(|o| o.level),
+    }
+}
+
+/// A `for_each` stream on either side of an input: data may only flow down (or stay on)
+/// the chain's levels.
+fn check_tier_order(p: &Pipeline, s: &StreamDef, up: &StreamDef, name: &Text, diags: &mut Diagnostics) {
+    let (Some(level), Some(up_level)) = (stream_level(p, s), stream_level(p, up)) else {
+        return; // an unknown owner or tier is reported on its own
+    };
+    if up_level > level {
+        let d = diags.error(
+            format!(
+                "stream `{}` ({}) cannot read stream `{}` ({}): data flows down the chain",
+                s.id.value, s.owner.value, up.id.value, up.owner.value
+            ),
+            Some(name.location.clone()),
+        );
+        d.expected = Some("a stream of the same tier or of a tier above".into());
+        d.hint = Some("data flows down the chain: vendor -> distributor -> reseller".into());
+    }
+}
+
+fn check_for_each(p: &Pipeline, s: &StreamDef, each: &ForEach, diags: &mut Diagnostics) {
+    if !p.organizations.iter().any(|o| o.tier.value == each.tier.value) {
+        let mut tiers: Vec<&str> = p.organizations.iter().map(|o| o.tier.value.as_str()).collect();
+        tiers.dedup();
+        let d = diags.error(
+            format!(
+                "stream `{}` runs for each organisation of tier `{}`, but no organisation has that tier",
+                s.id.value, each.tier.value
+            ),
+            Some(each.tier.location.clone()),
+        );
+        d.expected = Some(format!(
+            "one of the tiers declared under `organizations:` ({})",
+            tiers.join(", ")
+        ));
+        d.hint = did_you_mean(&each.tier.value, tiers.iter().copied());
+    }
+    match s.columns.iter().find(|c| c.name.value == each.column.value) {
+        None => {
+            let d = diags.error(
+                format!(
+                    "stream `{}` splits its rows by column `{}`, which is not one of its columns",
+                    s.id.value, each.column.value
+                ),
+                Some(each.column.location.clone()),
+            );
+            d.expected = Some("a declared `string` column that holds each row's organisation id".into());
+            d.hint = did_you_mean(&each.column.value, s.columns.iter().map(|c| c.name.value.as_str()));
+        }
+        Some(c) if c.ty != ColumnType::String || !c.output => {
+            let d = diags.error(
+                format!(
+                    "column `{}` of stream `{}` must be a published `string` column to split rows by organisation",
+                    each.column.value, s.id.value
+                ),
+                Some(c.name.location.clone()),
+            );
+            d.expected = Some("`type: string` and `output: true`".into());
+        }
+        Some(_) => {}
+    }
+}
+
 fn is_downstream_or_same(p: &Pipeline, org: &Organization, up: &Organization) -> bool {
     let mut cur = Some(org);
     let mut hops = 0;

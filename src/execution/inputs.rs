@@ -287,8 +287,9 @@ pub async fn read_stream_batch(
     batch_dir: &Path,
     schema: &Schema,
     period: Option<PeriodSelection<'_>>,
+    organizations: Option<&[String]>,
 ) -> Result<StreamInput, String> {
-    let df = read_batch(ctx, batch_dir, schema).await?;
+    let df = read_batch(ctx, batch_dir, schema, organizations).await?;
     let keep = match period {
         Some(sel) => {
             let field = df
@@ -307,15 +308,43 @@ pub async fn read_stream_batch(
 
 pub use crate::stages::side::reject_rows;
 
-/// A committed upstream batch, read as the downstream stream's input.
-pub async fn read_batch(ctx: &SessionContext, batch_dir: &Path, schema: &Schema) -> Result<DataFrame, String> {
+/// A committed upstream batch, read as the downstream stream's input. A `for_each`
+/// batch's organisation partitions (`data/<organisation>/`) are all read, or only
+/// `organizations` when given.
+pub async fn read_batch(
+    ctx: &SessionContext,
+    batch_dir: &Path,
+    schema: &Schema,
+    organizations: Option<&[String]>,
+) -> Result<DataFrame, String> {
     let data = batch_dir.join(crate::batches::DATA_DIR);
-    let files: Vec<PathBuf> = std::fs::read_dir(&data)
+    let parquet = |dir: &Path| -> Result<Vec<PathBuf>, String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        files.sort();
+        Ok(files)
+    };
+    let mut files = parquet(&data)?;
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(&data)
         .map_err(|e| format!("{}: {e}", data.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            organizations.is_none_or(|orgs| {
+                p.file_name()
+                    .is_some_and(|n| orgs.iter().any(|o| o.as_str() == n.to_string_lossy()))
+            })
+        })
         .collect();
+    parts.sort();
+    for part in parts {
+        files.extend(parquet(&part)?);
+    }
     if files.is_empty() {
         return ctx
             .read_batch(arrow::array::RecordBatch::new_empty(Arc::new(schema.clone())))

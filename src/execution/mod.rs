@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, lit};
 
 use crate::batches::{self, Committed, InputInfo, Manifest, PeriodInfo, Store, StreamLocation};
 use crate::definition::{Diagnostic, Diagnostics, InputRef, Location, StreamDef, arrow_schema};
@@ -161,8 +161,17 @@ impl Engine {
                 None => break,
             }
         }
-        TemplateVars {
-            values: vec![
+        let mut values: Vec<(String, String)> = vec![
+            ("pipeline".into(), plan.pipeline.id.value.clone()),
+            ("stream".into(), s.id.value.clone()),
+            ("tier".into(), ps.tier.clone()),
+            ("period".into(), period.label.clone()),
+            ("period_start".into(), period.start.to_string()),
+            ("period_end".into(), period.end.to_string()),
+        ];
+        // A `for_each` stream runs for many organisations at once: no single owner.
+        if s.for_each.is_none() {
+            values.extend([
                 ("owner_name".into(), owner.map(|o| o.name.clone()).unwrap_or_default()),
                 (
                     "owner_currency".into(),
@@ -172,15 +181,10 @@ impl Engine {
                         .unwrap_or_default(),
                 ),
                 ("vendor_name".into(), vendor.map(|o| o.name.clone()).unwrap_or_default()),
-                ("pipeline".into(), plan.pipeline.id.value.clone()),
-                ("stream".into(), s.id.value.clone()),
                 ("owner".into(), s.owner.value.clone()),
-                ("tier".into(), ps.tier.clone()),
-                ("period".into(), period.label.clone()),
-                ("period_start".into(), period.start.to_string()),
-                ("period_end".into(), period.end.to_string()),
-            ],
+            ]);
         }
+        TemplateVars { values }
     }
 
     /// Infer every stream's schema through its stages on empty inputs and compare it with
@@ -516,9 +520,24 @@ impl Engine {
         let store = Store::new(&options.warehouse);
         let at = StreamLocation {
             tier: ps.tier.clone(),
-            organization: s.owner.value.clone(),
+            organization: if s.for_each.is_some() {
+                batches::EACH.to_string()
+            } else {
+                s.owner.value.clone()
+            },
             stream: s.id.value.clone(),
         };
+        // A `for_each` stream: the organisations that each get a partition of its batch.
+        let each: Option<(&str, Vec<String>)> = s.for_each.as_ref().map(|e| {
+            (
+                e.column.value.as_str(),
+                p.organizations
+                    .iter()
+                    .filter(|o| o.tier.value == e.tier.value)
+                    .map(|o| o.id.value.clone())
+                    .collect(),
+            )
+        });
         report.batch_id = Some(batch_id.clone());
         report.batch_dir = Some(store.batch_dir(&at, &batch_id));
         if let Some(m) = store.committed(&at, &batch_id) {
@@ -566,7 +585,29 @@ impl Engine {
                     );
                     return report;
                 };
-                match inputs::read_stream_batch(&ctx, &dir, &arrow_schema(&up_def.columns, true), selection).await {
+                // One organisation's stream reading a `for_each` batch reads the partitions
+                // of its own chain only (its own and those of the organisations above it).
+                let chain: Option<Vec<String>> = (up_def.for_each.is_some() && s.for_each.is_none()).then(|| {
+                    let mut ids = Vec::new();
+                    let mut cur = p.organization(&s.owner.value);
+                    while let Some(o) = cur {
+                        if ids.contains(&o.id.value) {
+                            break;
+                        }
+                        ids.push(o.id.value.clone());
+                        cur = o.upstream.as_ref().and_then(|u| p.organization(&u.value));
+                    }
+                    ids
+                });
+                match inputs::read_stream_batch(
+                    &ctx,
+                    &dir,
+                    &arrow_schema(&up_def.columns, true),
+                    selection,
+                    chain.as_deref(),
+                )
+                .await
+                {
                     Ok(si) => si,
                     Err(e) => {
                         fail(
@@ -629,6 +670,32 @@ impl Engine {
             }
         };
         let contract_rejects = inputs::reject_rows(df, checks.bad, checks.reason, "contract");
+        // A `for_each` stream: a row must name an organisation of the tier.
+        let org_tap = crate::stages::tap::Tap::new("organization");
+        let (out, org_rejects) = match &each {
+            Some((column, orgs)) => {
+                let c = datafusion::prelude::ident(*column);
+                let bad = c
+                    .clone()
+                    .is_null()
+                    .or(c.clone().in_list(orgs.iter().map(|o| lit(o.clone())).collect(), true));
+                let tier = s.for_each.as_ref().map(|e| e.tier.value.clone()).unwrap_or_default();
+                let reason = datafusion::prelude::concat(vec![
+                    lit(format!("`{column}` `")),
+                    datafusion::prelude::coalesce(vec![c, lit("NULL")]),
+                    lit(format!("` is not an organisation of tier `{tier}`")),
+                ]);
+                let rejects = inputs::reject_rows(out.clone(), bad.clone(), reason, "for_each");
+                match out.filter(org_tap.call(bad.clone(), bad.not())) {
+                    Ok(o) => (o, Some(rejects)),
+                    Err(e) => {
+                        fail(&mut report, None, e.strip_backtrace(), None, None);
+                        return report;
+                    }
+                }
+            }
+            None => (out, None),
+        };
 
         // A published order: one sorted run (DataFusion spills it to disk when large).
         let out = if s.order_by.is_empty() {
@@ -684,7 +751,27 @@ impl Engine {
             }
         };
         let fused = ps.stages.iter().all(|st| st.stage.fuses());
-        let written = match write::write_parquet(out, &staging.data_dir(), out_schema).await {
+        let mut organizations = BTreeMap::new();
+        let written = match &each {
+            Some((column, orgs)) => write::write_parquet_per_organization(out, &staging.data_dir(), out_schema, column)
+                .await
+                .map(|w| {
+                    let empty = write::Written::default();
+                    for org in orgs {
+                        let part = w.parts.get(org).unwrap_or(&empty);
+                        organizations.insert(
+                            org.clone(),
+                            batches::OrganizationPart {
+                                rows: part.rows,
+                                control_totals: part.totals_as_text(),
+                            },
+                        );
+                    }
+                    w.total
+                }),
+            None => write::write_parquet(out, &staging.data_dir(), out_schema).await,
+        };
+        let written = match written {
             Ok(w) => w,
             Err(e) => {
                 let stages: Vec<&str> = ps.stages.iter().map(|s| s.name.as_str()).collect();
@@ -734,6 +821,11 @@ impl Engine {
         }
         if maybe(contract_rejected, &contract_tap) {
             refused.push(("output.parquet".into(), None, contract_rejects));
+        }
+        if let Some(rows) = org_rejects
+            && maybe(org_tap.flagged(), &org_tap)
+        {
+            refused.push(("organization.parquet".into(), None, rows));
         }
         for (file, stage, rows) in refused {
             let written = match rows {
@@ -837,6 +929,7 @@ impl Engine {
             rejects: staging.files(batches::REJECTS_DIR).unwrap_or_default(),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             billflow_version: env!("CARGO_PKG_VERSION").into(),
+            organizations,
         };
         match staging.commit(&manifest) {
             Ok(Committed::New(dir)) => {

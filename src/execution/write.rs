@@ -24,7 +24,7 @@ pub fn writer_properties() -> WriterProperties {
 }
 
 /// What was written.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Written {
     pub rows: u64,
     /// Sum per decimal column, unscaled, with the column's scale.
@@ -151,6 +151,185 @@ pub async fn write_parquet(df: DataFrame, dir: &Path, schema: SchemaRef) -> Resu
         w.close().await.map_err(|e| e.to_string())?;
     }
     Ok(total)
+}
+
+/// Open Parquet writers per writing task in a `for_each` batch: past this, the least
+/// recently used is closed (its organisation's next rows start a new file).
+const MAX_OPEN_WRITERS: usize = 256;
+/// Row groups buffered in memory per writing task, across its open writers: past this,
+/// the largest are flushed as (smaller) row groups, so memory stays bounded however many
+/// organisations there are.
+const BUFFER_BUDGET: usize = 256 << 20;
+
+/// What a `for_each` batch wrote: the whole, and each organisation's part.
+#[derive(Debug, Default)]
+pub struct WrittenPerOrganization {
+    pub total: Written,
+    pub parts: BTreeMap<String, Written>,
+}
+
+struct OpenWriter {
+    writer: AsyncArrowWriter<tokio::fs::File>,
+    last_used: u64,
+}
+
+/// Execute `df` and write each organisation's rows (named by the `column`, a non-null
+/// string column of `schema`) under `dir/<organisation>/`, several files per organisation
+/// when it has many rows or many organisations share the writers. Each partition of the
+/// plan is written by its own task; within a record batch, rows are grouped by a stable
+/// sort on the organisation, so a declared `order_by` still holds within each file.
+pub async fn write_parquet_per_organization(
+    df: DataFrame,
+    dir: &Path,
+    schema: SchemaRef,
+    column: &str,
+) -> Result<WrittenPerOrganization, String> {
+    let org_index = schema.index_of(column).map_err(|e| e.to_string())?;
+    let streams = df.execute_stream_partitioned().await.map_err(|e| e.strip_backtrace())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (task, mut stream) in streams.into_iter().enumerate() {
+        let schema = schema.clone();
+        let dir = dir.to_path_buf();
+        tasks.spawn(async move {
+            let mut parts: BTreeMap<String, Written> = BTreeMap::new();
+            let mut open: std::collections::HashMap<String, OpenWriter> = std::collections::HashMap::new();
+            let mut files: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+            let mut clock = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| e.strip_backtrace())?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let batch =
+                    RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| e.to_string())?;
+                for slice in group_by_organization(&batch, org_index)? {
+                    let orgs = slice.column(org_index).as_string::<i32>();
+                    let org = orgs.value(0).to_string();
+                    batch_totals(&slice, parts.entry(org.clone()).or_default())?;
+                    clock += 1;
+                    if !open.contains_key(&org) {
+                        if open.len() >= MAX_OPEN_WRITERS
+                            && let Some(lru) = open.iter().min_by_key(|(_, w)| w.last_used).map(|(k, _)| k.clone())
+                            && let Some(w) = open.remove(&lru)
+                        {
+                            w.writer.close().await.map_err(|e| e.to_string())?;
+                        }
+                        let n = files.entry(org.clone()).or_insert(0);
+                        let sub = dir.join(&org);
+                        tokio::fs::create_dir_all(&sub)
+                            .await
+                            .map_err(|e| format!("{}: {e}", sub.display()))?;
+                        let path = sub.join(format!("part-{task:05}-{n:05}.parquet"));
+                        *n += 1;
+                        let file = tokio::fs::File::create(&path)
+                            .await
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        let writer = AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+                            .map_err(|e| e.to_string())?;
+                        open.insert(org.clone(), OpenWriter { writer, last_used: 0 });
+                    }
+                    if let Some(w) = open.get_mut(&org) {
+                        w.last_used = clock;
+                        w.writer.write(&slice).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                // Bound the row groups held in memory: flush the largest first.
+                let mut buffered: usize = open.values().map(|w| w.writer.in_progress_size()).sum();
+                while buffered > BUFFER_BUDGET {
+                    let Some(w) = open.values_mut().max_by_key(|w| w.writer.in_progress_size()) else {
+                        break;
+                    };
+                    let size = w.writer.in_progress_size();
+                    w.writer.flush().await.map_err(|e| e.to_string())?;
+                    buffered -= size;
+                }
+            }
+            for (_, w) in open {
+                w.writer.close().await.map_err(|e| e.to_string())?;
+            }
+            Ok::<BTreeMap<String, Written>, String>(parts)
+        });
+    }
+    let mut out = WrittenPerOrganization::default();
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(parts)) => {
+                for (org, w) in parts {
+                    out.total.add(w.clone())?;
+                    out.parts.entry(org).or_default().add(w)?;
+                }
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("writer task failed: {e}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// The rows of `batch` as one slice per organisation (the value of column `org`), by a
+/// stable sort on it: vectorised kernels, and the rows of one organisation keep their
+/// order. A NULL organisation is an error (the engine refuses such rows before writing).
+fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<RecordBatch>, String> {
+    use arrow::array::{ArrayRef, UInt32Array};
+    use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+    let column = batch.column(org);
+    if column.null_count() > 0 {
+        return Err(format!(
+            "{} rows have no organisation in `{}`",
+            column.null_count(),
+            batch.schema().field(org).name()
+        ));
+    }
+    let ranges = arrow::compute::partition(std::slice::from_ref(column))
+        .map_err(|e| e.to_string())?
+        .ranges();
+    let distinct_runs = {
+        let strings = column.as_string::<i32>();
+        let mut seen: Vec<&str> = ranges.iter().map(|r| strings.value(r.start)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    };
+    // Already one run per organisation (sorted input, the common case): no sort.
+    let sorted = if distinct_runs == ranges.len() {
+        batch.clone()
+    } else {
+        let position: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
+        let indices = lexsort_to_indices(
+            &[
+                SortColumn {
+                    values: column.clone(),
+                    options: None,
+                },
+                SortColumn {
+                    values: position,
+                    options: None,
+                },
+            ],
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        take_record_batch(batch, &indices).map_err(|e| e.to_string())?
+    };
+    let ranges = if distinct_runs == ranges.len() {
+        ranges
+    } else {
+        arrow::compute::partition(std::slice::from_ref(sorted.column(org)))
+            .map_err(|e| e.to_string())?
+            .ranges()
+    };
+    Ok(ranges
+        .into_iter()
+        .map(|r| sorted.slice(r.start, r.end - r.start))
+        .collect())
 }
 
 /// Write refused rows to one file; returns how many and the first few reasons. No rows,

@@ -139,8 +139,11 @@ pub fn compile(pipeline: Pipeline) -> Result<Plan, Diagnostics> {
         .iter()
         .map(|&i| {
             let s = &pipeline.streams[i];
-            let tier = pipeline
-                .organization(&s.owner.value)
+            let owner = match &s.for_each {
+                Some(e) => pipeline.organizations.iter().find(|o| o.tier.value == e.tier.value),
+                None => pipeline.organization(&s.owner.value),
+            };
+            let tier = owner
                 .map(|o| {
                     if o.level > 3 {
                         o.tier.value.clone()

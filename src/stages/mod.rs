@@ -135,6 +135,13 @@ impl TemplateVars {
             let name = after[..end].trim();
             match self.get(name) {
                 Some(v) => out.push_str(v),
+                None if Self::NAMES.contains(&name) => {
+                    return Err(format!(
+                        "`{{{{ {name} }}}}` has no single value in a `for_each` stream, which runs for \
+                         every organisation of its tier; read the organisation from its column instead \
+                         (e.g. a lookup keyed by it)"
+                    ));
+                }
                 None => {
                     return Err(format!(
                         "unknown template variable `{{{{ {name} }}}}`; known: {}",

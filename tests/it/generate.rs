@@ -44,15 +44,38 @@ async fn same_seed_same_bytes_and_the_generated_chain_reconciles() {
     let vendor = report.stream("vendor-rated-usage").unwrap();
     assert_eq!(vendor.rows_in, 20_000);
     assert_eq!(vendor.rows_out, 20_000, "every subscription and product has a price");
-    // The distributors split the vendor's lines and its USD cost exactly between them.
+    // The distributors split the vendor's lines and its USD cost exactly between them, one
+    // partition each; the resellers split each distributor's lines and price.
     let scaled = |s: &str| -> i128 { s.replace('.', "").parse().unwrap() };
-    let mut rows = 0;
-    let mut cost = 0i128;
-    for d in 0..billflow::generate::DISTRIBUTORS {
-        let r = report.stream(&format!("D{d:02}-usage")).unwrap();
-        rows += r.rows_out;
-        cost += scaled(&r.control_totals["cost_usd"]);
-    }
+    let dist = report.stream("distributor-usage").unwrap();
+    let dm = billflow::batches::read_manifest(dist.batch_dir.as_ref().unwrap()).unwrap();
+    assert_eq!(dm.organizations.len(), billflow::generate::DISTRIBUTORS);
+    let rows: u64 = dm.organizations.values().map(|p| p.rows).sum();
+    let cost: i128 = dm
+        .organizations
+        .values()
+        .map(|p| p.control_totals.get("cost_usd").map_or(0, |v| scaled(v)))
+        .sum();
     assert_eq!(rows, vendor.rows_out);
     assert_eq!(cost, scaled(&vendor.control_totals["cost_usd"]));
+    assert!(dm.organizations.values().all(|p| p.rows > 0), "every distributor has lines");
+
+    let res = report.stream("reseller-usage").unwrap();
+    let rm = billflow::batches::read_manifest(res.batch_dir.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        rm.organizations.len(),
+        billflow::generate::DISTRIBUTORS * billflow::generate::RESELLERS_PER_DISTRIBUTOR
+    );
+    assert_eq!(rm.organizations.values().map(|p| p.rows).sum::<u64>(), vendor.rows_out);
+    let price: i128 = rm
+        .organizations
+        .values()
+        .map(|p| p.control_totals.get("price").map_or(0, |v| scaled(v)))
+        .sum();
+    assert_eq!(price, scaled(&dist.control_totals["price"]));
+    // Each reseller's partition is its own directory of files.
+    let busiest = rm.organizations.iter().max_by_key(|(_, p)| p.rows).unwrap();
+    let (_, rows) = parquet_rows(&res.batch_dir.as_ref().unwrap().join("data").join(busiest.0)).await;
+    assert_eq!(rows.len() as u64, busiest.1.rows);
+    assert!(rows.iter().all(|r| r.contains(&format!("reseller_id={},", busiest.0))));
 }

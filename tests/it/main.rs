@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod errors;
+mod fan_out;
 mod formats;
 mod generate;
 mod golden;

@@ -1,0 +1,253 @@
+//! `for_each` streams: one stream for every organisation of a tier, run as one plan, with
+//! one partition of the batch per organisation (its own rows and control totals). The
+//! expected figures are worked out by hand in the comments.
+
+use billflow::batches::read_manifest;
+use billflow::execution::Status;
+
+use crate::common::*;
+
+const PIPELINE: &str = r#"
+pipeline: fan-out
+warehouse: warehouse
+organizations:
+  - { id: V, name: Vendor, tier: vendor, currency: USD }
+  - { id: D1, name: Dist One, tier: distributor, upstream: V, currency: EUR }
+  - { id: D2, name: Dist Two, tier: distributor, upstream: V, currency: USD }
+  - { id: R1, name: Res One, tier: reseller, upstream: D1, currency: EUR }
+  - { id: R2, name: Res Two, tier: reseller, upstream: D1, currency: EUR }
+  - { id: R3, name: Res Three, tier: reseller, upstream: D2, currency: USD }
+  - { id: R4, name: Res Four, tier: reseller, upstream: D2, currency: USD }
+sources:
+  usage:
+    url: usage.csv
+    schema:
+      - { name: record_id, type: integer, nullable: false }
+      - { name: reseller_id, type: string, nullable: false }
+      - { name: distributor_id, type: string, nullable: false }
+      - { name: amount, type: "decimal(18,4)", nullable: false }
+references:
+  terms:
+    url: terms.csv
+    schema:
+      - { name: organization_id, type: string }
+      - { name: markup_pct, type: "decimal(9,4)" }
+streams:
+  - id: vendor-usage
+    kind: usage
+    owner: V
+    input: { source: usage }
+    columns:
+      - { name: record_id, type: integer, nullable: false }
+      - { name: reseller_id, type: string, nullable: false }
+      - { name: distributor_id, type: string, nullable: false }
+      - { name: amount, type: "decimal(18,4)", nullable: false }
+  - id: distributor-usage
+    kind: billing
+    for_each: { tier: distributor, column: distributor_id }
+    input: { stream: vendor-usage }
+    stages:
+      - { name: markup, kind: markup, column: amount, output: price, rules: { reference: terms, keys: [{ column: distributor_id, reference_column: organization_id }], rate_column: markup_pct } }
+    columns:
+      - { name: record_id, type: integer, nullable: false }
+      - { name: reseller_id, type: string, nullable: false }
+      - { name: distributor_id, type: string, nullable: false }
+      - { name: amount, type: "decimal(18,4)", nullable: false }
+      - { name: price, type: "decimal(18,4)", nullable: false }
+  - id: reseller-usage
+    kind: billing
+    for_each: { tier: reseller, column: reseller_id }
+    input: { stream: distributor-usage }
+    stages:
+      - { name: markup, kind: markup, column: price, output: reseller_price, rules: { reference: terms, keys: [{ column: reseller_id, reference_column: organization_id }], rate_column: markup_pct } }
+    columns:
+      - { name: record_id, type: integer, nullable: false }
+      - { name: reseller_id, type: string, nullable: false }
+      - { name: distributor_id, type: string, output: false }
+      - { name: amount, type: "decimal(18,4)", output: false }
+      - { name: price, type: "decimal(18,4)", nullable: false }
+      - { name: reseller_price, type: "decimal(18,4)", nullable: false }
+  - id: d1-report
+    kind: billing
+    owner: D1
+    input: { stream: distributor-usage }
+    columns:
+      - { name: record_id, type: integer, nullable: false }
+      - { name: reseller_id, type: string, output: false }
+      - { name: distributor_id, type: string, output: false }
+      - { name: amount, type: "decimal(18,4)", output: false }
+      - { name: price, type: "decimal(18,4)", nullable: false }
+"#;
+
+// Row 5 names distributor D9, which is no organisation: the distributor stream refuses it.
+const USAGE: &str = "record_id,reseller_id,distributor_id,amount
+1,R1,D1,10.0000
+2,R2,D1,20.0000
+3,R3,D2,5.5000
+4,R3,D2,4.5000
+5,R9,D9,1.0000
+";
+
+const TERMS: &str = "organization_id,markup_pct
+D1,0.1000
+D2,0.2000
+D9,0.0000
+R1,0.0500
+R2,0.1000
+R3,0.0000
+";
+
+fn scenario(pipeline: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("usage.csv"), USAGE).unwrap();
+    std::fs::write(tmp.path().join("terms.csv"), TERMS).unwrap();
+    let path = tmp.path().join("pipeline.yaml");
+    std::fs::write(&path, pipeline).unwrap();
+    (tmp, path)
+}
+
+fn totals(m: &billflow::batches::Manifest, org: &str) -> (u64, Vec<(String, String)>) {
+    let part = m
+        .organizations
+        .get(org)
+        .unwrap_or_else(|| panic!("no part for {org}: {:?}", m.organizations));
+    (
+        part.rows,
+        part.control_totals
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_organisation_gets_its_partition_with_its_own_totals() {
+    let (tmp, pipeline) = scenario(PIPELINE);
+    let wh = tmp.path().join("wh");
+    let report = run(&pipeline, "2026-10", &wh).await;
+    assert!(report.ok(), "{report:?}");
+
+    // Distributors: D1 = rows 1, 2: price 10 x 1.1 + 20 x 1.1 = 11 + 22 = 33;
+    // D2 = rows 3, 4: 5.5 x 1.2 + 4.5 x 1.2 = 6.6 + 5.4 = 12. Row 5 (D9) is refused.
+    let d = report.stream("distributor-usage").unwrap();
+    assert_eq!(d.status, Status::Written);
+    assert_eq!((d.rows_in, d.rows_out, d.rows_rejected), (5, 4, 1));
+    let dir = d.batch_dir.clone().unwrap();
+    assert!(
+        dir.starts_with(wh.join("distributor/_each/distributor-usage")),
+        "{}",
+        dir.display()
+    );
+    let m = read_manifest(&dir).unwrap();
+    assert_eq!(
+        totals(&m, "D1"),
+        (2, pairs(&[("amount", "30.0000"), ("price", "33.0000")]))
+    );
+    assert_eq!(
+        totals(&m, "D2"),
+        (2, pairs(&[("amount", "10.0000"), ("price", "12.0000")]))
+    );
+    assert_eq!(m.control_totals.get("price").map(String::as_str), Some("45.0000"));
+    let (_, d1_rows) = parquet_rows(&dir.join("data/D1")).await;
+    assert_eq!(d1_rows.len(), 2, "{d1_rows:#?}");
+    assert!(d1_rows.iter().all(|r| r.contains("distributor_id=D1")), "{d1_rows:#?}");
+    let (_, refused) = parquet_rows(&dir.join("rejects/organization.parquet")).await;
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(
+        refused[0].contains("record_id=5")
+            && refused[0].contains("`distributor_id` `D9` is not an organisation of tier `distributor`"),
+        "{refused:#?}"
+    );
+
+    // Resellers: R1 = 11 x 1.05 = 11.55; R2 = 22 x 1.1 = 24.2; R3 = 6.6 + 5.4 = 12 at 0%;
+    // R4 has no rows and is listed with 0.
+    let r = report.stream("reseller-usage").unwrap();
+    assert_eq!((r.rows_in, r.rows_out, r.rows_rejected), (4, 4, 0));
+    let m = read_manifest(r.batch_dir.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        totals(&m, "R1"),
+        (1, pairs(&[("price", "11.0000"), ("reseller_price", "11.5500")]))
+    );
+    assert_eq!(
+        totals(&m, "R2"),
+        (1, pairs(&[("price", "22.0000"), ("reseller_price", "24.2000")]))
+    );
+    assert_eq!(
+        totals(&m, "R3"),
+        (2, pairs(&[("price", "12.0000"), ("reseller_price", "12.0000")]))
+    );
+    assert_eq!(totals(&m, "R4"), (0, vec![]));
+    assert_eq!(m.organizations.len(), 4);
+
+    // One distributor's own stream reads its own partition of the distributors' batch.
+    let own = report.stream("d1-report").unwrap();
+    assert_eq!((own.rows_in, own.rows_out), (2, 2));
+    assert_eq!(own.control_totals.get("price").map(String::as_str), Some("33.0000"));
+
+    // The same inputs again: the same batches, reused.
+    let again = run(&pipeline, "2026-10", &wh).await;
+    for s in ["distributor-usage", "reseller-usage", "d1-report"] {
+        let a = again.stream(s).unwrap();
+        assert_eq!(a.status, Status::Reused, "{s}");
+        assert_eq!(a.batch_id, report.stream(s).unwrap().batch_id, "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_for_each_stream_has_no_single_owner_to_template() {
+    let yaml = PIPELINE.replace(
+        "      - { name: markup, kind: markup, column: amount,",
+        "      - { name: mine, kind: filter, column: distributor_id, equals: \"{{ owner }}\" }\n      - { name: markup, kind: markup, column: amount,",
+    );
+    assert_ne!(yaml, PIPELINE);
+    let (tmp, pipeline) = scenario(&yaml);
+    let problems = match billflow::check(&engine(), &pipeline).await {
+        Ok(_) => {
+            let report = run(&pipeline, "2026-10", &tmp.path().join("wh")).await;
+            let d = report.stream("distributor-usage").unwrap();
+            format!("{:?}", d.error)
+        }
+        Err(d) => d.list.iter().map(|x| x.message.clone()).collect::<Vec<_>>().join("\n"),
+    };
+    assert!(
+        problems.contains("`{{ owner }}` has no single value in a `for_each` stream"),
+        "{problems}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_names_a_tier_and_a_published_string_column() {
+    let yaml = PIPELINE
+        .replace(
+            "for_each: { tier: distributor, column: distributor_id }",
+            "for_each: { tier: distributer, column: distributor_id }",
+        )
+        .replace(
+            "for_each: { tier: reseller, column: reseller_id }",
+            "for_each: { tier: reseller, column: reseller }",
+        );
+    let (_tmp, pipeline) = scenario(&yaml);
+    let problems = match billflow::check(&engine(), &pipeline).await {
+        Ok(_) => panic!("expected the pipeline to be rejected"),
+        Err(d) => d
+            .list
+            .iter()
+            .map(|x| format!("{} / {}", x.message, x.hint.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    assert!(
+        problems.contains("runs for each organisation of tier `distributer`, but no organisation has that tier"),
+        "{problems}"
+    );
+    assert!(problems.contains("did you mean `distributor`"), "{problems}");
+    assert!(
+        problems.contains("splits its rows by column `reseller`, which is not one of its columns"),
+        "{problems}"
+    );
+    assert!(problems.contains("did you mean `reseller_id`"), "{problems}");
+}
