@@ -119,7 +119,7 @@ async fn run_one(
     let p = &plan.pipeline;
     let s = plan.def(ps);
     let ctx = engine.session();
-    inputs::register_references(&ctx, p).await?;
+    inputs::register_references(&ctx, p, &[]).await?;
     let input_file: PathBuf = p.resolve(input_path);
     let format_of = |path: &PathBuf| {
         let lower = path.to_string_lossy().to_ascii_lowercase();

@@ -138,13 +138,30 @@ pub async fn read_files(
 }
 
 /// Register every reference under its name, lazily (nothing is read until a query runs).
-pub async fn register_references(ctx: &SessionContext, pipeline: &Pipeline) -> Result<(), String> {
+/// Register every reference of the pipeline under its name. Those in `load` are read into
+/// memory first: a run reads them once, and their exact size lets the planner build each
+/// lookup join's hash table on them once, shared by every partition of the usage rows.
+pub async fn register_references(ctx: &SessionContext, pipeline: &Pipeline, load: &[String]) -> Result<(), String> {
     for r in &pipeline.references {
+        let name = r.name.value.as_str();
         let df = read_table(ctx, pipeline, r)
             .await
-            .map_err(|e| format!("reference `{}`: {e}", r.name.value))?;
-        ctx.register_table(r.name.value.as_str(), df.into_view())
-            .map_err(|e| format!("reference `{}`: {}", r.name.value, e.strip_backtrace()))?;
+            .map_err(|e| format!("reference `{name}`: {e}"))?;
+        let table: Arc<dyn datafusion::datasource::TableProvider> = if load.iter().any(|l| l == name) {
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df
+                .collect()
+                .await
+                .map_err(|e| format!("reference `{name}`: {}", e.strip_backtrace()))?;
+            Arc::new(
+                datafusion::datasource::MemTable::try_new(schema, vec![batches])
+                    .map_err(|e| format!("reference `{name}`: {}", e.strip_backtrace()))?,
+            )
+        } else {
+            df.into_view()
+        };
+        ctx.register_table(name, table)
+            .map_err(|e| format!("reference `{name}`: {}", e.strip_backtrace()))?;
     }
     Ok(())
 }
@@ -216,7 +233,7 @@ pub async fn read_source_files(
             }
             None => lit(true),
         };
-        let df = df.filter(tap.call(lit(false), keep)).map_err(|e| e.strip_backtrace())?;
+        let df = count_period_rows(df, keep, &tap)?;
         return Ok(StreamInput { df, rejects: None, tap });
     };
     let declared = arrow_schema(cols, false);
@@ -268,9 +285,8 @@ pub async fn read_source_files(
     };
     let keep = checks.bad.clone().not().and(keep_period);
     let typed = contract::output_projection(&raw_schema, cols);
-    let df = raw
-        .clone()
-        .filter(tap.call(refused_here.clone(), keep))
+    let df = tap
+        .apply(raw.clone(), refused_here.clone(), keep)
         .and_then(|d| d.select(typed))
         .map_err(|e| e.strip_backtrace())?;
     let rejects = reject_rows(raw, refused_here, checks.reason, &format!("source {}", t.name.value))?;
@@ -302,8 +318,16 @@ pub async fn read_stream_batch(
         None => lit(true),
     };
     let tap = Tap::new("input");
-    let df = df.filter(tap.call(lit(false), keep)).map_err(|e| e.strip_backtrace())?;
+    let df = count_period_rows(df, keep, &tap)?;
     Ok(StreamInput { df, rejects: None, tap })
+}
+
+/// The rows of the period, counted: an ordinary filter (so the scan can prune row groups
+/// and pages with it), then a checkpoint that counts what it let through.
+fn count_period_rows(df: DataFrame, keep: Expr, tap: &Tap) -> Result<DataFrame, String> {
+    df.filter(keep)
+        .and_then(|d| tap.apply(d, lit(false), lit(true)))
+        .map_err(|e| e.strip_backtrace())
 }
 
 pub use crate::stages::side::reject_rows;

@@ -142,7 +142,18 @@ impl Engine {
             .with_information_schema(true);
         // Spans let SQL errors point at the line and column in the query.
         config.options_mut().sql_parser.collect_spans = true;
-        SessionContext::new_with_config_rt(config, self.runtime.clone())
+        // References (price lists, rates, mappings) are the build side of lookup joins:
+        // build them once and share them across partitions (CollectLeft) up to this size,
+        // rather than hash-repartitioning the usage rows on both sides.
+        config.options_mut().optimizer.hash_join_single_partition_threshold = 256 << 20;
+        config.options_mut().optimizer.hash_join_single_partition_threshold_rows = 8 << 20;
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .with_query_planner(Arc::new(crate::stages::tap::Planner))
+            .build();
+        SessionContext::new_with_state(state)
     }
 
     /// The values `{{ ... }}` in a stream's stages expand to.
@@ -208,7 +219,7 @@ impl Engine {
         for ps in &plan.streams {
             let s = plan.def(ps);
             let ctx = self.session();
-            if let Err(e) = inputs::register_references(&ctx, p).await {
+            if let Err(e) = inputs::register_references(&ctx, p, &[]).await {
                 diags.push(Diagnostic::new(e, Some(s.location.clone())));
                 continue;
             }
@@ -436,7 +447,9 @@ impl Engine {
         progress.started(&s.id.value, ps.stages.len());
         let p = &plan.pipeline;
         let ctx = self.session();
-        if let Err(e) = inputs::register_references(&ctx, p).await {
+        // Only the references the stream's stages read decide its batch; they are loaded.
+        let read: Vec<String> = ps.stages.iter().flat_map(|st| st.stage.tables()).collect();
+        if let Err(e) = inputs::register_references(&ctx, p, &read).await {
             fail(&mut report, None, e, None, None);
             return report;
         }
@@ -477,8 +490,6 @@ impl Engine {
                 });
             }
         }
-        // Only the references the stream's stages read decide its batch.
-        let read: Vec<String> = ps.stages.iter().flat_map(|st| st.stage.tables()).collect();
         for r in p.references.iter().filter(|r| read.contains(&r.name.value)) {
             match inputs::fingerprint_table("reference", p, r) {
                 Ok(info) => input_infos.push(info),
@@ -658,9 +669,8 @@ impl Engine {
         }
         let checks = contract::row_checks(&raw_schema, &s.columns);
         let contract_tap = crate::stages::tap::Tap::new("contract");
-        let out = df
-            .clone()
-            .filter(contract_tap.call(checks.bad.clone(), checks.bad.clone().not()))
+        let out = contract_tap
+            .apply(df.clone(), checks.bad.clone(), checks.bad.clone().not())
             .and_then(|d| d.select(contract::output_projection(&raw_schema, &s.columns)));
         let out = match out {
             Ok(o) => o,
@@ -686,7 +696,7 @@ impl Engine {
                     lit(format!("` is not an organisation of tier `{tier}`")),
                 ]);
                 let rejects = inputs::reject_rows(out.clone(), bad.clone(), reason, "for_each");
-                match out.filter(org_tap.call(bad.clone(), bad.not())) {
+                match org_tap.apply(out, bad.clone(), bad.not()) {
                     Ok(o) => (o, Some(rejects)),
                     Err(e) => {
                         fail(&mut report, None, e.strip_backtrace(), None, None);
@@ -752,25 +762,39 @@ impl Engine {
         };
         let fused = ps.stages.iter().all(|st| st.stage.fuses());
         let mut organizations = BTreeMap::new();
-        let written = match &each {
-            Some((column, orgs)) => write::write_parquet_per_organization(out, &staging.data_dir(), out_schema, column)
-                .await
-                .map(|w| {
-                    let empty = write::Written::default();
-                    for org in orgs {
-                        let part = w.parts.get(org).unwrap_or(&empty);
-                        organizations.insert(
-                            org.clone(),
-                            batches::OrganizationPart {
-                                rows: part.rows,
-                                control_totals: part.totals_as_text(),
-                            },
-                        );
-                    }
-                    w.total
-                }),
-            None => write::write_parquet(out, &staging.data_dir(), out_schema).await,
+        let executable = match write::Executable::new(out).await {
+            Ok(x) => x,
+            Err(e) => {
+                fail(&mut report, None, format!("planning: {e}"), None, None);
+                return report;
+            }
         };
+        let written = match &each {
+            Some((column, orgs)) => {
+                write::write_parquet_per_organization(&executable, &staging.data_dir(), out_schema, column)
+                    .await
+                    .map(|w| {
+                        let empty = write::Written::default();
+                        for org in orgs {
+                            let part = w.parts.get(org).unwrap_or(&empty);
+                            organizations.insert(
+                                org.clone(),
+                                batches::OrganizationPart {
+                                    rows: part.rows,
+                                    control_totals: part.totals_as_text(),
+                                },
+                            );
+                        }
+                        w.total
+                    })
+            }
+            None => write::write_parquet(&executable, &staging.data_dir(), out_schema).await,
+        };
+        // BILLFLOW_PLANS=DIR: each stream's physical plan as run, with its metrics.
+        if let Some(dir) = std::env::var_os("BILLFLOW_PLANS") {
+            let path = PathBuf::from(dir).join(format!("{}.txt", s.id.value));
+            let _ = std::fs::write(path, executable.with_metrics());
+        }
         let written = match written {
             Ok(w) => w,
             Err(e) => {
@@ -793,6 +817,24 @@ impl Engine {
         // Read the taps now: writing the rejects below runs parts of the plan again.
         let source_rejected = input.tap.flagged();
         let contract_rejected = contract_tap.flagged();
+        let org_rejected = org_tap.flagged();
+        let input_rows = input.rows_in();
+        let counts: Vec<(crate::stages::side::StageCount, u64)> = side
+            .take_counts()
+            .into_iter()
+            .map(|c| {
+                let n = c.tap.flagged();
+                (c, n)
+            })
+            .collect();
+        let stage_rejects: Vec<(crate::stages::side::StageRejects, u64)> = side
+            .take_rejects()
+            .into_iter()
+            .map(|r| {
+                let n = r.tap.flagged();
+                (r, n)
+            })
+            .collect();
         report.rows_out = written.rows;
         let mut samples = Vec::new();
         let mut rejected = 0;
@@ -807,10 +849,10 @@ impl Engine {
         {
             refused.push(("input.parquet".into(), None, Ok(rej)));
         }
-        for r in side
-            .take_rejects()
+        for r in stage_rejects
             .into_iter()
-            .filter(|r| maybe(r.tap.flagged(), &r.tap))
+            .filter(|(r, flagged)| maybe(*flagged, &r.tap))
+            .map(|(r, _)| r)
         {
             let file = format!(
                 "stage-{}.parquet",
@@ -823,7 +865,7 @@ impl Engine {
             refused.push(("output.parquet".into(), None, contract_rejects));
         }
         if let Some(rows) = org_rejects
-            && maybe(org_tap.flagged(), &org_tap)
+            && maybe(org_rejected, &org_tap)
         {
             refused.push(("organization.parquet".into(), None, rows));
         }
@@ -855,7 +897,7 @@ impl Engine {
         // Rows in: the input tap's count when the plan read the input once; otherwise (a
         // stage that reads its input twice, or materialises it) count again, exactly.
         report.rows_in = if fused && input.tap.exact_in(&out_plan) {
-            input.rows_in()
+            input_rows
         } else {
             match input.df.clone().count().await {
                 Ok(n) => n as u64 + input_refused,
@@ -872,9 +914,9 @@ impl Engine {
             }
         };
         let mut removed = Vec::new();
-        for c in side.take_counts() {
+        for (c, flagged) in counts {
             let n = if fused && c.tap.exact_in(&out_plan) {
-                c.tap.flagged()
+                flagged
             } else {
                 match (c.before.count().await, c.after.count().await) {
                     (Ok(b), Ok(a)) => (b - a) as u64,
@@ -1024,7 +1066,7 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
         let s = plan.def(ps);
         let _ = writeln!(out, "\n== stream {} ==", s.id.value);
         let ctx = engine.session();
-        if let Err(e) = inputs::register_references(&ctx, p).await {
+        if let Err(e) = inputs::register_references(&ctx, p, &[]).await {
             let _ = writeln!(out, "cannot plan: {e}");
             continue;
         }

@@ -23,6 +23,32 @@ pub fn writer_properties() -> WriterProperties {
         .build()
 }
 
+/// A stream's physical plan, kept so that its metrics can be read once it has run.
+pub struct Executable {
+    pub plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
+}
+
+impl Executable {
+    pub async fn new(df: DataFrame) -> Result<Self, String> {
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.map_err(|e| e.strip_backtrace())?;
+        Ok(Executable { plan, task })
+    }
+
+    fn streams(&self) -> Result<Vec<datafusion::execution::SendableRecordBatchStream>, String> {
+        datafusion::physical_plan::execute_stream_partitioned(self.plan.clone(), self.task.clone())
+            .map_err(|e| e.strip_backtrace())
+    }
+
+    /// The plan as run, with each operator's rows, time and memory (for profiling).
+    pub fn with_metrics(&self) -> String {
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(self.plan.as_ref())
+            .indent(true)
+            .to_string()
+    }
+}
+
 /// What was written.
 #[derive(Clone, Debug, Default)]
 pub struct Written {
@@ -88,8 +114,8 @@ fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
 /// Execute `df` and write each partition to `dir/part-NNNNN.parquet` with `schema` (the
 /// declared output schema: a NULL in a non-nullable column is an error here, never
 /// written). At least one file is written, so an empty batch still has a schema.
-pub async fn write_parquet(df: DataFrame, dir: &Path, schema: SchemaRef) -> Result<Written, String> {
-    let streams = df.execute_stream_partitioned().await.map_err(|e| e.strip_backtrace())?;
+pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> Result<Written, String> {
+    let streams = plan.streams()?;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut stream) in streams.into_iter().enumerate() {
         let path = dir.join(format!("part-{i:05}.parquet"));
@@ -179,13 +205,13 @@ struct OpenWriter {
 /// plan is written by its own task; within a record batch, rows are grouped by a stable
 /// sort on the organisation, so a declared `order_by` still holds within each file.
 pub async fn write_parquet_per_organization(
-    df: DataFrame,
+    plan: &Executable,
     dir: &Path,
     schema: SchemaRef,
     column: &str,
 ) -> Result<WrittenPerOrganization, String> {
     let org_index = schema.index_of(column).map_err(|e| e.to_string())?;
-    let streams = df.execute_stream_partitioned().await.map_err(|e| e.strip_backtrace())?;
+    let streams = plan.streams()?;
     let mut tasks = tokio::task::JoinSet::new();
     for (task, mut stream) in streams.into_iter().enumerate() {
         let schema = schema.clone();

@@ -119,9 +119,7 @@ pub fn apply_policy(
         OnError::Reject => {
             let tap = Tap::new(stage);
             let rows = reject_rows(df.clone(), bad.clone(), reason, stage)?;
-            let kept = df
-                .filter(tap.call(bad.clone(), bad.not()))
-                .map_err(|e| e.strip_backtrace())?;
+            let kept = tap.apply(df, bad.clone(), bad.not()).map_err(|e| e.strip_backtrace())?;
             if let Ok(mut v) = side.rejects.lock() {
                 v.push(StageRejects {
                     stage: stage.to_string(),
@@ -146,9 +144,8 @@ pub fn remove_rows(
 ) -> Result<DataFrame, String> {
     let tap = Tap::new(stage);
     let removed = remove.is_true();
-    let kept = df
-        .clone()
-        .filter(tap.call(removed.clone(), removed.not()))
+    let kept = tap
+        .apply(df.clone(), removed.clone(), removed.not())
         .map_err(|e| e.strip_backtrace())?;
     if let Ok(mut v) = side.counts.lock() {
         v.push(StageCount {

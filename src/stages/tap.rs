@@ -1,23 +1,41 @@
-//! A counting tap: a volatile scalar function `tap(refused, keep)` that returns `keep` and
-//! counts, per record batch, the rows it saw, the rows refused and the rows kept. The engine
-//! filters on it: one vectorised pass both drops rows from the output and tells whether a
-//! second pass (only over the refused rows) is needed to write the rejects file.
+//! A counting checkpoint: a plan node that, in one vectorised pass, counts the rows it
+//! sees, the rows a `refused` predicate flags and the rows a `keep` predicate keeps, and
+//! passes on the kept rows. The engine tells from its counts how many rows came in, how
+//! many a stage removed, and whether a second pass (over the refused rows only) is needed
+//! to write a rejects file.
 //!
-//! A tap must see every row, so it is always the lowest filter of its plan: DataFusion
-//! merges stacked filters child-first and may skip evaluating later conjuncts on rows an
-//! earlier one already decided (AND short-circuit / pre-selection).
+//! Why a node of its own rather than a filter: DataFusion's optimisers move filters. They
+//! push them through joins (even to the other side, by join-key equivalence), merge them
+//! with their neighbours and evaluate one conjunct only on the rows an earlier one kept.
+//! Counts taken inside a filter then count the wrong rows. A user-defined logical node is
+//! opaque to filter pushdown (no predicate passes through it, none is taken out of it), and
+//! its physical operator declines every pushdown, so what it counts is exactly its input.
+//! It keeps its input's partitioning and order, and asks its input only for the columns its
+//! parent and its predicates need, so projections still reach the scan below it.
 
+use std::cmp::Ordering as CmpOrdering;
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::AsArray;
-use arrow::datatypes::DataType;
+use arrow::array::{Array, AsArray, RecordBatch};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchemaRef, internal_err};
 use datafusion::error::Result;
-use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
-use datafusion::scalar::ScalarValue;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -28,74 +46,54 @@ pub struct Counts {
     pub kept: AtomicU64,
 }
 
+/// The counts of one checkpoint, and the handle to place it in a plan.
 #[derive(Clone, Debug)]
 pub struct Tap {
     name: String,
-    signature: Signature,
     pub counts: Arc<Counts>,
-}
-
-impl PartialEq for Tap {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.counts, &other.counts)
-    }
-}
-impl Eq for Tap {}
-impl Hash for Tap {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-        (Arc::as_ptr(&self.counts) as usize).hash(state);
-    }
 }
 
 impl Tap {
     pub fn new(name: &str) -> Self {
         Tap {
-            // Unique per tap, so the engine can find it in a plan (see `Tap::exact_in`).
-            name: format!(
-                "billflow_tap_{}_{}",
-                name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ),
-            // Volatile: never folded, never pushed into a scan, evaluated once per row.
-            signature: Signature::exact(vec![DataType::Boolean, DataType::Boolean], Volatility::Volatile),
+            name: format!("{name}#{}", NEXT.fetch_add(1, Ordering::Relaxed)),
             counts: Arc::new(Counts::default()),
         }
     }
 
-    /// `tap(refused, keep)` as an expression: filter on it to keep the `keep` rows.
-    pub fn call(&self, refused: Expr, keep: Expr) -> Expr {
-        ScalarUDF::new_from_impl(self.clone()).call(vec![refused, keep])
+    /// `df` through this checkpoint: counts every row, the rows where `refused` is true,
+    /// and keeps the rows where `keep` is true (NULL: not kept).
+    pub fn apply(&self, df: DataFrame, refused: Expr, keep: Expr) -> Result<DataFrame> {
+        let (state, input) = df.into_parts();
+        let node = Checkpoint {
+            name: self.name.clone(),
+            schema: input.schema().clone(),
+            input,
+            refused,
+            keep,
+            counts: self.counts.clone(),
+        };
+        Ok(DataFrame::new(
+            state,
+            LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+        ))
     }
 
-    /// Whether this tap's counts are exact for `plan`: it stands in exactly one filter,
-    /// alone. A plan that reads the tapped table twice runs the tap twice; and when the
-    /// optimiser merges another predicate into the tap's filter, it may evaluate the tap
-    /// only on the rows that predicate keeps.
-    pub fn exact_in(&self, plan: &datafusion::logical_expr::LogicalPlan) -> bool {
-        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-        use datafusion::logical_expr::LogicalPlan;
-        use datafusion::logical_expr::utils::split_conjunction;
-        let call = format!("{}(", self.name);
-        let mut filters = 0;
-        let mut alone = true;
-        let mut elsewhere = false;
+    /// Whether this checkpoint's counts are exact for `plan`: it occurs in it exactly once.
+    /// (A plan that reads the checked table twice runs the checkpoint twice.)
+    pub fn exact_in(&self, plan: &LogicalPlan) -> bool {
+        use datafusion::common::tree_node::TreeNode;
+        let mut seen = 0;
         let _ = plan.apply(|node| {
-            match node {
-                LogicalPlan::Filter(f) => {
-                    let parts = split_conjunction(&f.predicate);
-                    if parts.iter().any(|p| p.to_string().contains(&call)) {
-                        filters += 1;
-                        alone &= parts.len() == 1;
-                    }
-                }
-                other => {
-                    elsewhere |= other.expressions().iter().any(|e| e.to_string().contains(&call));
-                }
+            if let LogicalPlan::Extension(e) = node
+                && let Some(c) = e.node.as_any().downcast_ref::<Checkpoint>()
+                && Arc::ptr_eq(&c.counts, &self.counts)
+            {
+                seen += 1;
             }
             Ok(TreeNodeRecursion::Continue)
         });
-        filters == 1 && alone && !elsewhere
+        seen == 1
     }
 
     pub fn rows(&self) -> u64 {
@@ -109,34 +107,226 @@ impl Tap {
     }
 }
 
-impl ScalarUDFImpl for Tap {
+/// The logical node.
+#[derive(Debug, Clone)]
+struct Checkpoint {
+    name: String,
+    input: LogicalPlan,
+    schema: DFSchemaRef,
+    refused: Expr,
+    keep: Expr,
+    counts: Arc<Counts>,
+}
+
+impl PartialEq for Checkpoint {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.counts, &other.counts)
+            && self.input == other.input
+            && self.refused == other.refused
+            && self.keep == other.keep
+    }
+}
+impl Eq for Checkpoint {}
+impl PartialOrd for Checkpoint {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        // Two checkpoints are never interchangeable: no order but identity.
+        (self == other).then_some(CmpOrdering::Equal)
+    }
+}
+impl Hash for Checkpoint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        (Arc::as_ptr(&self.counts) as usize).hash(state);
+    }
+}
+
+impl UserDefinedLogicalNodeCore for Checkpoint {
     fn name(&self) -> &str {
-        &self.name
+        "Checkpoint"
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
     }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let n = args.number_rows as u64;
-        self.counts.rows.fetch_add(n, Ordering::Relaxed);
-        let count = |v: &ColumnarValue| match v {
-            ColumnarValue::Array(a) => a.as_boolean().true_count() as u64,
-            ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))) => n,
-            ColumnarValue::Scalar(_) => 0,
+    fn expressions(&self) -> Vec<Expr> {
+        vec![self.refused.clone(), self.keep.clone()]
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "Checkpoint {}: refused={}, keep={}",
+            self.name, self.refused, self.keep
+        )
+    }
+    fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let (Some(input), Some(keep), Some(refused)) = (inputs.pop(), exprs.pop(), exprs.pop()) else {
+            return internal_err!("Checkpoint takes one input and two expressions");
         };
-        let mut it = args.args.into_iter();
-        let refused = it
-            .next()
-            .unwrap_or(ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))));
-        let keep = it
-            .next()
-            .unwrap_or(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))));
-        self.counts.flagged.fetch_add(count(&refused), Ordering::Relaxed);
-        self.counts.kept.fetch_add(count(&keep), Ordering::Relaxed);
-        Ok(keep)
+        Ok(Checkpoint {
+            name: self.name.clone(),
+            schema: input.schema().clone(),
+            input,
+            refused,
+            keep,
+            counts: self.counts.clone(),
+        })
+    }
+    /// Like a filter: the parent's columns (the predicates' are added by the optimiser).
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        Some(vec![output_columns.to_vec()])
+    }
+    fn supports_limit_pushdown(&self) -> bool {
+        false
+    }
+}
+
+/// The physical operator.
+#[derive(Debug)]
+struct CheckpointExec {
+    name: String,
+    input: Arc<dyn ExecutionPlan>,
+    refused: Arc<dyn PhysicalExpr>,
+    keep: Arc<dyn PhysicalExpr>,
+    counts: Arc<Counts>,
+}
+
+impl DisplayAs for CheckpointExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "CheckpointExec: {} refused={} keep={} (rows={}, refused={}, kept={})",
+            self.name,
+            self.refused,
+            self.keep,
+            self.counts.rows.load(Ordering::Relaxed),
+            self.counts.flagged.load(Ordering::Relaxed),
+            self.counts.kept.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl ExecutionPlan for CheckpointExec {
+    fn name(&self) -> &str {
+        "CheckpointExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        // Same partitioning, order and equivalences as the input: rows are only removed.
+        self.input.properties()
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        if f(&self.refused)? == TreeNodeRecursion::Stop {
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        f(&self.keep)
+    }
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(input), true) = (children.pop(), children.is_empty()) else {
+            return internal_err!("CheckpointExec takes one input");
+        };
+        Ok(Arc::new(CheckpointExec {
+            name: self.name.clone(),
+            input,
+            refused: self.refused.clone(),
+            keep: self.keep.clone(),
+            counts: self.counts.clone(),
+        }))
+    }
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    }
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = input.schema();
+        let (refused, keep, counts) = (self.refused.clone(), self.keep.clone(), self.counts.clone());
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            pass(&batch, refused.as_ref(), keep.as_ref(), &counts)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// One batch through the checkpoint.
+fn pass(
+    batch: &RecordBatch,
+    refused: &dyn PhysicalExpr,
+    keep: &dyn PhysicalExpr,
+    counts: &Counts,
+) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    counts.rows.fetch_add(n as u64, Ordering::Relaxed);
+    let refused = refused.evaluate(batch)?.into_array(n)?;
+    counts
+        .flagged
+        .fetch_add(refused.as_boolean().true_count() as u64, Ordering::Relaxed);
+    let keep = keep.evaluate(batch)?.into_array(n)?;
+    let keep = keep.as_boolean();
+    let kept = keep.true_count();
+    counts.kept.fetch_add(kept as u64, Ordering::Relaxed);
+    if kept == n && keep.null_count() == 0 {
+        return Ok(batch.clone());
+    }
+    Ok(arrow::compute::filter_record_batch(batch, keep)?)
+}
+
+struct CheckpointPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for CheckpointPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(c) = node.as_any().downcast_ref::<Checkpoint>() else {
+            return Ok(None);
+        };
+        let (Some(logical), Some(input)) = (logical_inputs.first(), physical_inputs.first()) else {
+            return internal_err!("Checkpoint takes one input");
+        };
+        let schema = logical.schema();
+        Ok(Some(Arc::new(CheckpointExec {
+            name: c.name.clone(),
+            input: input.clone(),
+            refused: planner.create_physical_expr(&c.refused, schema, session, planning_ctx)?,
+            keep: planner.create_physical_expr(&c.keep, schema, session, planning_ctx)?,
+            counts: c.counts.clone(),
+        })))
+    }
+}
+
+/// The query planner of billflow's sessions: DataFusion's, plus checkpoints.
+#[derive(Debug)]
+pub struct Planner;
+
+#[async_trait]
+impl QueryPlanner for Planner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(CheckpointPlanner)])
+            .create_physical_plan(plan, session)
+            .await
     }
 }
 
@@ -145,28 +335,59 @@ mod tests {
     use super::*;
     use datafusion::prelude::*;
 
+    fn session() -> SessionContext {
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_default_features()
+            .with_query_planner(Arc::new(Planner))
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
     #[tokio::test]
-    async fn counts_rows_and_flags_in_one_pass() {
-        let ctx = SessionContext::new();
+    async fn counts_every_row_even_when_filters_sit_above_and_below() {
+        let ctx = session();
         let df = ctx
             .sql("SELECT * FROM (VALUES (1), (2), (3), (4), (5)) AS t(x)")
             .await
             .unwrap();
         let tap = Tap::new("test");
-        // Refuse x > 3, keep x <= 2 (x = 3 is neither: another period, say).
-        let kept = df
-            .filter(col("x").lt(lit(100)))
-            .unwrap()
-            .filter(tap.call(col("x").gt(lit(3)), col("x").lt_eq(lit(2))))
+        // Refuse x > 3, keep x <= 2 (x = 3 is neither: another period, say). The filters
+        // above and below must not be merged into the checkpoint or moved across it.
+        let kept = tap
+            .apply(
+                df.filter(col("x").lt(lit(100))).unwrap(),
+                col("x").gt(lit(3)),
+                col("x").lt_eq(lit(2)),
+            )
             .unwrap()
             .filter(col("x").gt(lit(1)))
-            .unwrap()
-            .collect()
-            .await
             .unwrap();
-        assert_eq!(kept.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        let plan = kept.clone().into_optimized_plan().unwrap();
+        assert!(tap.exact_in(&plan));
+        let rows = kept.collect().await.unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
         assert_eq!(tap.rows(), 5);
         assert_eq!(tap.flagged(), 2);
         assert_eq!(tap.kept(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_filter_on_a_join_key_is_not_moved_across_the_checkpoint() {
+        let ctx = session();
+        let stream = ctx
+            .sql("SELECT * FROM (VALUES ('a', 1), ('b', 2), ('z', 3)) AS s(k, v)")
+            .await
+            .unwrap();
+        let reference = ctx
+            .sql("SELECT * FROM (VALUES ('a', 10), ('b', 20), ('z', 30)) AS r(rk, w)")
+            .await
+            .unwrap();
+        let joined = reference.join(stream, JoinType::Right, &["rk"], &["k"], None).unwrap();
+        let tap = Tap::new("org");
+        let bad = col("k").in_list(vec![lit("a"), lit("b")], true);
+        let out = tap.apply(joined, bad.clone(), bad.not()).unwrap();
+        let rows = out.collect().await.unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        assert_eq!((tap.rows(), tap.flagged(), tap.kept()), (3, 1, 2));
     }
 }

@@ -58,7 +58,10 @@ async fn same_seed_same_bytes_and_the_generated_chain_reconciles() {
         .sum();
     assert_eq!(rows, vendor.rows_out);
     assert_eq!(cost, scaled(&vendor.control_totals["cost_usd"]));
-    assert!(dm.organizations.values().all(|p| p.rows > 0), "every distributor has lines");
+    assert!(
+        dm.organizations.values().all(|p| p.rows > 0),
+        "every distributor has lines"
+    );
 
     let res = report.stream("reseller-usage").unwrap();
     let rm = billflow::batches::read_manifest(res.batch_dir.as_ref().unwrap()).unwrap();
