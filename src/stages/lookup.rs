@@ -4,28 +4,18 @@
 //! `first`, `last`, `reject`).
 //!
 //! Without dates the reference is first reduced to one row per key (with its row count),
-//! so the join cannot multiply input rows. With dates, input rows get a row id, the join
-//! keeps the rows valid at the date, and a window over the row id counts and ranks the
-//! matches.
+//! so the join cannot multiply input rows. With dates, the reference is first cut into
+//! non-overlapping validity segments per key (each with its row count and chosen values),
+//! so each input row joins the one segment holding its date.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::UInt64Array;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::JoinType;
 use datafusion::functions::expr_fn::{coalesce, concat_ws};
-use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value};
-use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::WindowFunctionDefinition;
-use datafusion::logical_expr::expr::WindowFunction;
-use datafusion::logical_expr::{
-    ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, SortExpr,
-    Volatility, cast, when,
-};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, SortExpr, cast, when};
 use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
 use marked_yaml::Node;
 
@@ -116,61 +106,19 @@ pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<Da
             (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
         }
         Some((date, from, to)) => {
-            let with_id = {
-                let mut cols = all_but(&input, &[]);
-                cols.push(row_id().alias("__bf_row"));
-                input.select(cols).map_err(plan_err)?
-            };
-            let mut ref_cols: Vec<Expr> = j
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, (_, k))| ident(k).alias(rk(i)))
-                .collect();
-            ref_cols.extend(j.pulled.iter().enumerate().map(|(i, (p, _))| ident(p).alias(rp(i))));
-            ref_cols.push(ident(from).alias("__ref_from"));
-            ref_cols.push(ident(to).alias("__ref_to"));
-            ref_cols.push(lit(1i64).alias("__ref_hit"));
-            let order_col = j.order.as_ref().map(|(o, _)| o.as_str()).unwrap_or(from.as_str());
-            ref_cols.push(ident(order_col).alias("__ref_order"));
-            let reference = reference.select(ref_cols).map_err(plan_err)?;
+            let segments = validity_segments(reference, j, from, to)?;
             let mut on: Vec<Expr> = j
                 .keys
                 .iter()
                 .enumerate()
                 .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
                 .collect();
-            on.push(date.clone().gt_eq(ident("__ref_from")));
-            on.push(ident("__ref_to").is_null().or(date.clone().lt(ident("__ref_to"))));
-            let joined = reference.join_on(with_id, JoinType::Right, on).map_err(plan_err)?;
-            let last_wins = j.order.as_ref().map(|(_, l)| *l).unwrap_or(true);
-            // One window per expression: DataFusion plans windows with different sort keys
-            // as separate operators.
-            let counted = joined
-                .window(vec![
-                    Expr::from(WindowFunction::new(
-                        WindowFunctionDefinition::AggregateUDF(count_udaf()),
-                        vec![ident("__ref_hit")],
-                    ))
-                    .partition_by(vec![ident("__bf_row")])
-                    .build()
-                    .map_err(plan_err)?
-                    .alias("__ref_n"),
-                ])
-                .map_err(plan_err)?;
-            let ranked = counted
-                .window(vec![
-                    row_number()
-                        .partition_by(vec![ident("__bf_row")])
-                        .order_by(vec![ident("__ref_order").sort(!last_wins, false)])
-                        .build()
-                        .map_err(plan_err)?
-                        .alias("__ref_rank"),
-                ])
-                .map_err(plan_err)?
-                .filter(ident("__ref_rank").eq(lit(1u64)))
-                .map_err(plan_err)?;
-            (ranked, ident("__ref_n"))
+            on.push(date.clone().gt_eq(ident("__seg_start")));
+            on.push(ident("__seg_end").is_null().or(date.clone().lt(ident("__seg_end"))));
+            // At most one segment holds a row's date: one output row per input row, and the
+            // small segment table on the build side.
+            let joined = segments.join_on(input, JoinType::Right, on).map_err(plan_err)?;
+            (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
         }
     };
     let mut select: Vec<Expr> = input_names
@@ -183,47 +131,79 @@ pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<Da
     joined.select(select).map_err(plan_err)
 }
 
-/// `billflow_row_id()`: a number unique to each row of one execution (volatile).
-#[derive(Debug)]
-struct RowId {
-    signature: Signature,
-    next: Arc<AtomicU64>,
-}
-impl PartialEq for RowId {
-    fn eq(&self, o: &Self) -> bool {
-        Arc::ptr_eq(&self.next, &o.next)
-    }
-}
-impl Eq for RowId {}
-impl Hash for RowId {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        (Arc::as_ptr(&self.next) as usize).hash(h)
-    }
-}
-impl ScalarUDFImpl for RowId {
-    fn name(&self) -> &str {
-        "billflow_row_id"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::UInt64)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let n = args.number_rows as u64;
-        let start = self.next.fetch_add(n, Ordering::Relaxed);
-        Ok(ColumnarValue::Array(Arc::new(UInt64Array::from_iter_values(
-            start..start + n,
-        ))))
-    }
-}
-fn row_id() -> Expr {
-    ScalarUDF::new_from_impl(RowId {
-        signature: Signature::nullary(Volatility::Volatile),
-        next: Arc::new(AtomicU64::new(0)),
-    })
-    .call(vec![])
+/// An effective-dated reference as non-overlapping validity segments, per key: the dates
+/// where its rows start or end cut the time line; each piece covered by at least one row
+/// gets how many rows cover it (`__ref_n`) and the pulled values of the first (or last, by
+/// the order column) of them. Computed on the reference alone (small), so the stream is
+/// joined once, on the keys and the segment holding its date, with no per-row window.
+fn validity_segments(reference: DataFrame, j: &Join, from: &str, to: &str) -> Result<DataFrame, StageError> {
+    use datafusion::functions_window::expr_fn::lead;
+    let rk = |i: usize| format!("__ref_key_{i}");
+    let sk = |i: usize| format!("__seg_key_{i}");
+    let rp = |i: usize| format!("__ref_val_{i}");
+    let keys = j.keys.len();
+    let mut ref_cols: Vec<Expr> = j
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, (_, k))| ident(k).alias(rk(i)))
+        .collect();
+    ref_cols.extend(j.pulled.iter().enumerate().map(|(i, (p, _))| ident(p).alias(rp(i))));
+    ref_cols.push(ident(from).alias("__ref_from"));
+    ref_cols.push(ident(to).alias("__ref_to"));
+    let order_col = j.order.as_ref().map(|(o, _)| o.as_str()).unwrap_or(from);
+    ref_cols.push(ident(order_col).alias("__ref_order"));
+    let rows = reference.select(ref_cols).map_err(plan_err)?;
+
+    // Every date where a row of a key starts or ends.
+    let bound = |col: &str| -> Result<DataFrame, StageError> {
+        let mut cols: Vec<Expr> = (0..keys).map(|i| ident(rk(i)).alias(sk(i))).collect();
+        cols.push(ident(col).alias("__seg_start"));
+        rows.clone()
+            .filter(ident(col).is_not_null())
+            .and_then(|d| d.select(cols))
+            .map_err(plan_err)
+    };
+    let bounds = bound("__ref_from")?
+        .union(bound("__ref_to")?)
+        .and_then(|d| d.distinct())
+        .map_err(plan_err)?;
+    // Each bound up to the next one of its key (the last one is open-ended).
+    let segments = bounds
+        .window(vec![
+            lead(ident("__seg_start"), Some(1), None)
+                .partition_by((0..keys).map(|i| ident(sk(i))).collect())
+                .order_by(vec![ident("__seg_start").sort(true, false)])
+                .build()
+                .map_err(plan_err)?
+                .alias("__seg_end"),
+        ])
+        .map_err(plan_err)?;
+    // The rows covering each segment: valid at its start (bounds include every row's ends).
+    let mut on: Vec<Expr> = (0..keys).map(|i| ident(sk(i)).eq(ident(rk(i)))).collect();
+    on.push(ident("__ref_from").lt_eq(ident("__seg_start")));
+    on.push(
+        ident("__ref_to")
+            .is_null()
+            .or(ident("__seg_start").lt(ident("__ref_to"))),
+    );
+    let covered = segments.join_on(rows, JoinType::Inner, on).map_err(plan_err)?;
+    let last_wins = j.order.as_ref().map(|(_, l)| *l).unwrap_or(true);
+    let mut group: Vec<Expr> = (0..keys).map(|i| ident(sk(i)).alias(rk(i))).collect();
+    group.push(ident("__seg_start"));
+    group.push(ident("__seg_end"));
+    let mut aggs: Vec<Expr> = (0..j.pulled.len())
+        .map(|i| {
+            let order = vec![ident("__ref_order").sort(true, false)];
+            if last_wins {
+                last_value(ident(rp(i)), order).alias(rp(i))
+            } else {
+                first_value(ident(rp(i)), order).alias(rp(i))
+            }
+        })
+        .collect();
+    aggs.push(count(lit(1)).alias("__ref_n"));
+    covered.aggregate(group, aggs).map_err(plan_err)
 }
 
 pub struct LookupKind;

@@ -548,6 +548,39 @@ async fn effective_dated_lookup_takes_the_row_valid_on_the_date() {
     assert_eq!(s.status, Status::Failed);
     let e = s.error.unwrap().message;
     assert!(e.contains("several rows of `prices` match (S1) valid at day"), "{e}");
+
+    // Overlaps resolved by order: on 2026-10-01 only the first S1 row is valid (1.0); on
+    // 2026-10-31 both are, and `last` by valid_from takes the later one (0.8), `first`
+    // the earlier one (1.0).
+    for (policy, expected_31) in [("last", "0.800000"), ("first", "1.000000")] {
+        let stages = format!(
+            "
+- kind: lookup
+  reference: prices
+  keys: [sub]
+  columns: [unit_price]
+  date: day
+  on_missing: \"null\"
+  on_multiple: {policy}
+  order_by: valid_from
+- {{ kind: sql, query: \"SELECT id, day, unit_price FROM input WHERE sub = 'S1'\" }}"
+        );
+        let case = Case {
+            stages: &stages,
+            ..case
+        };
+        std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+        let (s, rows, _) = run_case(tmp.path(), &case).await;
+        assert_eq!(s.status, Status::Written, "{policy}: {:?}", s.error);
+        assert_eq!(
+            rows,
+            sorted(&[
+                "id=1, day=2026-10-01, unit_price=1.000000",
+                &format!("id=5, day=2026-10-31, unit_price={expected_31}"),
+            ]),
+            "{policy}"
+        );
+    }
 }
 
 const FX: (&str, &str, &str) = (
