@@ -179,8 +179,8 @@ impl ScalarUDFImpl for RoundUdf {
 
 /// Penny reconciliation: adjust the already rounded `column` so that, per group, the lines
 /// add up to `target` (an expression constant within the group, e.g. the rounded total of
-/// the exact lines). The residue goes to the first line in `order`. Windows only: no
-/// row loop.
+/// the exact lines). The residue goes to the first line in `order`. An aggregate, a join
+/// and a ranking window: no row loop, and memory bounded by the sort's spilling.
 pub fn distribute_residue(
     df: datafusion::prelude::DataFrame,
     column: &str,
@@ -189,20 +189,33 @@ pub fn distribute_residue(
     order: Vec<datafusion::logical_expr::SortExpr>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     use datafusion::functions::expr_fn::coalesce;
-    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::functions_aggregate::expr_fn::sum;
     use datafusion::functions_window::expr_fn::row_number;
-    use datafusion::logical_expr::expr::WindowFunction;
-    use datafusion::logical_expr::{ExprFunctionExt, WindowFunctionDefinition, cast, when};
+    use datafusion::logical_expr::{ExprFunctionExt, cast, when};
     use datafusion::prelude::ident;
 
     let ty = df.schema().field_with_unqualified_name(column)?.data_type().clone();
-    let lines = Expr::from(WindowFunction::new(
-        WindowFunctionDefinition::AggregateUDF(sum_udaf()),
-        vec![ident(column)],
-    ))
-    .partition_by(group.clone())
-    .build()?;
-    let df = df.window(vec![lines.alias("__bf_lines")])?;
+    // The sum of the rounded lines per group: an aggregate joined back (group values
+    // compared NULL-safely), not a window over whole groups, which would hold every row.
+    let names: Vec<String> = (0..group.len()).map(|i| format!("__bf_rg{i}")).collect();
+    let sums = df.clone().aggregate(
+        group.iter().zip(&names).map(|(g, n)| g.clone().alias(n)).collect(),
+        vec![sum(ident(column)).alias("__bf_lines")],
+    )?;
+    let on: Vec<Expr> = group
+        .iter()
+        .zip(&names)
+        .map(|(g, n)| {
+            datafusion::logical_expr::binary_expr(
+                g.clone(),
+                datafusion::logical_expr::Operator::IsNotDistinctFrom,
+                ident(n),
+            )
+        })
+        .collect();
+    let df = sums.join_on(df, datafusion::common::JoinType::Right, on)?;
+    // Then one line per group takes the residue: a ranking window, which runs group by group
+    // over input sorted by the group (a sort that spills when memory is short).
     let df = df.window(vec![
         row_number()
             .partition_by(group)
@@ -217,7 +230,7 @@ pub fn distribute_residue(
         .schema()
         .fields()
         .iter()
-        .filter(|f| !matches!(f.name().as_str(), "__bf_lines" | "__bf_rank"))
+        .filter(|f| !matches!(f.name().as_str(), "__bf_lines" | "__bf_rank") && !names.contains(f.name()))
         .map(|f| {
             if f.name() == column {
                 cast(adjusted.clone(), ty.clone()).alias(column)

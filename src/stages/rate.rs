@@ -607,6 +607,8 @@ impl Stage for RateStage {
                 c.push(ident("__bf_max_charge"));
                 c.push(ident("__bf_commitment"));
                 c.push(ident("__bf_model"));
+                c.push(ident("__bf_w"));
+                c.push(ident("__bf_n"));
                 c
             })
             .map_err(plan_err)?;
@@ -632,6 +634,9 @@ impl Stage for RateStage {
                     max(ident("__bf_min_charge")).alias("__bf_min"),
                     max(ident("__bf_max_charge")).alias("__bf_max"),
                     max(ident("__bf_commitment")).alias("__bf_commit"),
+                    // Constant within the group: its weight and line count, for allocation.
+                    max(ident("__bf_w")).alias("__bf_gw"),
+                    max(ident("__bf_n")).alias("__bf_gn"),
                 ],
             )
             .map_err(plan_err)?;
@@ -645,6 +650,8 @@ impl Stage for RateStage {
                 let mut c: Vec<Expr> = gnames.iter().map(|n| ident(n).alias(format!("{n}c"))).collect();
                 c.push(round(clamped, self.scale, self.mode).alias("__bf_charge"));
                 c.push(ident("__bf_commit"));
+                c.push(ident("__bf_gw").alias("__bf_w"));
+                c.push(ident("__bf_gn").alias("__bf_n"));
                 c
             })
             .map_err(plan_err)?;
@@ -655,20 +662,9 @@ impl Stage for RateStage {
             c.extend(gkeys.iter().zip(&gnames).map(|(e, n)| e.clone().alias(n)));
             lines.select(c).map_err(plan_err)?
         };
-        let groups_w = lines
-            .clone()
-            .aggregate(
-                gnames.iter().map(|n| ident(n).alias(format!("{n}w"))).collect(),
-                vec![
-                    sum(ident("__bf_weight")).alias("__bf_w"),
-                    count(lit(1i64)).alias("__bf_n"),
-                ],
-            )
-            .map_err(plan_err)?;
-        let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}w")))).collect();
-        let lines = lines.join_on(groups_w, JoinType::Left, on).map_err(plan_err)?;
+        // The group's charge, weight and line count: the small side builds the join.
         let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}c")))).collect();
-        let joined = lines.join_on(charges.clone(), JoinType::Left, on).map_err(plan_err)?;
+        let joined = charges.clone().join_on(lines, JoinType::Right, on).map_err(plan_err)?;
         let w_zero = ident("__bf_w").eq(dec(0, 0)).or(ident("__bf_w").is_null());
         let share = when(
             w_zero,
@@ -695,7 +691,6 @@ impl Stage for RateStage {
             .map(String::from)
             .collect();
             v.extend(gnames.iter().cloned());
-            v.extend(gnames.iter().map(|n| format!("{n}w")));
             v.extend(gnames.iter().map(|n| format!("{n}c")));
             v.push(self.output.clone());
             v
