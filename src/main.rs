@@ -17,9 +17,13 @@ const DEFAULT_PIPELINE: &str = "data-samples/cloud-reseller/pipeline.yaml";
     about = "Rate and convert billing data as it flows through a software supply chain"
 )]
 struct Cli {
-    /// Threads (DataFusion partitions) per stream plan; default: all cores.
+    /// Threads: DataFusion partitions per stream plan and runtime workers; default: all cores.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Memory for sorts, aggregations and joins (e.g. 512M, 4G); past it, sorts and
+    /// aggregations spill to disk (TMPDIR). `0`: no limit.
+    #[arg(long, global = true, default_value = "4G", value_parser = parse_size)]
+    memory_limit: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,9 +85,38 @@ enum Format {
     Dot,
 }
 
+/// `4G`, `512M`, `64K`, `1.5G` or a number of bytes.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], t[i..].to_ascii_uppercase()),
+        None => (t, String::new()),
+    };
+    let factor: f64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use K, M, G or T (e.g. 4G)")),
+    };
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 4G, 512M)"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("`{text}` is not a size (e.g. 4G, 512M)"));
+    }
+    Ok((n * factor) as usize)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = cli.threads {
+        builder.worker_threads(t.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -101,7 +134,8 @@ async fn load(engine: &Engine, path: &Path) -> Result<billflow::Plan, ExitCode> 
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let engine = match Engine::new(cli.threads) {
+    let limit = (cli.memory_limit > 0).then_some(cli.memory_limit);
+    let engine = match Engine::new(cli.threads).and_then(|e| e.with_memory_limit(limit)) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             eprintln!("error: {e}");
@@ -238,5 +272,23 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_with_binary_units() {
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("4X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1G").is_err());
     }
 }

@@ -135,6 +135,24 @@ impl Engine {
         Ok(Engine { runtime, partitions })
     }
 
+    /// Bound the memory of sorts, aggregations and joins, shared by the streams running at
+    /// once: past it, sorts and aggregations spill to disk (the OS temp directory), and an
+    /// operator that cannot spill fails its stream with a clear error instead of the
+    /// machine running out of memory. `None`: no limit.
+    pub fn with_memory_limit(self, bytes: Option<usize>) -> Result<Self, String> {
+        let Some(bytes) = bytes else { return Ok(self) };
+        use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(bytes),
+            std::num::NonZeroUsize::new(5).unwrap_or(std::num::NonZeroUsize::MIN),
+        );
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()
+            .map_err(|e| e.strip_backtrace())?;
+        Ok(Engine { runtime, ..self })
+    }
+
     /// A fresh session per stream: stages register `input` without stepping on each other.
     pub fn session(&self) -> SessionContext {
         let mut config = SessionConfig::new()

@@ -179,13 +179,11 @@ pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> 
     Ok(total)
 }
 
-/// Open Parquet writers per writing task in a `for_each` batch: past this, the least
-/// recently used is closed (its organisation's next rows start a new file).
-const MAX_OPEN_WRITERS: usize = 256;
-/// Row groups buffered in memory per writing task, across its open writers: past this,
-/// the largest are flushed as (smaller) row groups, so memory stays bounded however many
-/// organisations there are.
-const BUFFER_BUDGET: usize = 256 << 20;
+/// Rows held in memory per writing task of a `for_each` batch, waiting to be written:
+/// past this, the organisations holding the most are written out (a file each), so memory
+/// stays bounded however many organisations there are, and an organisation's rows land in
+/// few files. Only the files being written hold a Parquet encoder.
+const BUFFER_BUDGET: usize = 128 << 20;
 
 /// What a `for_each` batch wrote: the whole, and each organisation's part.
 #[derive(Debug, Default)]
@@ -194,16 +192,43 @@ pub struct WrittenPerOrganization {
     pub parts: BTreeMap<String, Written>,
 }
 
-struct OpenWriter {
-    writer: AsyncArrowWriter<tokio::fs::File>,
-    last_used: u64,
+/// One organisation's rows waiting to be written by one task.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    files: usize,
+}
+
+/// Write one organisation's pending rows to a new file `dir/<org>/part-<task>-<n>.parquet`.
+async fn flush(dir: &Path, task: usize, org: &str, p: &mut Pending, schema: &SchemaRef) -> Result<(), String> {
+    if p.batches.is_empty() {
+        return Ok(());
+    }
+    let sub = dir.join(org);
+    tokio::fs::create_dir_all(&sub)
+        .await
+        .map_err(|e| format!("{}: {e}", sub.display()))?;
+    let path = sub.join(format!("part-{task:05}-{:05}.parquet", p.files));
+    p.files += 1;
+    let file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut writer =
+        AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
+    for b in p.batches.drain(..) {
+        writer.write(&b).await.map_err(|e| e.to_string())?;
+    }
+    writer.close().await.map_err(|e| e.to_string())?;
+    p.bytes = 0;
+    Ok(())
 }
 
 /// Execute `df` and write each organisation's rows (named by the `column`, a non-null
-/// string column of `schema`) under `dir/<organisation>/`, several files per organisation
-/// when it has many rows or many organisations share the writers. Each partition of the
-/// plan is written by its own task; within a record batch, rows are grouped by a stable
-/// sort on the organisation, so a declared `order_by` still holds within each file.
+/// string column of `schema`) under `dir/<organisation>/`. Each partition of the plan is
+/// written by its own task, which groups each record batch's rows by organisation (a
+/// stable sort, so a declared `order_by` still holds within each file) and holds them
+/// until its budget is reached or its input ends.
 pub async fn write_parquet_per_organization(
     plan: &Executable,
     dir: &Path,
@@ -218,9 +243,8 @@ pub async fn write_parquet_per_organization(
         let dir = dir.to_path_buf();
         tasks.spawn(async move {
             let mut parts: BTreeMap<String, Written> = BTreeMap::new();
-            let mut open: std::collections::HashMap<String, OpenWriter> = std::collections::HashMap::new();
-            let mut files: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-            let mut clock = 0u64;
+            let mut pending: std::collections::HashMap<String, Pending> = std::collections::HashMap::new();
+            let mut held = 0usize;
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(|e| e.strip_backtrace())?;
                 if batch.num_rows() == 0 {
@@ -228,50 +252,41 @@ pub async fn write_parquet_per_organization(
                 }
                 let batch =
                     RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| e.to_string())?;
+                let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
                 for slice in group_by_organization(&batch, org_index)? {
-                    let orgs = slice.column(org_index).as_string::<i32>();
-                    let org = orgs.value(0).to_string();
+                    let org = slice.column(org_index).as_string::<i32>().value(0).to_string();
                     batch_totals(&slice, parts.entry(org.clone()).or_default())?;
-                    clock += 1;
-                    if !open.contains_key(&org) {
-                        if open.len() >= MAX_OPEN_WRITERS
-                            && let Some(lru) = open.iter().min_by_key(|(_, w)| w.last_used).map(|(k, _)| k.clone())
-                            && let Some(w) = open.remove(&lru)
-                        {
-                            w.writer.close().await.map_err(|e| e.to_string())?;
-                        }
-                        let n = files.entry(org.clone()).or_insert(0);
-                        let sub = dir.join(&org);
-                        tokio::fs::create_dir_all(&sub)
-                            .await
-                            .map_err(|e| format!("{}: {e}", sub.display()))?;
-                        let path = sub.join(format!("part-{task:05}-{n:05}.parquet"));
-                        *n += 1;
-                        let file = tokio::fs::File::create(&path)
-                            .await
-                            .map_err(|e| format!("{}: {e}", path.display()))?;
-                        let writer = AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
-                            .map_err(|e| e.to_string())?;
-                        open.insert(org.clone(), OpenWriter { writer, last_used: 0 });
-                    }
-                    if let Some(w) = open.get_mut(&org) {
-                        w.last_used = clock;
-                        w.writer.write(&slice).await.map_err(|e| e.to_string())?;
-                    }
+                    let bytes = per_row * slice.num_rows();
+                    let p = pending.entry(org).or_default();
+                    p.batches.push(slice);
+                    p.bytes += bytes;
+                    held += bytes;
                 }
-                // Bound the row groups held in memory: flush the largest first.
-                let mut buffered: usize = open.values().map(|w| w.writer.in_progress_size()).sum();
-                while buffered > BUFFER_BUDGET {
-                    let Some(w) = open.values_mut().max_by_key(|w| w.writer.in_progress_size()) else {
-                        break;
-                    };
-                    let size = w.writer.in_progress_size();
-                    w.writer.flush().await.map_err(|e| e.to_string())?;
-                    buffered -= size;
+                if held > BUFFER_BUDGET {
+                    // Write out the largest holders until half the budget is free.
+                    let mut by_size: Vec<(usize, String)> = pending
+                        .iter()
+                        .map(|(k, p)| (p.bytes, k.clone()))
+                        .filter(|(b, _)| *b > 0)
+                        .collect();
+                    by_size.sort_unstable_by(|a, b| b.cmp(a));
+                    for (bytes, org) in by_size {
+                        if held <= BUFFER_BUDGET / 2 {
+                            break;
+                        }
+                        if let Some(p) = pending.get_mut(&org) {
+                            flush(&dir, task, &org, p, &schema).await?;
+                        }
+                        held = held.saturating_sub(bytes);
+                    }
                 }
             }
-            for (_, w) in open {
-                w.writer.close().await.map_err(|e| e.to_string())?;
+            let mut orgs: Vec<String> = pending.keys().cloned().collect();
+            orgs.sort();
+            for org in orgs {
+                if let Some(p) = pending.get_mut(&org) {
+                    flush(&dir, task, &org, p, &schema).await?;
+                }
             }
             Ok::<BTreeMap<String, Written>, String>(parts)
         });
