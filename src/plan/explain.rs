@@ -40,77 +40,136 @@ pub fn tree(plan: &Plan) -> String {
         out,
         "streams (in run order; streams at the same depth can run in parallel):"
     );
-    // Walk the organisation tree from the vendor(s) down.
-    let mut orgs: Vec<(usize, &str)> = Vec::new();
-    fn walk<'a>(
-        p: &'a crate::definition::Pipeline,
+    // Walk the organisation tree from the vendor(s) down; organisations with no stream in
+    // their subtree are counted, not listed (a chain may have thousands of resellers).
+    let owns = |id: &str| plan.streams.iter().any(|s| plan.def(s).owner.value == id);
+    fn subtree_has<'a>(p: &'a crate::definition::Pipeline, id: &str, owns: &dyn Fn(&str) -> bool, hops: usize) -> bool {
+        owns(id)
+            || (hops < p.organizations.len()
+                && p.organizations
+                    .iter()
+                    .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == id))
+                    .any(|o| subtree_has(p, &o.id.value, owns, hops + 1)))
+    }
+    let print_stream = |out: &mut String, pad: &str, ps: &crate::plan::PlannedStream| {
+        let s = plan.def(ps);
+        let input = match &s.input {
+            InputRef::Source(t) => format!("source {}", t.value),
+            InputRef::Stream(t) => format!("stream {}", t.value),
+        };
+        let period = s
+            .period
+            .as_ref()
+            .map(|p| format!(", period column {}", p.value))
+            .unwrap_or_default();
+        let each = s
+            .for_each
+            .as_ref()
+            .map(|e| format!(", a partition per `{}`", e.column.value))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{pad}  stream {} [{}] <- {input}{period}{each}",
+            s.id.value,
+            s.kind.name()
+        );
+        for (i, st) in ps.stages.iter().enumerate() {
+            let fused = if st.stage.fuses() { "" } else { "  (materialises)" };
+            let tables = st.stage.tables();
+            let reads = if tables.is_empty() {
+                String::new()
+            } else {
+                format!("  [reads {}]", tables.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "{pad}    {}. {} - {}{reads}{fused}",
+                i + 1,
+                st.name,
+                st.stage.describe()
+            );
+        }
+        let published: Vec<String> = s
+            .output_columns()
+            .map(|c| format!("{} {}", c.name.value, c.ty))
+            .collect();
+        let hidden = s.columns.len() - published.len();
+        let at = match &s.for_each {
+            Some(_) => format!("{}/_each/{}/<batch>/data/<organisation>", ps.tier, s.id.value),
+            None => format!("{}/{}/{}/<batch>", ps.tier, s.owner.value, s.id.value),
+        };
+        let _ = writeln!(
+            out,
+            "{pad}    => {at}: {}{}",
+            published.join(", "),
+            if hidden > 0 {
+                format!(" (+{hidden} intermediate)")
+            } else {
+                String::new()
+            }
+        );
+    };
+    fn walk(
+        p: &crate::definition::Pipeline,
         parent: Option<&str>,
         depth: usize,
-        out: &mut Vec<(usize, &'a str)>,
+        out: &mut String,
+        owns: &dyn Fn(&str) -> bool,
+        streams_of: &dyn Fn(&mut String, &str, &str),
     ) {
+        let mut quiet: Vec<&str> = Vec::new();
         for o in &p.organizations {
-            if o.upstream.as_ref().map(|u| u.value.as_str()) == parent {
-                out.push((depth, o.id.value.as_str()));
-                walk(p, Some(&o.id.value), depth + 1, out);
+            if o.upstream.as_ref().map(|u| u.value.as_str()) != parent {
+                continue;
             }
+            // The vendor always shows; below it, only organisations with streams.
+            if parent.is_some() && !subtree_has(p, &o.id.value, owns, 0) {
+                quiet.push(o.tier.value.as_str());
+                continue;
+            }
+            let pad = "  ".repeat(depth + 1);
+            let _ = writeln!(out, "{pad}{} {} ({})", o.tier.value, o.id.value, o.name);
+            streams_of(out, &pad, &o.id.value);
+            walk(p, Some(&o.id.value), depth + 1, out, owns, streams_of);
         }
-    }
-    walk(p, None, 0, &mut orgs);
-    for (depth, org_id) in orgs {
-        let Some(org) = p.organization(org_id) else { continue };
-        let pad = "  ".repeat(depth + 1);
-        let _ = writeln!(out, "{pad}{} {} ({})", org.tier.value, org.id.value, org.name);
-        for ps in plan.streams.iter().filter(|s| plan.def(s).owner.value == org_id) {
-            let s = plan.def(ps);
-            let input = match &s.input {
-                InputRef::Source(t) => format!("source {}", t.value),
-                InputRef::Stream(t) => format!("stream {}", t.value),
-            };
-            let period = s
-                .period
-                .as_ref()
-                .map(|p| format!(", period column {}", p.value))
-                .unwrap_or_default();
+        if !quiet.is_empty() {
+            let pad = "  ".repeat(depth + 1);
             let _ = writeln!(
                 out,
-                "{pad}  stream {} [{}] <- {input}{period}",
-                s.id.value,
-                s.kind.name()
-            );
-            for (i, st) in ps.stages.iter().enumerate() {
-                let fused = if st.stage.fuses() { "" } else { "  (materialises)" };
-                let tables = st.stage.tables();
-                let reads = if tables.is_empty() {
-                    String::new()
+                "{pad}(+{} {} without streams of their own)",
+                quiet.len(),
+                if quiet.len() == 1 {
+                    "organisation"
                 } else {
-                    format!("  [reads {}]", tables.join(", "))
-                };
-                let _ = writeln!(
-                    out,
-                    "{pad}    {}. {} - {}{reads}{fused}",
-                    i + 1,
-                    st.name,
-                    st.stage.describe()
-                );
-            }
-            let published: Vec<String> = s
-                .output_columns()
-                .map(|c| format!("{} {}", c.name.value, c.ty))
-                .collect();
-            let hidden = s.columns.len() - published.len();
-            let _ = writeln!(
-                out,
-                "{pad}    => {}/{}/{}/<batch>: {}{}",
-                ps.tier,
-                s.owner.value,
-                s.id.value,
-                published.join(", "),
-                if hidden > 0 {
-                    format!(" (+{hidden} intermediate)")
-                } else {
-                    String::new()
+                    "organisations"
                 }
             );
+        }
+    }
+    let streams_of = |out: &mut String, pad: &str, org_id: &str| {
+        for ps in plan.streams.iter().filter(|s| plan.def(s).owner.value == org_id) {
+            print_stream(out, pad, ps);
+        }
+    };
+    walk(p, None, 0, &mut out, &owns, &streams_of);
+    // Streams run for every organisation of a tier.
+    let mut tiers: Vec<&str> = Vec::new();
+    for ps in &plan.streams {
+        if let Some(e) = &plan.def(ps).for_each
+            && !tiers.contains(&e.tier.value.as_str())
+        {
+            tiers.push(e.tier.value.as_str());
+        }
+    }
+    for tier in tiers {
+        let n = p.organizations.iter().filter(|o| o.tier.value == tier).count();
+        let _ = writeln!(out, "  each {tier} ({n} organisations)");
+        for ps in plan
+            .streams
+            .iter()
+            .filter(|s| plan.def(s).for_each.as_ref().is_some_and(|e| e.tier.value == tier))
+        {
+            print_stream(&mut out, "  ", ps);
         }
     }
     out

@@ -127,6 +127,17 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_organisation_gets_its_partition_with_its_own_totals() {
     let (tmp, pipeline) = scenario(PIPELINE);
+    // explain shows the tier-wide streams under their tier, and where their batches go.
+    let plan = billflow::check(&engine(), &pipeline)
+        .await
+        .unwrap_or_else(|d| panic!("{}", d.render()));
+    let tree = billflow::plan::explain::tree(&plan);
+    assert!(tree.contains("  each distributor (2 organisations)\n    stream distributor-usage [billing] <- stream vendor-usage, a partition per `distributor_id`"), "{tree}");
+    assert!(
+        tree.contains("=> distributor/_each/distributor-usage/<batch>/data/<organisation>:"),
+        "{tree}"
+    );
+    assert!(tree.contains("  each reseller (4 organisations)"), "{tree}");
     let wh = tmp.path().join("wh");
     let report = run(&pipeline, "2026-10", &wh).await;
     assert!(report.ok(), "{report:?}");
