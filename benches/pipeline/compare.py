@@ -152,6 +152,7 @@ def main() -> int:
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
     ap.add_argument("--billflow", metavar="PATH", help="the billflow binary (default: a release build if any)")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of duckdb,polars")
+    ap.add_argument("--threads", type=int, help="threads for all three (default: all cores)")
     args = ap.parse_args()
 
     if args.billflow:
@@ -184,14 +185,15 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         print(f"generated {args.rows} rows (seed {args.seed}) in {scenario} in {time.perf_counter() - t:.1f}s")
-        cores = os.cpu_count() or 1
+        cores = args.threads or os.cpu_count() or 1
 
         results = []  # (name, wall, rss, totals)
         warehouse = scenario / "wh"
         print("running billflow ...", flush=True)
+        threads = ["--threads", str(args.threads)] if args.threads else []
         wall, rss = measure(
             [str(billflow), "run", str(scenario / "pipeline.yaml"), "--period", PERIOD, "--quiet",
-             "--warehouse", str(warehouse)],
+             "--warehouse", str(warehouse)] + threads,
             logs / "billflow.log",
         )
         results.append(("billflow", wall, rss, billflow_totals(warehouse)))
@@ -199,14 +201,14 @@ def main() -> int:
             print(f"running {peer} ...", flush=True)
             out = work / f"out-{peer}"
             wall, rss = measure(
-                [sys.executable, str(HERE / "peers.py"), peer, str(scenario), str(out), "--period", PERIOD],
+                [sys.executable, str(HERE / "peers.py"), peer, str(scenario), str(out), "--period", PERIOD] + threads,
                 logs / f"{peer}.log",
             )
             results.append((peer, wall, rss, parquet_totals(out)))
 
         bf_wall = results[0][1]
         print()
-        print(f"{args.rows} usage rows, seed {args.seed}, {cores} cores")
+        print(f"{args.rows} usage rows, seed {args.seed}, {cores} thread(s) each")
         header = ["implementation", "rows", "wall s", "rows/s per core", "peak MiB", "billflow time / this"]
         rows = [
             [name, f"{args.rows:,}", f"{wall:.2f}", f"{args.rows / wall / cores:,.0f}", f"{rss:,.0f}",
