@@ -12,23 +12,28 @@ use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, SourceSpan};
 pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
+    /// Byte offset of each character, for non-ASCII text (ASCII: the character index is
+    /// the byte offset). A generated pipeline has thousands of locations: no rescans.
+    char_offsets: Option<Vec<usize>>,
 }
 
 impl SourceFile {
     pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Arc<Self> {
+        let text: String = text.into();
+        let char_offsets = (!text.is_ascii()).then(|| text.char_indices().map(|(i, _)| i).collect());
         Arc::new(Self {
             path: path.into(),
-            text: text.into(),
+            text,
+            char_offsets,
         })
     }
 
     /// Byte offset of a 0-based character index (YAML markers count characters).
     fn byte_offset(&self, character: usize) -> usize {
-        self.text
-            .char_indices()
-            .nth(character)
-            .map(|(i, _)| i)
-            .unwrap_or(self.text.len())
+        match &self.char_offsets {
+            None => character.min(self.text.len()),
+            Some(offsets) => offsets.get(character).copied().unwrap_or(self.text.len()),
+        }
     }
 }
 
@@ -294,5 +299,25 @@ pub fn one_of(items: &[&str]) -> String {
         0 => String::new(),
         1 => quoted[0].clone(),
         n => format!("{} or {}", quoted[..n - 1].join(", "), quoted[n - 1]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn character_positions_map_to_byte_offsets_in_ascii_and_unicode_text() {
+        let ascii = SourceFile::new("a.yaml", "ab\ncd");
+        assert_eq!(ascii.byte_offset(3), 3);
+        assert_eq!(ascii.byte_offset(99), 5);
+        // `é` and `€` take 2 and 3 bytes.
+        let text = SourceFile::new("u.yaml", "é: €x\ny");
+        assert_eq!(text.byte_offset(0), 0);
+        assert_eq!(text.byte_offset(1), 2);
+        assert_eq!(text.byte_offset(3), 4);
+        assert_eq!(text.byte_offset(4), 7);
+        assert_eq!(text.byte_offset(6), 9);
+        assert_eq!(text.byte_offset(7), text.text.len());
     }
 }

@@ -165,6 +165,10 @@ impl Engine {
         // rather than hash-repartitioning the usage rows on both sides.
         config.options_mut().optimizer.hash_join_single_partition_threshold = 256 << 20;
         config.options_mut().optimizer.hash_join_single_partition_threshold_rows = 8 << 20;
+        // Billflow's own joins put the small side (a reference, or one row per group) on
+        // the build side: build it once for all partitions rather than hash-repartition
+        // the usage rows on both sides. (Joins in SQL stages are still ordered by size.)
+        config.options_mut().optimizer.repartition_joins = false;
         let state = datafusion::execution::session_state::SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())

@@ -203,9 +203,16 @@ impl ScalarUDFImpl for FailUdf {
 }
 
 pub fn fail_on(bad: Expr, reason: Expr, stage: &str) -> Expr {
+    // The reason only where the row is bad: CASE evaluates its branch on those rows alone,
+    // so a passing batch never builds the message strings.
+    let bad = bad.is_true();
+    let reason = cast(reason, DataType::Utf8);
+    let reason = datafusion::logical_expr::when(bad.clone(), reason.clone())
+        .otherwise(lit(datafusion::scalar::ScalarValue::Utf8(None)))
+        .unwrap_or(reason);
     ScalarUDF::new_from_impl(FailUdf {
         signature: Signature::exact(vec![DataType::Boolean, DataType::Utf8], Volatility::Volatile),
         stage: stage.to_string(),
     })
-    .call(vec![bad.is_true(), cast(reason, DataType::Utf8)])
+    .call(vec![bad, reason])
 }
