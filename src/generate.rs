@@ -279,9 +279,6 @@ streams:
     owner: vendor
     input: { source: usage }
     period: usage_date
-    # Sorted by distributor and reseller: each organisation's rows arrive together, and a
-    # reader filtering on one organisation reads only its pages.
-    order_by: [distributor_id, reseller_id]
     stages:
       - { name: subscriber, kind: lookup, reference: subscriptions, keys: [subscription_id], columns: [customer_id, reseller_id, distributor_id], on_missing: reject }
       - { name: rate, kind: rate, price_list: price_plans, keys: [sku], group_by: [subscription_id], quantity: quantity, output: cost_usd, scale: 4, on_missing_price: reject }

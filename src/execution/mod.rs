@@ -784,6 +784,23 @@ impl Engine {
         };
         let fused = ps.stages.iter().all(|st| st.stage.fuses());
         let mut organizations = BTreeMap::new();
+        // A `for_each` batch: each organisation's rows to one writer (one file each, not
+        // one per writer), unless a declared order must be kept as sorted.
+        let out = match &each {
+            Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
+                match out.repartition(datafusion::logical_expr::Partitioning::Hash(
+                    vec![datafusion::prelude::ident(*column)],
+                    self.partitions,
+                )) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        fail(&mut report, None, e.strip_backtrace(), None, None);
+                        return report;
+                    }
+                }
+            }
+            _ => out,
+        };
         let executable = match write::Executable::new(out).await {
             Ok(x) => x,
             Err(e) => {
