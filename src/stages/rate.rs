@@ -260,10 +260,6 @@ impl Stage for RateStage {
             self.allocation
         )
     }
-    /// The groups' charges are computed (and held) while the stream is planned.
-    fn fuses(&self) -> bool {
-        false
-    }
     fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
         format!(
             "{} {:?} {:?} {:?} {:?} {:?} {:?} {} {}",
@@ -659,9 +655,6 @@ impl Stage for RateStage {
                 c
             })
             .map_err(plan_err)?;
-        // One row per group: computed once here and held in memory, rather than read again
-        // (with the whole input below it) by each of the two places that join it back.
-        let charges = charges.cache().await.map_err(plan_err)?;
 
         // 5. Back to the lines: each line's share of its group's charge, reconciled.
         let lines = {
