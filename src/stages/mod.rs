@@ -19,6 +19,7 @@ pub mod money;
 pub mod polars;
 pub mod prorate;
 pub mod rate;
+pub mod residue;
 pub mod round;
 pub mod side;
 pub mod split_column;

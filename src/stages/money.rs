@@ -179,8 +179,10 @@ impl ScalarUDFImpl for RoundUdf {
 
 /// Penny reconciliation: adjust the already rounded `column` so that, per group, the lines
 /// add up to `target` (an expression constant within the group, e.g. the rounded total of
-/// the exact lines). The residue goes to the first line in `order`. An aggregate, a join
-/// and a ranking window: no row loop, and memory bounded by the sort's spilling.
+/// the exact lines). The residue goes to the first line in `order` (ties on every key: any
+/// one of them). One aggregate per group (the sum of the lines and the first line's sort
+/// keys), joined back, then one streaming pass that gives each group's residue to one of
+/// its candidate lines (`residue.rs`): no sort of the lines, no window over whole groups.
 pub fn distribute_residue(
     df: datafusion::prelude::DataFrame,
     column: &str,
@@ -189,55 +191,47 @@ pub fn distribute_residue(
     order: Vec<datafusion::logical_expr::SortExpr>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     use datafusion::functions::expr_fn::coalesce;
-    use datafusion::functions_aggregate::expr_fn::sum;
-    use datafusion::functions_window::expr_fn::row_number;
-    use datafusion::logical_expr::{ExprFunctionExt, cast, when};
+    use datafusion::functions_aggregate::expr_fn::{first_value, sum};
+    use datafusion::logical_expr::{Operator, binary_expr, cast};
     use datafusion::prelude::ident;
 
     let ty = df.schema().field_with_unqualified_name(column)?.data_type().clone();
-    // The sum of the rounded lines per group: an aggregate joined back (group values
-    // compared NULL-safely), not a window over whole groups, which would hold every row.
     let names: Vec<String> = (0..group.len()).map(|i| format!("__bf_rg{i}")).collect();
+    let tops: Vec<String> = (0..order.len()).map(|i| format!("__bf_top{i}")).collect();
+    let mut aggs = vec![sum(ident(column)).alias("__bf_lines")];
+    aggs.extend(
+        order
+            .iter()
+            .zip(&tops)
+            .map(|(o, t)| first_value(o.expr.clone(), order.clone()).alias(t)),
+    );
     let sums = df.clone().aggregate(
         group.iter().zip(&names).map(|(g, n)| g.clone().alias(n)).collect(),
-        vec![sum(ident(column)).alias("__bf_lines")],
+        aggs,
     )?;
+    let same = |a: Expr, b: Expr| binary_expr(a, Operator::IsNotDistinctFrom, b);
     let on: Vec<Expr> = group
         .iter()
         .zip(&names)
-        .map(|(g, n)| {
-            datafusion::logical_expr::binary_expr(
-                g.clone(),
-                datafusion::logical_expr::Operator::IsNotDistinctFrom,
-                ident(n),
-            )
-        })
+        .map(|(g, n)| same(g.clone(), ident(n)))
         .collect();
     let df = sums.join_on(df, datafusion::common::JoinType::Right, on)?;
-    // Then one line per group takes the residue: a ranking window, which runs group by group
-    // over input sorted by the group (a sort that spills when memory is short).
-    let df = df.window(vec![
-        row_number()
-            .partition_by(group)
-            .order_by(order)
-            .build()?
-            .alias("__bf_rank"),
-    ])?;
+    // A candidate: equal to the group's first line on every sort key.
+    let candidate = order
+        .iter()
+        .zip(&tops)
+        .map(|(o, t)| same(o.expr.clone(), ident(t)))
+        .reduce(Expr::and)
+        .unwrap_or(lit(true));
     let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
-    let residue = coalesce(vec![target - ident("__bf_lines"), zero.clone()]);
-    let adjusted = ident(column) + when(ident("__bf_rank").eq(lit(1u64)), residue).otherwise(zero)?;
+    let residue = cast(coalesce(vec![target - ident("__bf_lines"), zero]), ty);
+    let df = super::residue::assign(df, column, names.iter().map(ident).collect(), candidate, residue)?;
     let select: Vec<Expr> = df
         .schema()
         .fields()
         .iter()
-        .filter(|f| !matches!(f.name().as_str(), "__bf_lines" | "__bf_rank") && !names.contains(f.name()))
-        .map(|f| {
-            if f.name() == column {
-                cast(adjusted.clone(), ty.clone()).alias(column)
-            } else {
-                ident(f.name())
-            }
-        })
+        .filter(|f| f.name() != "__bf_lines" && !names.contains(f.name()) && !tops.contains(f.name()))
+        .map(|f| ident(f.name()))
         .collect();
     df.select(select)
 }

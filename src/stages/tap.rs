@@ -317,16 +317,19 @@ impl ExtensionPlanner for CheckpointPlanner {
     }
 }
 
-/// The query planner of billflow's sessions: DataFusion's, plus checkpoints.
+/// The query planner of billflow's sessions: DataFusion's, plus checkpoints and residues.
 #[derive(Debug)]
 pub struct Planner;
 
 #[async_trait]
 impl QueryPlanner for Planner {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(CheckpointPlanner)])
-            .create_physical_plan(plan, session)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(CheckpointPlanner),
+            Arc::new(super::residue::ResiduePlanner),
+        ])
+        .create_physical_plan(plan, session)
+        .await
     }
 }
 
