@@ -191,7 +191,7 @@ pub fn distribute_residue(
     order: Vec<datafusion::logical_expr::SortExpr>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     use datafusion::functions::expr_fn::coalesce;
-    use datafusion::functions_aggregate::expr_fn::{first_value, sum};
+    use datafusion::functions_aggregate::expr_fn::{first_value, max, min, sum};
     use datafusion::logical_expr::{Operator, binary_expr, cast};
     use datafusion::prelude::ident;
 
@@ -199,12 +199,20 @@ pub fn distribute_residue(
     let names: Vec<String> = (0..group.len()).map(|i| format!("__bf_rg{i}")).collect();
     let tops: Vec<String> = (0..order.len()).map(|i| format!("__bf_top{i}")).collect();
     let mut aggs = vec![sum(ident(column)).alias("__bf_lines")];
-    aggs.extend(
-        order
-            .iter()
-            .zip(&tops)
-            .map(|(o, t)| first_value(o.expr.clone(), order.clone()).alias(t)),
-    );
+    aggs.extend(order.iter().zip(&tops).enumerate().map(|(i, (o, t))| {
+        // The first key's best value is a plain max or min (cheap); the next keys' are
+        // those of the line that wins on the keys before them.
+        if i == 0 {
+            if o.asc {
+                min(o.expr.clone())
+            } else {
+                max(o.expr.clone())
+            }
+            .alias(t)
+        } else {
+            first_value(o.expr.clone(), order.clone()).alias(t)
+        }
+    }));
     let sums = df.clone().aggregate(
         group.iter().zip(&names).map(|(g, n)| g.clone().alias(n)).collect(),
         aggs,
