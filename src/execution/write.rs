@@ -111,6 +111,26 @@ fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
     Ok(())
 }
 
+/// Wait for every writing task, folding what each wrote with `add`; the first error wins,
+/// after all tasks have ended (none is left writing into the staging directory).
+async fn join_writers<T: 'static>(
+    mut tasks: tokio::task::JoinSet<Result<T, String>>,
+    mut add: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        let outcome = match r {
+            Ok(Ok(w)) => add(w),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("writer task failed: {e}")),
+        };
+        if let Err(e) = outcome {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// Execute `df` and write each partition to `dir/part-NNNNN.parquet` with `schema` (the
 /// declared output schema: a NULL in a non-nullable column is an error here, never
 /// written). At least one file is written, so an empty batch still has a schema.
@@ -151,21 +171,7 @@ pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> 
         });
     }
     let mut total = Written::default();
-    let mut first_error = None;
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(w)) => total.add(w)?,
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(format!("writer task failed: {e}"));
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+    join_writers(tasks, |w| total.add(w)).await?;
     let any_file = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if !any_file {
         let path = dir.join("part-00000.parquet");
@@ -292,26 +298,14 @@ pub async fn write_parquet_per_organization(
         });
     }
     let mut out = WrittenPerOrganization::default();
-    let mut first_error = None;
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(parts)) => {
-                for (org, w) in parts {
-                    out.total.add(w.clone())?;
-                    out.parts.entry(org).or_default().add(w)?;
-                }
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(format!("writer task failed: {e}"));
-            }
+    join_writers(tasks, |parts| {
+        for (org, w) in parts {
+            out.total.add(w.clone())?;
+            out.parts.entry(org).or_default().add(w)?;
         }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+        Ok(())
+    })
+    .await?;
     Ok(out)
 }
 

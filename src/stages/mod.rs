@@ -16,6 +16,7 @@ pub mod manual;
 pub mod map_values;
 pub mod markup;
 pub mod money;
+mod operator;
 pub mod polars;
 pub mod prorate;
 pub mod rate;

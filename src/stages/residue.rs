@@ -16,23 +16,19 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, DataFusionError, internal_err};
 use datafusion::error::Result;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use datafusion::prelude::DataFrame;
-use futures::StreamExt;
+
+use super::operator::{BatchExec, BatchFn};
 
 /// `df` with `residue` added to `column` on one `candidate` line per group (`group`).
 /// `residue` must already have `column`'s type.
@@ -133,103 +129,53 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
 /// The groups that have had their residue, for one execution of the plan.
 type Served = Arc<Mutex<HashSet<Box<[u8]>>>>;
 
+/// What the physical operator does to each batch.
 #[derive(Debug)]
-struct ResidueExec {
-    input: Arc<dyn ExecutionPlan>,
+struct ResidueFn {
     column: usize,
     group: Vec<Arc<dyn PhysicalExpr>>,
+    /// The group columns' types, for their comparable row form.
+    fields: Vec<SortField>,
     candidate: Arc<dyn PhysicalExpr>,
     residue: Arc<dyn PhysicalExpr>,
     served: Served,
 }
 
-impl DisplayAs for ResidueExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+impl BatchFn for ResidueFn {
+    fn name(&self) -> &'static str {
+        "AssignResidueExec"
+    }
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
             "AssignResidueExec: column #{} + {} on the first of {} per group",
             self.column, self.residue, self.candidate
         )
     }
-}
-
-impl ExecutionPlan for ResidueExec {
-    fn name(&self) -> &str {
-        "AssignResidueExec"
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        self.group.iter().chain([&self.candidate, &self.residue]).collect()
     }
-    fn properties(&self) -> &Arc<PlanProperties> {
-        // Rows pass one for one, in order; one column's values change (same type).
-        self.input.properties()
-    }
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        for e in self.group.iter().chain([&self.candidate, &self.residue]) {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    }
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Some(input), true) = (children.pop(), children.is_empty()) else {
-            return internal_err!("AssignResidueExec takes one input");
-        };
-        Ok(Arc::new(ResidueExec {
-            input,
+    fn renew(&self) -> Arc<dyn BatchFn> {
+        Arc::new(ResidueFn {
             column: self.column,
             group: self.group.clone(),
+            fields: self.fields.clone(),
             candidate: self.candidate.clone(),
             residue: self.residue.clone(),
             served: Arc::new(Mutex::new(HashSet::new())),
-        }))
+        })
     }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
-    }
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let schema: SchemaRef = input.schema();
-        let fields: Vec<SortField> = self
-            .group
-            .iter()
-            .map(|g| g.data_type(&schema).map(SortField::new))
-            .collect::<Result<_>>()?;
-        let converter = RowConverter::new(fields)?;
-        let (column, group, candidate, residue, served) = (
+    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let converter = RowConverter::new(self.fields.clone())?;
+        assign_batch(
+            batch,
             self.column,
-            self.group.clone(),
-            self.candidate.clone(),
-            self.residue.clone(),
-            self.served.clone(),
-        );
-        let stream = input.map(move |batch| {
-            let batch = batch?;
-            assign_batch(
-                &batch,
-                column,
-                &group,
-                candidate.as_ref(),
-                residue.as_ref(),
-                &converter,
-                &served,
-            )
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+            &self.group,
+            self.candidate.as_ref(),
+            self.residue.as_ref(),
+            &converter,
+            &self.served,
+        )
     }
 }
 
@@ -325,14 +271,21 @@ impl ExtensionPlanner for ResiduePlanner {
         };
         let schema = logical.schema();
         let expr = |e: &Expr| planner.create_physical_expr(e, schema, session, planning_ctx);
-        Ok(Some(Arc::new(ResidueExec {
-            input: input.clone(),
+        let group: Vec<Arc<dyn PhysicalExpr>> = r.group.iter().map(expr).collect::<Result<_>>()?;
+        let input_schema = input.schema();
+        let fields = group
+            .iter()
+            .map(|g| g.data_type(&input_schema).map(SortField::new))
+            .collect::<Result<_>>()?;
+        let f = ResidueFn {
             column: r.column,
-            group: r.group.iter().map(expr).collect::<Result<_>>()?,
+            group,
+            fields,
             candidate: expr(&r.candidate)?,
             residue: expr(&r.residue)?,
             served: Arc::new(Mutex::new(HashSet::new())),
-        })))
+        };
+        Ok(Some(Arc::new(BatchExec::new(input.clone(), Arc::new(f)))))
     }
 }
 

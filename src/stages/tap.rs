@@ -26,16 +26,14 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, internal_err};
 use datafusion::error::Result;
 use datafusion::execution::context::QueryPlanner;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use datafusion::prelude::DataFrame;
-use futures::StreamExt;
+
+use super::operator::{BatchExec, BatchFn};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -182,18 +180,20 @@ impl UserDefinedLogicalNodeCore for Checkpoint {
     }
 }
 
-/// The physical operator.
+/// What the physical operator does to each batch.
 #[derive(Debug)]
-struct CheckpointExec {
+struct CheckpointFn {
     name: String,
-    input: Arc<dyn ExecutionPlan>,
     refused: Arc<dyn PhysicalExpr>,
     keep: Arc<dyn PhysicalExpr>,
     counts: Arc<Counts>,
 }
 
-impl DisplayAs for CheckpointExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+impl BatchFn for CheckpointFn {
+    fn name(&self) -> &'static str {
+        "CheckpointExec"
+    }
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
             "CheckpointExec: {} refused={} keep={} (rows={}, refused={}, kept={})",
@@ -205,62 +205,20 @@ impl DisplayAs for CheckpointExec {
             self.counts.kept.load(Ordering::Relaxed),
         )
     }
-}
-
-impl ExecutionPlan for CheckpointExec {
-    fn name(&self) -> &str {
-        "CheckpointExec"
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.refused, &self.keep]
     }
-    fn properties(&self) -> &Arc<PlanProperties> {
-        // Same partitioning, order and equivalences as the input: rows are only removed.
-        self.input.properties()
-    }
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        if f(&self.refused)? == TreeNodeRecursion::Stop {
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        f(&self.keep)
-    }
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Some(input), true) = (children.pop(), children.is_empty()) else {
-            return internal_err!("CheckpointExec takes one input");
-        };
-        Ok(Arc::new(CheckpointExec {
+    /// The counts are the tap's, whichever plan runs it.
+    fn renew(&self) -> Arc<dyn BatchFn> {
+        Arc::new(CheckpointFn {
             name: self.name.clone(),
-            input,
             refused: self.refused.clone(),
             keep: self.keep.clone(),
             counts: self.counts.clone(),
-        }))
+        })
     }
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
-    }
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let schema = input.schema();
-        let (refused, keep, counts) = (self.refused.clone(), self.keep.clone(), self.counts.clone());
-        let stream = input.map(move |batch| {
-            let batch = batch?;
-            pass(&batch, refused.as_ref(), keep.as_ref(), &counts)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        pass(batch, self.refused.as_ref(), self.keep.as_ref(), &self.counts)
     }
 }
 
@@ -307,13 +265,13 @@ impl ExtensionPlanner for CheckpointPlanner {
             return internal_err!("Checkpoint takes one input");
         };
         let schema = logical.schema();
-        Ok(Some(Arc::new(CheckpointExec {
+        let f = CheckpointFn {
             name: c.name.clone(),
-            input: input.clone(),
             refused: planner.create_physical_expr(&c.refused, schema, session, planning_ctx)?,
             keep: planner.create_physical_expr(&c.keep, schema, session, planning_ctx)?,
             counts: c.counts.clone(),
-        })))
+        };
+        Ok(Some(Arc::new(BatchExec::new(input.clone(), Arc::new(f)))))
     }
 }
 

@@ -1,0 +1,99 @@
+//! billflow's own physical operators (checkpoints, residues) share one shape: one input,
+//! rows in the same order and the same schema out, each record batch mapped by a function.
+//! `BatchExec` is that operator; a `BatchFn` says what it does to a batch.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::common::internal_err;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
+
+/// What a [`BatchExec`] does to each record batch.
+pub(crate) trait BatchFn: fmt::Debug + Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result;
+    /// The expressions it evaluates (for DataFusion's plan walks).
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>>;
+    /// Itself for a rebuilt plan: state that belongs to one execution starts afresh.
+    fn renew(&self) -> Arc<dyn BatchFn>;
+    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch>;
+}
+
+#[derive(Debug)]
+pub(crate) struct BatchExec {
+    input: Arc<dyn ExecutionPlan>,
+    f: Arc<dyn BatchFn>,
+}
+
+impl BatchExec {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, f: Arc<dyn BatchFn>) -> Self {
+        BatchExec { input, f }
+    }
+}
+
+impl DisplayAs for BatchExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        self.f.describe(f)
+    }
+}
+
+impl ExecutionPlan for BatchExec {
+    fn name(&self) -> &str {
+        self.f.name()
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        // Same partitioning, order and equivalences as the input.
+        self.input.properties()
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for e in self.f.exprs() {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(input), true) = (children.pop(), children.is_empty()) else {
+            return internal_err!("{} takes one input", self.f.name());
+        };
+        Ok(Arc::new(BatchExec {
+            input,
+            f: self.f.renew(),
+        }))
+    }
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    }
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = input.schema();
+        let f = self.f.clone();
+        let stream = input.map(move |batch| f.apply(&batch?));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
