@@ -1,19 +1,27 @@
-//! billflow's own physical operators (checkpoints, residues) share one shape: one input,
-//! rows in the same order and the same schema out, each record batch mapped by a function.
-//! `BatchExec` is that operator; a `BatchFn` says what it does to a batch.
+//! billflow's own plan nodes (checkpoints, residues) share one shape: one input, rows in
+//! the same order and the same schema out, each record batch mapped by a function.
+//! `BatchExec` is that operator; a `BatchFn` says what it does to a batch; a logical node
+//! that is a [`BatchNode`] is planned into one by [`Planner`], billflow's query planner.
 
 use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
 use datafusion::common::internal_err;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
 /// What a [`BatchExec`] does to each record batch.
@@ -95,5 +103,72 @@ impl ExecutionPlan for BatchExec {
         let f = self.f.clone();
         let stream = input.map(move |batch| f.apply(&batch?));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// A logical node that runs as a [`BatchExec`].
+pub(crate) trait BatchNode {
+    /// Its batch function, given its input's schema and a planner for its expressions.
+    fn batch_fn(
+        &self,
+        input: &SchemaRef,
+        expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn BatchFn>>;
+}
+
+/// billflow's logical nodes, for the planner: one line per node type.
+fn batch_node(node: &dyn UserDefinedLogicalNode) -> Option<&dyn BatchNode> {
+    let any = node.as_any();
+    None.or_else(|| {
+        any.downcast_ref::<super::tap::Checkpoint>()
+            .map(|n| n as &dyn BatchNode)
+    })
+    .or_else(|| {
+        any.downcast_ref::<super::residue::ResidueNode>()
+            .map(|n| n as &dyn BatchNode)
+    })
+}
+
+struct BatchNodePlanner;
+
+#[async_trait]
+impl ExtensionPlanner for BatchNodePlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(n) = batch_node(node) else {
+            return Ok(None);
+        };
+        let (Some(logical), Some(input), 1, 1) = (
+            logical_inputs.first(),
+            physical_inputs.first(),
+            logical_inputs.len(),
+            physical_inputs.len(),
+        ) else {
+            return internal_err!("{} takes one input", node.name());
+        };
+        let schema = logical.schema();
+        let expr = |e: &Expr| planner.create_physical_expr(e, schema, session, planning_ctx);
+        let f = n.batch_fn(&input.schema(), &expr)?;
+        Ok(Some(Arc::new(BatchExec::new(input.clone(), f))))
+    }
+}
+
+/// The query planner of billflow's sessions: DataFusion's, plus billflow's nodes.
+#[derive(Debug)]
+pub struct Planner;
+
+#[async_trait]
+impl QueryPlanner for Planner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BatchNodePlanner)])
+            .create_physical_plan(plan, session)
+            .await
     }
 }

@@ -17,18 +17,13 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::row::{RowConverter, SortField};
-use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::common::{DFSchemaRef, DataFusionError, internal_err};
 use datafusion::error::Result;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use datafusion::prelude::DataFrame;
 
-use super::operator::{BatchExec, BatchFn};
+use super::operator::{BatchFn, BatchNode};
 
 /// `df` with `residue` added to `column` on one `candidate` line per group (`group`).
 /// `residue` must already have `column`'s type.
@@ -53,7 +48,7 @@ pub fn assign(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, re
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ResidueNode {
+pub(crate) struct ResidueNode {
     input: LogicalPlan,
     schema: DFSchemaRef,
     /// Index of the adjusted column in the input (and output) schema.
@@ -66,6 +61,28 @@ struct ResidueNode {
 impl PartialOrd for ResidueNode {
     fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
         (self == other).then_some(CmpOrdering::Equal)
+    }
+}
+
+impl BatchNode for ResidueNode {
+    fn batch_fn(
+        &self,
+        input: &arrow::datatypes::SchemaRef,
+        expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn BatchFn>> {
+        let group: Vec<Arc<dyn PhysicalExpr>> = self.group.iter().map(expr).collect::<Result<_>>()?;
+        let fields = group
+            .iter()
+            .map(|g| g.data_type(input).map(SortField::new))
+            .collect::<Result<_>>()?;
+        Ok(Arc::new(ResidueFn {
+            column: self.column,
+            group,
+            fields,
+            candidate: expr(&self.candidate)?,
+            residue: expr(&self.residue)?,
+            served: Arc::new(Mutex::new(HashSet::new())),
+        }))
     }
 }
 
@@ -250,45 +267,6 @@ fn assign_batch(
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
-pub(crate) struct ResiduePlanner;
-
-#[async_trait]
-impl ExtensionPlanner for ResiduePlanner {
-    async fn plan_extension(
-        &self,
-        planner: &dyn PhysicalPlanner,
-        node: &dyn UserDefinedLogicalNode,
-        logical_inputs: &[&LogicalPlan],
-        physical_inputs: &[Arc<dyn ExecutionPlan>],
-        session: &dyn Session,
-        planning_ctx: &PhysicalPlanningContext,
-    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(r) = node.as_any().downcast_ref::<ResidueNode>() else {
-            return Ok(None);
-        };
-        let (Some(logical), Some(input)) = (logical_inputs.first(), physical_inputs.first()) else {
-            return internal_err!("AssignResidue takes one input");
-        };
-        let schema = logical.schema();
-        let expr = |e: &Expr| planner.create_physical_expr(e, schema, session, planning_ctx);
-        let group: Vec<Arc<dyn PhysicalExpr>> = r.group.iter().map(expr).collect::<Result<_>>()?;
-        let input_schema = input.schema();
-        let fields = group
-            .iter()
-            .map(|g| g.data_type(&input_schema).map(SortField::new))
-            .collect::<Result<_>>()?;
-        let f = ResidueFn {
-            column: r.column,
-            group,
-            fields,
-            candidate: expr(&r.candidate)?,
-            residue: expr(&r.residue)?,
-            served: Arc::new(Mutex::new(HashSet::new())),
-        };
-        Ok(Some(Arc::new(BatchExec::new(input.clone(), Arc::new(f)))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +279,7 @@ mod tests {
         let state = datafusion::execution::session_state::SessionStateBuilder::new()
             .with_config(SessionConfig::new().with_target_partitions(2))
             .with_default_features()
-            .with_query_planner(Arc::new(super::super::tap::Planner))
+            .with_query_planner(Arc::new(super::super::operator::Planner))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let schema = Arc::new(Schema::new(vec![

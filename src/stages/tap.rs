@@ -20,20 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, internal_err};
 use datafusion::error::Result;
-use datafusion::execution::context::QueryPlanner;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use datafusion::prelude::DataFrame;
 
-use super::operator::{BatchExec, BatchFn};
+pub use super::operator::Planner;
+use super::operator::{BatchFn, BatchNode};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -107,7 +102,7 @@ impl Tap {
 
 /// The logical node.
 #[derive(Debug, Clone)]
-struct Checkpoint {
+pub(crate) struct Checkpoint {
     name: String,
     input: LogicalPlan,
     schema: DFSchemaRef,
@@ -135,6 +130,21 @@ impl Hash for Checkpoint {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.name.hash(state);
         (Arc::as_ptr(&self.counts) as usize).hash(state);
+    }
+}
+
+impl BatchNode for Checkpoint {
+    fn batch_fn(
+        &self,
+        _input: &arrow::datatypes::SchemaRef,
+        expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn BatchFn>> {
+        Ok(Arc::new(CheckpointFn {
+            name: self.name.clone(),
+            refused: expr(&self.refused)?,
+            keep: expr(&self.keep)?,
+            counts: self.counts.clone(),
+        }))
     }
 }
 
@@ -243,52 +253,6 @@ fn pass(
         return Ok(batch.clone());
     }
     Ok(arrow::compute::filter_record_batch(batch, keep)?)
-}
-
-struct CheckpointPlanner;
-
-#[async_trait]
-impl ExtensionPlanner for CheckpointPlanner {
-    async fn plan_extension(
-        &self,
-        planner: &dyn PhysicalPlanner,
-        node: &dyn UserDefinedLogicalNode,
-        logical_inputs: &[&LogicalPlan],
-        physical_inputs: &[Arc<dyn ExecutionPlan>],
-        session: &dyn Session,
-        planning_ctx: &PhysicalPlanningContext,
-    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(c) = node.as_any().downcast_ref::<Checkpoint>() else {
-            return Ok(None);
-        };
-        let (Some(logical), Some(input)) = (logical_inputs.first(), physical_inputs.first()) else {
-            return internal_err!("Checkpoint takes one input");
-        };
-        let schema = logical.schema();
-        let f = CheckpointFn {
-            name: c.name.clone(),
-            refused: planner.create_physical_expr(&c.refused, schema, session, planning_ctx)?,
-            keep: planner.create_physical_expr(&c.keep, schema, session, planning_ctx)?,
-            counts: c.counts.clone(),
-        };
-        Ok(Some(Arc::new(BatchExec::new(input.clone(), Arc::new(f)))))
-    }
-}
-
-/// The query planner of billflow's sessions: DataFusion's, plus checkpoints and residues.
-#[derive(Debug)]
-pub struct Planner;
-
-#[async_trait]
-impl QueryPlanner for Planner {
-    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![
-            Arc::new(CheckpointPlanner),
-            Arc::new(super::residue::ResiduePlanner),
-        ])
-        .create_physical_plan(plan, session)
-        .await
-    }
 }
 
 #[cfg(test)]
