@@ -655,6 +655,10 @@ impl Stage for RateStage {
                 c
             })
             .map_err(plan_err)?;
+        // One row per group, computed once here and held in memory: both places below that
+        // join it back would otherwise each aggregate the whole input again. (Counts stay
+        // right: this plan reads the input at least twice more, so the engine recounts.)
+        let charges = charges.cache().await.map_err(plan_err)?;
 
         // 5. Back to the lines: each line's share of its group's charge, reconciled.
         let lines = {
