@@ -192,9 +192,10 @@ pub struct StreamInput {
 }
 
 impl StreamInput {
-    /// Rows that entered the stream for this period: kept plus refused.
-    pub fn rows_in(&self) -> u64 {
-        self.tap.kept() + self.tap.flagged()
+    /// Rows that entered the stream for this period (kept plus refused), if a read of the
+    /// input was complete.
+    pub fn rows_in(&self) -> Option<u64> {
+        self.tap.complete().map(|c| c.kept + c.flagged)
     }
 }
 

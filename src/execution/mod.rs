@@ -767,22 +767,6 @@ impl Engine {
             }
         };
         let out_schema = Arc::new(arrow_schema(&s.columns, true));
-        // The plan as run: taps it contains once count exactly (see `Tap::exact_in`).
-        // (optimised: the optimiser is what merges and reorders filters).
-        let out_plan = match out.clone().into_optimized_plan() {
-            Ok(p) => p,
-            Err(e) => {
-                fail(
-                    &mut report,
-                    None,
-                    format!("planning: {}", e.strip_backtrace()),
-                    None,
-                    None,
-                );
-                return report;
-            }
-        };
-        let fused = ps.stages.iter().all(|st| st.stage.fuses());
         let mut organizations = BTreeMap::new();
         // A `for_each` batch: each organisation's rows to one writer (one file each, not
         // one per writer), unless a declared order must be kept as sorted.
@@ -854,23 +838,25 @@ impl Engine {
             }
         };
         // Read the taps now: writing the rejects below runs parts of the plan again.
-        let source_rejected = input.tap.flagged();
-        let contract_rejected = contract_tap.flagged();
-        let org_rejected = org_tap.flagged();
+        // What each checkpoint counted in a complete read (None: no read was complete).
+        let refused_by = |t: &crate::stages::tap::Tap| t.complete().map(|c| c.flagged);
+        let source_rejected = refused_by(&input.tap);
+        let contract_rejected = refused_by(&contract_tap);
+        let org_rejected = refused_by(&org_tap);
         let input_rows = input.rows_in();
-        let counts: Vec<(crate::stages::side::StageCount, u64)> = side
+        let counts: Vec<(crate::stages::side::StageCount, Option<u64>)> = side
             .take_counts()
             .into_iter()
             .map(|c| {
-                let n = c.tap.flagged();
+                let n = refused_by(&c.tap);
                 (c, n)
             })
             .collect();
-        let stage_rejects: Vec<(crate::stages::side::StageRejects, u64)> = side
+        let stage_rejects: Vec<(crate::stages::side::StageRejects, Option<u64>)> = side
             .take_rejects()
             .into_iter()
             .map(|r| {
-                let n = r.tap.flagged();
+                let n = refused_by(&r.tap);
                 (r, n)
             })
             .collect();
@@ -881,16 +867,16 @@ impl Engine {
         // Refused rows, one file per origin: the input, each stage with `on_error: reject`,
         // the contract. Each is computed only if its tap saw a refusal.
         let mut refused: Vec<(String, Option<String>, Result<DataFrame, String>)> = Vec::new();
-        // A tap that saw nothing proves nothing unless its counts are exact for this plan.
-        let maybe = |flagged: u64, tap: &crate::stages::tap::Tap| flagged > 0 || !(fused && tap.exact_in(&out_plan));
-        if maybe(source_rejected, &input.tap)
+        // Rows refused, or not known (no complete read): compute the rejects file.
+        let maybe = |flagged: Option<u64>| flagged.is_none_or(|n| n > 0);
+        if maybe(source_rejected)
             && let Some(rej) = input.rejects.clone()
         {
             refused.push(("input.parquet".into(), None, Ok(rej)));
         }
         for r in stage_rejects
             .into_iter()
-            .filter(|(r, flagged)| maybe(*flagged, &r.tap))
+            .filter(|(_, flagged)| maybe(*flagged))
             .map(|(r, _)| r)
         {
             let file = format!(
@@ -900,11 +886,11 @@ impl Engine {
             );
             refused.push((file, Some(r.stage), Ok(r.rows)));
         }
-        if maybe(contract_rejected, &contract_tap) {
+        if maybe(contract_rejected) {
             refused.push(("output.parquet".into(), None, contract_rejects));
         }
         if let Some(rows) = org_rejects
-            && maybe(org_rejected, &org_tap)
+            && maybe(org_rejected)
         {
             refused.push(("organization.parquet".into(), None, rows));
         }
@@ -935,8 +921,8 @@ impl Engine {
         }
         // Rows in: the input tap's count when the plan read the input once; otherwise (a
         // stage that reads its input twice, or materialises it) count again, exactly.
-        report.rows_in = if fused && input.tap.exact_in(&out_plan) {
-            input_rows
+        report.rows_in = if let Some(n) = input_rows {
+            n
         } else {
             match input.df.clone().count().await {
                 Ok(n) => n as u64 + input_refused,
@@ -954,7 +940,7 @@ impl Engine {
         };
         let mut removed = Vec::new();
         for (c, flagged) in counts {
-            let n = if fused && c.tap.exact_in(&out_plan) {
+            let n = if let Some(flagged) = flagged {
                 flagged
             } else {
                 match (c.before.count().await, c.after.count().await) {

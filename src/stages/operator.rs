@@ -7,7 +7,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::internal_err;
@@ -30,9 +29,12 @@ pub(crate) trait BatchFn: fmt::Debug + Send + Sync + 'static {
     fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result;
     /// The expressions it evaluates (for DataFusion's plan walks).
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>>;
-    /// Itself for a rebuilt plan: state that belongs to one execution starts afresh.
-    fn renew(&self) -> Arc<dyn BatchFn>;
+    /// Itself for a plan rebuilt over `input`: state that belongs to one execution starts
+    /// afresh.
+    fn renew(&self, input: &Arc<dyn ExecutionPlan>) -> Arc<dyn BatchFn>;
     fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch>;
+    /// One partition of the input has ended (read to the end, not dropped early).
+    fn finish(&self) {}
 }
 
 #[derive(Debug)]
@@ -89,10 +91,8 @@ impl ExecutionPlan for BatchExec {
         let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return internal_err!("{} takes one input", self.f.name());
         };
-        Ok(Arc::new(BatchExec {
-            input,
-            f: self.f.renew(),
-        }))
+        let f = self.f.renew(&input);
+        Ok(Arc::new(BatchExec { input, f }))
     }
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
@@ -101,7 +101,24 @@ impl ExecutionPlan for BatchExec {
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
         let f = self.f.clone();
-        let stream = input.map(move |batch| f.apply(&batch?));
+        let mut input = input;
+        let mut ended = false;
+        // Map each batch; tell the function when the input ends (an error or a consumer
+        // that stops early never reaches that point).
+        let stream = futures::stream::poll_fn(move |cx| {
+            if ended {
+                return std::task::Poll::Ready(None);
+            }
+            match input.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(batch)) => std::task::Poll::Ready(Some(batch.and_then(|b| f.apply(&b)))),
+                std::task::Poll::Ready(None) => {
+                    ended = true;
+                    f.finish();
+                    std::task::Poll::Ready(None)
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
@@ -111,7 +128,7 @@ pub(crate) trait BatchNode {
     /// Its batch function, given its input's schema and a planner for its expressions.
     fn batch_fn(
         &self,
-        input: &SchemaRef,
+        input: &Arc<dyn ExecutionPlan>,
         expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn BatchFn>>;
 }
@@ -155,7 +172,7 @@ impl ExtensionPlanner for BatchNodePlanner {
         };
         let schema = logical.schema();
         let expr = |e: &Expr| planner.create_physical_expr(e, schema, session, planning_ctx);
-        let f = n.batch_fn(&input.schema(), &expr)?;
+        let f = n.batch_fn(input, &expr)?;
         Ok(Some(Arc::new(BatchExec::new(input.clone(), f))))
     }
 }

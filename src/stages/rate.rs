@@ -656,8 +656,8 @@ impl Stage for RateStage {
             })
             .map_err(plan_err)?;
         // One row per group, computed once here and held in memory: both places below that
-        // join it back would otherwise each aggregate the whole input again. (Counts stay
-        // right: this plan reads the input at least twice more, so the engine recounts.)
+        // join it back would otherwise each aggregate the whole input again. (This read of
+        // the input is a complete one: the checkpoints in it count exactly.)
         let charges = charges.cache().await.map_err(plan_err)?;
 
         // 5. Back to the lines: each line's share of its group's charge, reconciled.

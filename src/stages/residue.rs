@@ -67,13 +67,14 @@ impl PartialOrd for ResidueNode {
 impl BatchNode for ResidueNode {
     fn batch_fn(
         &self,
-        input: &arrow::datatypes::SchemaRef,
+        input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn BatchFn>> {
         let group: Vec<Arc<dyn PhysicalExpr>> = self.group.iter().map(expr).collect::<Result<_>>()?;
+        let schema = input.schema();
         let fields = group
             .iter()
-            .map(|g| g.data_type(input).map(SortField::new))
+            .map(|g| g.data_type(&schema).map(SortField::new))
             .collect::<Result<_>>()?;
         Ok(Arc::new(ResidueFn {
             column: self.column,
@@ -172,7 +173,7 @@ impl BatchFn for ResidueFn {
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
         self.group.iter().chain([&self.candidate, &self.residue]).collect()
     }
-    fn renew(&self) -> Arc<dyn BatchFn> {
+    fn renew(&self, _input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
         Arc::new(ResidueFn {
             column: self.column,
             group: self.group.clone(),

@@ -12,6 +12,11 @@
 //! its physical operator declines every pushdown, so what it counts is exactly its input.
 //! It keeps its input's partitioning and order, and asks its input only for the columns its
 //! parent and its predicates need, so projections still reach the scan below it.
+//!
+//! A plan may read the checked table more than once (rating reads its input for the
+//! charges, the shares and the lines; a rejects file reads it again), and a consumer may
+//! stop reading early (a limit). So counts are kept per physical checkpoint, and the first
+//! one whose every partition was read to the end gives the tap's exact counts.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
@@ -20,11 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, internal_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
 
 pub use super::operator::Planner;
@@ -32,6 +37,7 @@ use super::operator::{BatchFn, BatchNode};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// Rows seen, flagged as refused, and kept.
 #[derive(Debug, Default)]
 pub struct Counts {
     pub rows: AtomicU64,
@@ -39,18 +45,56 @@ pub struct Counts {
     pub kept: AtomicU64,
 }
 
+impl Counts {
+    fn add(&self, rows: u64, flagged: u64, kept: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.flagged.fetch_add(flagged, Ordering::Relaxed);
+        self.kept.fetch_add(kept, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> Scan {
+        Scan {
+            rows: self.rows.load(Ordering::Relaxed),
+            flagged: self.flagged.load(Ordering::Relaxed),
+            kept: self.kept.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What one complete read of the checked table counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    pub rows: u64,
+    pub flagged: u64,
+    pub kept: u64,
+}
+
+/// A tap's counts: over everything its checkpoints saw, and those of the first complete
+/// read (every partition of one physical checkpoint read to its end).
+#[derive(Debug, Default)]
+pub struct TapCounts {
+    total: Counts,
+    complete: std::sync::Mutex<Option<Scan>>,
+}
+
+/// One physical checkpoint's own counts, and how many of its partitions are still reading.
+#[derive(Debug)]
+struct Reading {
+    counts: Counts,
+    partitions_left: std::sync::atomic::AtomicUsize,
+}
+
 /// The counts of one checkpoint, and the handle to place it in a plan.
 #[derive(Clone, Debug)]
 pub struct Tap {
     name: String,
-    pub counts: Arc<Counts>,
+    counts: Arc<TapCounts>,
 }
 
 impl Tap {
     pub fn new(name: &str) -> Self {
         Tap {
             name: format!("{name}#{}", NEXT.fetch_add(1, Ordering::Relaxed)),
-            counts: Arc::new(Counts::default()),
+            counts: Arc::new(TapCounts::default()),
         }
     }
 
@@ -72,31 +116,18 @@ impl Tap {
         ))
     }
 
-    /// Whether this checkpoint's counts are exact for `plan`: it occurs in it exactly once.
-    /// (A plan that reads the checked table twice runs the checkpoint twice.)
-    pub fn exact_in(&self, plan: &LogicalPlan) -> bool {
-        use datafusion::common::tree_node::TreeNode;
-        let mut seen = 0;
-        let _ = plan.apply(|node| {
-            if let LogicalPlan::Extension(e) = node
-                && let Some(c) = e.node.as_any().downcast_ref::<Checkpoint>()
-                && Arc::ptr_eq(&c.counts, &self.counts)
-            {
-                seen += 1;
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        seen == 1
+    /// The counts of a complete read of the checked table: every row of it went through
+    /// one physical checkpoint of this tap, read to its end. Several reads of the same
+    /// table (a plan that reads it twice, the rejects written later) count the same rows,
+    /// so any complete one is exact. `None` when no read was complete (a consumer stopped
+    /// early): the engine then counts again.
+    pub fn complete(&self) -> Option<Scan> {
+        self.counts.complete.lock().ok().and_then(|c| *c)
     }
 
-    pub fn rows(&self) -> u64 {
-        self.counts.rows.load(Ordering::Relaxed)
-    }
-    pub fn flagged(&self) -> u64 {
-        self.counts.flagged.load(Ordering::Relaxed)
-    }
-    pub fn kept(&self) -> u64 {
-        self.counts.kept.load(Ordering::Relaxed)
+    /// Everything its checkpoints saw, over all reads (for plan displays and tests).
+    pub fn seen(&self) -> Scan {
+        self.counts.total.snapshot()
     }
 }
 
@@ -108,7 +139,7 @@ pub(crate) struct Checkpoint {
     schema: DFSchemaRef,
     refused: Expr,
     keep: Expr,
-    counts: Arc<Counts>,
+    counts: Arc<TapCounts>,
 }
 
 impl PartialEq for Checkpoint {
@@ -136,7 +167,7 @@ impl Hash for Checkpoint {
 impl BatchNode for Checkpoint {
     fn batch_fn(
         &self,
-        _input: &arrow::datatypes::SchemaRef,
+        input: &Arc<dyn ExecutionPlan>,
         expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn BatchFn>> {
         Ok(Arc::new(CheckpointFn {
@@ -144,6 +175,7 @@ impl BatchNode for Checkpoint {
             refused: expr(&self.refused)?,
             keep: expr(&self.keep)?,
             counts: self.counts.clone(),
+            reading: reading(input),
         }))
     }
 }
@@ -196,7 +228,15 @@ struct CheckpointFn {
     name: String,
     refused: Arc<dyn PhysicalExpr>,
     keep: Arc<dyn PhysicalExpr>,
-    counts: Arc<Counts>,
+    counts: Arc<TapCounts>,
+    reading: Arc<Reading>,
+}
+
+fn reading(input: &Arc<dyn ExecutionPlan>) -> Arc<Reading> {
+    Arc::new(Reading {
+        counts: Counts::default(),
+        partitions_left: std::sync::atomic::AtomicUsize::new(input.output_partitioning().partition_count()),
+    })
 }
 
 impl BatchFn for CheckpointFn {
@@ -204,55 +244,58 @@ impl BatchFn for CheckpointFn {
         "CheckpointExec"
     }
     fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let c = self.reading.counts.snapshot();
         write!(
             f,
             "CheckpointExec: {} refused={} keep={} (rows={}, refused={}, kept={})",
-            self.name,
-            self.refused,
-            self.keep,
-            self.counts.rows.load(Ordering::Relaxed),
-            self.counts.flagged.load(Ordering::Relaxed),
-            self.counts.kept.load(Ordering::Relaxed),
+            self.name, self.refused, self.keep, c.rows, c.flagged, c.kept,
         )
     }
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
         vec![&self.refused, &self.keep]
     }
-    /// The counts are the tap's, whichever plan runs it.
-    fn renew(&self) -> Arc<dyn BatchFn> {
+    /// The tap is the same; this physical checkpoint's own reading starts afresh.
+    fn renew(&self, input: &Arc<dyn ExecutionPlan>) -> Arc<dyn BatchFn> {
         Arc::new(CheckpointFn {
             name: self.name.clone(),
             refused: self.refused.clone(),
             keep: self.keep.clone(),
             counts: self.counts.clone(),
+            reading: reading(input),
         })
     }
     fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        pass(batch, self.refused.as_ref(), self.keep.as_ref(), &self.counts)
+        let (out, scan) = pass(batch, self.refused.as_ref(), self.keep.as_ref())?;
+        self.reading.counts.add(scan.rows, scan.flagged, scan.kept);
+        self.counts.total.add(scan.rows, scan.flagged, scan.kept);
+        Ok(out)
+    }
+    fn finish(&self) {
+        if self.reading.partitions_left.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut complete) = self.counts.complete.lock()
+        {
+            complete.get_or_insert(self.reading.counts.snapshot());
+        }
     }
 }
 
-/// One batch through the checkpoint.
-fn pass(
-    batch: &RecordBatch,
-    refused: &dyn PhysicalExpr,
-    keep: &dyn PhysicalExpr,
-    counts: &Counts,
-) -> Result<RecordBatch> {
+/// One batch through the checkpoint: the kept rows, and what was counted.
+fn pass(batch: &RecordBatch, refused: &dyn PhysicalExpr, keep: &dyn PhysicalExpr) -> Result<(RecordBatch, Scan)> {
     let n = batch.num_rows();
-    counts.rows.fetch_add(n as u64, Ordering::Relaxed);
     let refused = refused.evaluate(batch)?.into_array(n)?;
-    counts
-        .flagged
-        .fetch_add(refused.as_boolean().true_count() as u64, Ordering::Relaxed);
+    let flagged = refused.as_boolean().true_count() as u64;
     let keep = keep.evaluate(batch)?.into_array(n)?;
     let keep = keep.as_boolean();
     let kept = keep.true_count();
-    counts.kept.fetch_add(kept as u64, Ordering::Relaxed);
+    let scan = Scan {
+        rows: n as u64,
+        flagged,
+        kept: kept as u64,
+    };
     if kept == n && keep.null_count() == 0 {
-        return Ok(batch.clone());
+        return Ok((batch.clone(), scan));
     }
-    Ok(arrow::compute::filter_record_batch(batch, keep)?)
+    Ok((arrow::compute::filter_record_batch(batch, keep)?, scan))
 }
 
 #[cfg(test)]
@@ -287,13 +330,20 @@ mod tests {
             .unwrap()
             .filter(col("x").gt(lit(1)))
             .unwrap();
-        let plan = kept.clone().into_optimized_plan().unwrap();
-        assert!(tap.exact_in(&plan));
-        let rows = kept.collect().await.unwrap();
+        assert_eq!(tap.complete(), None, "nothing read yet");
+        let rows = kept.clone().collect().await.unwrap();
         assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
-        assert_eq!(tap.rows(), 5);
-        assert_eq!(tap.flagged(), 2);
-        assert_eq!(tap.kept(), 2);
+        let exact = Scan {
+            rows: 5,
+            flagged: 2,
+            kept: 2,
+        };
+        assert_eq!(tap.complete(), Some(exact));
+        // Read again (as a rejects file would): the complete read's counts stand, the
+        // totals double.
+        kept.collect().await.unwrap();
+        assert_eq!(tap.complete(), Some(exact));
+        assert_eq!(tap.seen().rows, 10);
     }
 
     #[tokio::test]
@@ -313,6 +363,27 @@ mod tests {
         let out = tap.apply(joined, bad.clone(), bad.not()).unwrap();
         let rows = out.collect().await.unwrap();
         assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
-        assert_eq!((tap.rows(), tap.flagged(), tap.kept()), (3, 1, 2));
+        assert_eq!(
+            tap.complete(),
+            Some(Scan {
+                rows: 3,
+                flagged: 1,
+                kept: 2
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_stopped_early_is_not_complete() {
+        let ctx = session();
+        let df = ctx
+            .sql("SELECT * FROM generate_series(1, 100000) AS t(x)")
+            .await
+            .unwrap();
+        let tap = Tap::new("limited");
+        let out = tap.apply(df, lit(false), lit(true)).unwrap().limit(0, Some(3)).unwrap();
+        let rows = out.collect().await.unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        assert_eq!(tap.complete(), None, "{:?}", tap.seen());
     }
 }
