@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::JoinType;
@@ -17,6 +18,7 @@ use datafusion::functions::expr_fn::{coalesce, concat_ws};
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value};
 use datafusion::logical_expr::{Expr, ExprFunctionExt, SortExpr, cast, when};
 use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
+use datafusion::scalar::ScalarValue;
 use marked_yaml::Node;
 
 use super::args::{all_but, existing, plan_err};
@@ -43,7 +45,7 @@ pub const MATCHES: &str = "__billflow_matches";
 /// matching reference rows in [`MATCHES`]. One output row per input row.
 pub async fn join_reference(ctx: &SessionContext, input: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
     let reference = reference_table(ctx, &j.reference).await?;
-    join_frame(input, reference, j)
+    join_frame(input, reference, j).await
 }
 
 /// A reference table by name, or a located error.
@@ -57,7 +59,7 @@ pub async fn reference_table(ctx: &SessionContext, name: &Text) -> Result<DataFr
 }
 
 /// [`join_reference`] with the reference given as a table (e.g. one derived from a reference).
-pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
+pub async fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
     for name in j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p)) {
         if reference.schema().field_with_unqualified_name(name).is_err() {
             let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();
@@ -113,11 +115,25 @@ pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<Da
                 .enumerate()
                 .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
                 .collect();
-            on.push(date.clone().gt_eq(ident("__seg_start")));
-            on.push(ident("__seg_end").is_null().or(date.clone().lt(ident("__seg_end"))));
             // At most one segment holds a row's date: one output row per input row, and the
             // small segment table on the build side.
-            let joined = segments.join_on(input, JoinType::Right, on).map_err(plan_err)?;
+            let joined = match daily(&segments, date, &input).await? {
+                // Dates and few days in all: one row per day of each segment, joined on
+                // the day (an equality, no range test per candidate segment). Dates after
+                // the last bound belong to the open-ended segments, which reach it.
+                Some((days, last)) => {
+                    on.push(
+                        datafusion::functions::expr_fn::least(vec![date.clone(), lit(ScalarValue::Date32(Some(last)))])
+                            .eq(ident("__seg_day")),
+                    );
+                    days.join_on(input, JoinType::Right, on).map_err(plan_err)?
+                }
+                None => {
+                    on.push(date.clone().gt_eq(ident("__seg_start")));
+                    on.push(ident("__seg_end").is_null().or(date.clone().lt(ident("__seg_end"))));
+                    segments.join_on(input, JoinType::Right, on).map_err(plan_err)?
+                }
+            };
             (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
         }
     };
@@ -129,6 +145,75 @@ pub fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<Da
     select.extend(j.pulled.iter().enumerate().map(|(i, (_, out))| ident(rp(i)).alias(out)));
     select.push(matches.alias(MATCHES));
     joined.select(select).map_err(plan_err)
+}
+
+/// The most rows a segment table may grow to when expanded to one row per day.
+const MAX_DAY_ROWS: i64 = 4_000_000;
+
+/// `segments` as one row per day (`__seg_day`) from each segment's start up to the last
+/// bound of all (the open-ended ones included), and that last bound; `None` unless the
+/// input's date and the bounds are dates and the table stays small. Reads the segments
+/// (they come from a reference, held in memory).
+async fn daily(segments: &DataFrame, date: &Expr, input: &DataFrame) -> Result<Option<(DataFrame, i32)>, StageError> {
+    use datafusion::functions_aggregate::expr_fn::{max, min};
+    use datafusion::logical_expr::ExprSchemable;
+    let is_date = |t: Result<DataType, _>| matches!(t, Ok(DataType::Date32));
+    let start_type = segments
+        .schema()
+        .field_with_unqualified_name("__seg_start")
+        .map(|f| f.data_type().clone());
+    if !is_date(date.get_type(input.schema())) || !is_date(start_type) {
+        return Ok(None);
+    }
+    let stats = segments
+        .clone()
+        .aggregate(
+            vec![],
+            vec![
+                min(ident("__seg_start")).alias("first"),
+                // The last bound of all: a closed segment ends at or before it, so a later
+                // date clamped to it never falls in one.
+                datafusion::functions::expr_fn::greatest(vec![max(ident("__seg_start")), max(ident("__seg_end"))])
+                    .alias("last"),
+                count(lit(1)).alias("n"),
+            ],
+        )
+        .map_err(plan_err)?
+        .collect()
+        .await
+        .map_err(plan_err)?;
+    let Some(b) = stats.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    use arrow::array::AsArray;
+    let first = b.column(0).as_primitive::<arrow::datatypes::Date32Type>();
+    let last = b.column(1).as_primitive::<arrow::datatypes::Date32Type>();
+    let n = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+    if first.is_null(0) || last.is_null(0) {
+        return Ok(None);
+    }
+    let (first, last, n) = (first.value(0), last.value(0), n.value(0));
+    if n.saturating_mul(i64::from(last) - i64::from(first) + 1) > MAX_DAY_ROWS {
+        return Ok(None);
+    }
+    let one_day = lit(ScalarValue::IntervalMonthDayNano(Some(
+        arrow::datatypes::IntervalMonthDayNano::new(0, 1, 0),
+    )));
+    let end = coalesce(vec![ident("__seg_end"), lit(ScalarValue::Date32(Some(last + 1)))]);
+    let mut cols: Vec<Expr> = segments
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !matches!(f.name().as_str(), "__seg_start" | "__seg_end"))
+        .map(|f| ident(f.name()))
+        .collect();
+    cols.push(datafusion::functions_nested::expr_fn::range(ident("__seg_start"), end, one_day).alias("__seg_day"));
+    let days = segments
+        .clone()
+        .select(cols)
+        .and_then(|d| d.unnest_columns(&["__seg_day"]))
+        .map_err(plan_err)?;
+    Ok(Some((days, last)))
 }
 
 /// An effective-dated reference as non-overlapping validity segments, per key: the dates

@@ -352,7 +352,7 @@ impl Stage for RateStage {
                 .map(|d| (d, self.col("valid_from").to_string(), self.col("valid_to").to_string())),
             order: None,
         };
-        let mut lines = join_frame(input, versions, &join)?;
+        let mut lines = join_frame(input, versions, &join).await?;
         let key_text = concat_ws(
             lit(", "),
             key_exprs

@@ -525,6 +525,30 @@ async fn effective_dated_lookup_takes_the_row_valid_on_the_date() {
             .any(|r| r.contains("id=3") && r.contains("no row of `prices` matches (S9) valid at day"))
     );
 
+    // A key whose last row has ended is missing after that end, even where another key's
+    // open-ended row goes on (S2 ends 2026-10-20; S1 runs on).
+    let ended = (
+        "prices",
+        "sub,unit_price,valid_from,valid_to\nS1,1.000000,2026-10-01,\nS2,2.500000,2026-10-01,2026-10-20\n",
+        PRICES.2,
+    );
+    let late = Case {
+        input: "id,sub,day,qty\n1,S1,2026-10-25,1\n2,S2,2026-10-19,1\n3,S2,2026-10-25,1\n4,S2,2026-12-25,1\n",
+        references: &[ended],
+        ..case
+    };
+    std::fs::remove_dir_all(tmp.path().join("wh")).ok();
+    let (s, rows, rejects) = run_case(tmp.path(), &late).await;
+    assert_eq!(s.status, Status::Written, "{:?}", s.error);
+    assert_eq!(
+        rows,
+        sorted(&[
+            "id=1, day=2026-10-25, unit_price=1.000000",
+            "id=2, day=2026-10-19, unit_price=2.500000",
+        ])
+    );
+    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+
     // Overlapping validity: two rows valid on the same day is an error by default.
     let overlapping = (
         "prices",
