@@ -111,6 +111,23 @@ fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
     Ok(())
 }
 
+/// The next non-empty record batch of a plan's partition, under the declared output
+/// schema (a NULL in a non-nullable column is an error here, never written).
+async fn next_batch(
+    stream: &mut datafusion::execution::SendableRecordBatchStream,
+    schema: &SchemaRef,
+) -> Result<Option<RecordBatch>, String> {
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| e.strip_backtrace())?;
+        if batch.num_rows() > 0 {
+            return RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
+    }
+    Ok(None)
+}
+
 /// Wait for every writing task, folding what each wrote with `add`; the first error wins,
 /// after all tasks have ended (none is left writing into the staging directory).
 async fn join_writers<T: 'static>(
@@ -143,13 +160,7 @@ pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> 
         tasks.spawn(async move {
             let mut written = Written::default();
             let mut writer: Option<AsyncArrowWriter<tokio::fs::File>> = None;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| e.strip_backtrace())?;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                let batch =
-                    RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| e.to_string())?;
+            while let Some(batch) = next_batch(&mut stream, &schema).await? {
                 batch_totals(&batch, &mut written)?;
                 if writer.is_none() {
                     let file = tokio::fs::File::create(&path)
@@ -251,13 +262,7 @@ pub async fn write_parquet_per_organization(
             let mut parts: BTreeMap<String, Written> = BTreeMap::new();
             let mut pending: std::collections::HashMap<String, Pending> = std::collections::HashMap::new();
             let mut held = 0usize;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| e.strip_backtrace())?;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                let batch =
-                    RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| e.to_string())?;
+            while let Some(batch) = next_batch(&mut stream, &schema).await? {
                 let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
                 for slice in group_by_organization(&batch, org_index)? {
                     let org = slice.column(org_index).as_string::<i32>().value(0).to_string();
