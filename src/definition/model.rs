@@ -28,6 +28,24 @@ impl Pipeline {
     pub fn organization(&self, id: &str) -> Option<&Organization> {
         self.organizations.iter().find(|o| o.id.value == id)
     }
+    /// The organisation `id` and those above it, nearest first, up to the vendor (stops at
+    /// an unknown upstream or a cycle, which validation reports).
+    pub fn chain(&self, id: &str) -> Vec<&Organization> {
+        let mut out: Vec<&Organization> = Vec::new();
+        let mut cur = self.organization(id);
+        while let Some(o) = cur {
+            if out.iter().any(|seen| seen.id.value == o.id.value) {
+                break;
+            }
+            out.push(o);
+            cur = o.upstream.as_ref().and_then(|u| self.organization(&u.value));
+        }
+        out
+    }
+    /// The organisations whose `tier` is `tier`, in file order.
+    pub fn organizations_of<'a>(&'a self, tier: &'a str) -> impl Iterator<Item = &'a Organization> + 'a {
+        self.organizations.iter().filter(move |o| o.tier.value == tier)
+    }
     pub fn stream(&self, id: &str) -> Option<&StreamDef> {
         self.streams.iter().find(|s| s.id.value == id)
     }

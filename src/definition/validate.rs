@@ -289,15 +289,10 @@ fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
     check_stream_cycles(p, diags);
 }
 
-/// True if `org` is `up` or below it in the chain.
 /// The level of a stream's owner, or of the tier of a `for_each` stream.
 fn stream_level(p: &Pipeline, s: &StreamDef) -> Option<usize> {
     match &s.for_each {
-        Some(e) => p
-            .organizations
-            .iter()
-            .find(|o| o.tier.value == e.tier.value)
-            .map(|o| o.level),
+        Some(e) => p.organizations_of(&e.tier.value).next().map(|o| o.level),
         None => p.organization(&s.owner.value).map(|o| o.level),
     }
 }
@@ -322,7 +317,7 @@ fn check_tier_order(p: &Pipeline, s: &StreamDef, up: &StreamDef, name: &Text, di
 }
 
 fn check_for_each(p: &Pipeline, s: &StreamDef, each: &ForEach, diags: &mut Diagnostics) {
-    if !p.organizations.iter().any(|o| o.tier.value == each.tier.value) {
+    if p.organizations_of(&each.tier.value).next().is_none() {
         let mut tiers: Vec<&str> = p.organizations.iter().map(|o| o.tier.value.as_str()).collect();
         tiers.dedup();
         let d = diags.error(
@@ -364,20 +359,9 @@ fn check_for_each(p: &Pipeline, s: &StreamDef, each: &ForEach, diags: &mut Diagn
     }
 }
 
+/// True if `org` is `up` or below it in the chain.
 fn is_downstream_or_same(p: &Pipeline, org: &Organization, up: &Organization) -> bool {
-    let mut cur = Some(org);
-    let mut hops = 0;
-    while let Some(o) = cur {
-        if o.id.value == up.id.value {
-            return true;
-        }
-        hops += 1;
-        if hops > p.organizations.len() {
-            return false;
-        }
-        cur = o.upstream.as_ref().and_then(|u| p.organization(&u.value));
-    }
-    false
+    p.chain(&org.id.value).iter().any(|o| o.id.value == up.id.value)
 }
 
 fn check_stream_cycles(p: &Pipeline, diags: &mut Diagnostics) {

@@ -184,16 +184,7 @@ impl Engine {
         let p = &plan.pipeline;
         let owner = p.organization(&s.owner.value);
         // The vendor at the top of the owner's chain.
-        let mut vendor = owner;
-        for _ in 0..p.organizations.len() {
-            match vendor
-                .and_then(|o| o.upstream.as_ref())
-                .and_then(|u| p.organization(&u.value))
-            {
-                Some(up) => vendor = Some(up),
-                None => break,
-            }
-        }
+        let vendor = p.chain(&s.owner.value).last().copied();
         let mut values: Vec<(String, String)> = vec![
             ("pipeline".into(), plan.pipeline.id.value.clone()),
             ("stream".into(), s.id.value.clone()),
@@ -564,11 +555,7 @@ impl Engine {
         let each: Option<(&str, Vec<String>)> = s.for_each.as_ref().map(|e| {
             (
                 e.column.value.as_str(),
-                p.organizations
-                    .iter()
-                    .filter(|o| o.tier.value == e.tier.value)
-                    .map(|o| o.id.value.clone())
-                    .collect(),
+                p.organizations_of(&e.tier.value).map(|o| o.id.value.clone()).collect(),
             )
         });
         report.batch_id = Some(batch_id.clone());
@@ -620,18 +607,8 @@ impl Engine {
                 };
                 // One organisation's stream reading a `for_each` batch reads the partitions
                 // of its own chain only (its own and those of the organisations above it).
-                let chain: Option<Vec<String>> = (up_def.for_each.is_some() && s.for_each.is_none()).then(|| {
-                    let mut ids = Vec::new();
-                    let mut cur = p.organization(&s.owner.value);
-                    while let Some(o) = cur {
-                        if ids.contains(&o.id.value) {
-                            break;
-                        }
-                        ids.push(o.id.value.clone());
-                        cur = o.upstream.as_ref().and_then(|u| p.organization(&u.value));
-                    }
-                    ids
-                });
+                let chain: Option<Vec<String>> = (up_def.for_each.is_some() && s.for_each.is_none())
+                    .then(|| p.chain(&s.owner.value).iter().map(|o| o.id.value.clone()).collect());
                 match inputs::read_stream_batch(
                     &ctx,
                     &dir,

@@ -162,7 +162,7 @@ pub fn tree(plan: &Plan) -> String {
         }
     }
     for tier in tiers {
-        let n = p.organizations.iter().filter(|o| o.tier.value == tier).count();
+        let n = p.organizations_of(tier).count();
         let _ = writeln!(out, "  each {tier} ({n} organisations)");
         for ps in plan
             .streams

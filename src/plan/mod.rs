@@ -140,7 +140,7 @@ pub fn compile(pipeline: Pipeline) -> Result<Plan, Diagnostics> {
         .map(|&i| {
             let s = &pipeline.streams[i];
             let owner = match &s.for_each {
-                Some(e) => pipeline.organizations.iter().find(|o| o.tier.value == e.tier.value),
+                Some(e) => pipeline.organizations_of(&e.tier.value).next(),
                 None => pipeline.organization(&s.owner.value),
             };
             let tier = owner
