@@ -217,11 +217,24 @@ struct Pending {
     files: usize,
 }
 
-/// Write one organisation's pending rows to a new file `dir/<org>/part-<task>-<n>.parquet`.
-async fn flush(dir: &Path, task: usize, org: &str, p: &mut Pending, schema: &SchemaRef) -> Result<(), String> {
+/// Write one organisation's pending rows to a new file `dir/<org>/part-<task>-<n>.parquet`,
+/// adding what was written to `written`. The pieces are put together first: on unsorted
+/// input they are a few rows from each record batch, and the Parquet writer's cost per
+/// call (per column) would otherwise dominate, as would the totals taken per piece.
+async fn flush(
+    dir: &Path,
+    task: usize,
+    org: &str,
+    p: &mut Pending,
+    schema: &SchemaRef,
+    written: &mut Written,
+) -> Result<(), String> {
     if p.batches.is_empty() {
         return Ok(());
     }
+    let rows = arrow::compute::concat_batches(schema, &p.batches).map_err(|e| e.to_string())?;
+    p.batches.clear();
+    batch_totals(&rows, written)?;
     let sub = dir.join(org);
     tokio::fs::create_dir_all(&sub)
         .await
@@ -233,9 +246,7 @@ async fn flush(dir: &Path, task: usize, org: &str, p: &mut Pending, schema: &Sch
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut writer =
         AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
-    for b in p.batches.drain(..) {
-        writer.write(&b).await.map_err(|e| e.to_string())?;
-    }
+    writer.write(&rows).await.map_err(|e| e.to_string())?;
     writer.close().await.map_err(|e| e.to_string())?;
     p.bytes = 0;
     Ok(())
@@ -266,7 +277,6 @@ pub async fn write_parquet_per_organization(
                 let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
                 for slice in group_by_organization(&batch, org_index)? {
                     let org = slice.column(org_index).as_string::<i32>().value(0).to_string();
-                    batch_totals(&slice, parts.entry(org.clone()).or_default())?;
                     let bytes = per_row * slice.num_rows();
                     let p = pending.entry(org).or_default();
                     p.batches.push(slice);
@@ -286,7 +296,7 @@ pub async fn write_parquet_per_organization(
                             break;
                         }
                         if let Some(p) = pending.get_mut(&org) {
-                            flush(&dir, task, &org, p, &schema).await?;
+                            flush(&dir, task, &org, p, &schema, parts.entry(org.clone()).or_default()).await?;
                         }
                         held = held.saturating_sub(bytes);
                     }
@@ -296,7 +306,7 @@ pub async fn write_parquet_per_organization(
             orgs.sort();
             for org in orgs {
                 if let Some(p) = pending.get_mut(&org) {
-                    flush(&dir, task, &org, p, &schema).await?;
+                    flush(&dir, task, &org, p, &schema, parts.entry(org.clone()).or_default()).await?;
                 }
             }
             Ok::<BTreeMap<String, Written>, String>(parts)

@@ -53,25 +53,60 @@ impl RoundingMode {
     }
 }
 
-/// Round an unscaled value `v` (at `from` decimal places) to `to` places.
-pub fn round_unscaled(v: i128, from: i8, to: i8, mode: RoundingMode) -> Option<i128> {
-    if to >= from {
-        return 10i128.checked_pow((to - from) as u32).and_then(|m| v.checked_mul(m));
+/// Powers of ten that fit an i128: 10^0 ..= 10^38.
+const POW10: [i128; 39] = {
+    let mut t = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
     }
-    let Some(d) = 10i128.checked_pow((from - to) as u32) else {
-        return Some(0); // more than 38 places dropped: every representable value rounds to 0
+    t
+};
+
+/// 10^n, when it fits an i128 (a table lookup: these kernels run once per value).
+fn pow10(n: i32) -> Option<i128> {
+    POW10.get(usize::try_from(n).ok()?).copied()
+}
+
+/// `n / d` rounded with `mode`, decided by the true remainder. `None` when `d` is 0 or
+/// the quotient overflows. Money mostly fits 64 bits, where division is many times cheaper
+/// than 128-bit division, so that path comes first.
+#[inline]
+fn quot_round(n: i128, d: i128, mode: RoundingMode) -> Option<i128> {
+    let (q, r) = match (i64::try_from(n), i64::try_from(d)) {
+        (Ok(n), Ok(d)) if d != 0 && d != -1 => ((n / d) as i128, (n % d) as i128),
+        _ => (n.checked_div(d)?, n.checked_rem(d)?),
     };
-    let q = v / d;
-    let r = (v % d).unsigned_abs();
-    let half = d.unsigned_abs();
+    let r = r.unsigned_abs();
+    let d_abs = d.unsigned_abs();
+    // r < |d| <= 2^127, so 2r fits a u128.
     let away = match mode {
         RoundingMode::Down => false,
         RoundingMode::Up => r != 0,
-        RoundingMode::HalfUp => r * 2 >= half,
-        RoundingMode::HalfDown => r * 2 > half,
-        RoundingMode::HalfEven => r * 2 > half || (r * 2 == half && q % 2 != 0),
+        RoundingMode::HalfUp => r * 2 >= d_abs,
+        RoundingMode::HalfDown => r * 2 > d_abs,
+        RoundingMode::HalfEven => r * 2 > d_abs || (r * 2 == d_abs && q % 2 != 0),
     };
-    Some(if away { q + v.signum() } else { q })
+    if !away || r == 0 {
+        return Some(q);
+    }
+    if (n < 0) != (d < 0) {
+        q.checked_sub(1)
+    } else {
+        q.checked_add(1)
+    }
+}
+
+/// Round an unscaled value `v` (at `from` decimal places) to `to` places.
+pub fn round_unscaled(v: i128, from: i8, to: i8, mode: RoundingMode) -> Option<i128> {
+    if to >= from {
+        return pow10((to - from) as i32).and_then(|m| v.checked_mul(m));
+    }
+    let Some(d) = pow10((from - to) as i32) else {
+        return Some(0); // more than 38 places dropped: every representable value rounds to 0
+    };
+    quot_round(v, d, mode)
 }
 
 /// Precision of the result of rounding `Decimal128(p, s)` to `to` places: room for a carry.
@@ -163,9 +198,10 @@ impl ScalarUDFImpl for RoundUdf {
             unreachable!()
         };
         let values = input.as_primitive::<Decimal128Type>();
+        let limit = 10u128.pow(out_p as u32);
         let out: Decimal128Array = arrow::compute::kernels::arity::try_unary(values, |v| {
             round_unscaled(v, from, to, mode)
-                .filter(|r| r.unsigned_abs() < 10u128.pow(out_p as u32))
+                .filter(|r| r.unsigned_abs() < limit)
                 .ok_or_else(|| {
                     arrow::error::ArrowError::ComputeError(format!(
                         "decimal overflow rounding {v} (scale {from}) to scale {to}"
@@ -254,31 +290,32 @@ pub fn div_round_unscaled(a: i128, sa: i8, b: i128, sb: i8, to: i8, mode: Roundi
     // a/10^sa / (b/10^sb) * 10^to = a * 10^(to + sb - sa) / b
     let shift = to as i32 + sb as i32 - sa as i32;
     let (num, den) = if shift >= 0 {
-        (a.checked_mul(10i128.checked_pow(shift as u32)?)?, b)
+        (a.checked_mul(pow10(shift)?)?, b)
     } else {
-        (a, b.checked_mul(10i128.checked_pow((-shift) as u32)?)?)
+        (a, b.checked_mul(pow10(-shift)?)?)
     };
-    let q = num / den;
-    let r = (num % den).unsigned_abs();
-    let d = den.unsigned_abs();
-    let negative = (num < 0) != (den < 0);
-    let away = match mode {
-        RoundingMode::Down => false,
-        RoundingMode::Up => r != 0,
-        RoundingMode::HalfUp => r * 2 >= d,
-        RoundingMode::HalfDown => r * 2 > d,
-        RoundingMode::HalfEven => r * 2 > d || (r * 2 == d && q % 2 != 0),
-    };
-    Some(if away && r != 0 {
-        if negative { q - 1 } else { q + 1 }
-    } else {
-        q
-    })
+    quot_round(num, den, mode)
 }
 
-/// `a x b` rounded to `to` places, exactly: the full product is formed in 256 bits, so a
-/// result that fits Decimal128 is never lost to an intermediate overflow.
+/// `a x b` rounded to `to` places, exactly: when the product fits 128 bits (nearly always
+/// for money) it is rounded there; otherwise it is formed in 256 bits, so a result that
+/// fits Decimal128 is never lost to an intermediate overflow.
 pub fn mul_round_unscaled(a: i128, sa: i8, b: i128, sb: i8, to: i8, mode: RoundingMode) -> Option<i128> {
+    let shift = to as i32 - (sa as i32 + sb as i32);
+    if let Some(p) = a.checked_mul(b) {
+        if shift >= 0 {
+            if let Some(v) = pow10(shift).and_then(|m| p.checked_mul(m)) {
+                return Some(v);
+            }
+        } else if let Some(d) = pow10(-shift) {
+            return quot_round(p, d, mode);
+        }
+    }
+    mul_round_wide(a, sa, b, sb, to, mode)
+}
+
+/// `mul_round_unscaled` on a 256-bit product, for products beyond 128 bits.
+fn mul_round_wide(a: i128, sa: i8, b: i128, sb: i8, to: i8, mode: RoundingMode) -> Option<i128> {
     use arrow::datatypes::i256;
     let ten = i256::from_i128(10);
     let pow = |n: u32| -> Option<i256> { (0..n).try_fold(i256::from_i128(1), |acc, _| acc.checked_mul(ten)) };
@@ -374,6 +411,7 @@ impl ScalarUDFImpl for ArithRoundUdf {
             return Err(DataFusionError::Internal("decimal arguments expected".into()));
         };
         let op = self.op;
+        const LIMIT: u128 = 10u128.pow(38);
         let out: Decimal128Array = arrow::compute::kernels::arity::try_binary(
             a.as_primitive::<Decimal128Type>(),
             b.as_primitive::<Decimal128Type>(),
@@ -382,7 +420,7 @@ impl ScalarUDFImpl for ArithRoundUdf {
                     ArithOp::Mul => mul_round_unscaled(x, sa, y, sb, to, mode),
                     ArithOp::Div => div_round_unscaled(x, sa, y, sb, to, mode),
                 };
-                r.filter(|v| v.unsigned_abs() < 10u128.pow(38)).ok_or_else(|| {
+                r.filter(|v| v.unsigned_abs() < LIMIT).ok_or_else(|| {
                     arrow::error::ArrowError::ComputeError(match (op, y) {
                         (ArithOp::Div, 0) => "division by zero".to_string(),
                         (ArithOp::Mul, _) => {
@@ -496,6 +534,101 @@ mod tests {
         // Results that cannot fit are None, never wrapped.
         assert_eq!(mul_round_unscaled(i128::MAX, 0, 10, 0, 0, HalfEven), None);
         assert_eq!(m(15, 1, 2, 0, 3, HalfEven), 3000);
+    }
+
+    /// A small deterministic generator of values across magnitudes and signs (xorshift).
+    fn values(seed: u64, n: usize) -> Vec<i128> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let digits = (x % 37) as u32;
+                let v = ((x >> 8) as i128 * 0x9E37_79B9 + (x as i128)) % 10i128.pow(digits).max(1);
+                if x & 1 == 1 { -v } else { v }
+            })
+            .collect()
+    }
+
+    const MODES: [RoundingMode; 5] = [
+        RoundingMode::HalfEven,
+        RoundingMode::HalfUp,
+        RoundingMode::HalfDown,
+        RoundingMode::Down,
+        RoundingMode::Up,
+    ];
+
+    #[test]
+    fn the_64_and_128_bit_paths_agree_with_256_bit_arithmetic() {
+        // Products and roundings through the fast paths must equal the 256-bit reference,
+        // including ties (values exactly half way) and values past 64 bits.
+        let xs = values(7, 400);
+        let ys = values(11, 60);
+        for (i, &x) in xs.iter().enumerate() {
+            for &y in &ys {
+                for (sa, sb, to) in [(4, 8, 4), (6, 6, 4), (2, 4, 4), (0, 0, 2), (10, 10, 6), (4, 4, 12)] {
+                    let mode = MODES[i % 5];
+                    assert_eq!(
+                        mul_round_unscaled(x, sa, y, sb, to, mode),
+                        mul_round_wide(x, sa, y, sb, to, mode),
+                        "{x}e-{sa} x {y}e-{sb} to {to} {mode:?}"
+                    );
+                }
+            }
+            for mode in MODES {
+                let tie = x - x % 100 + 50; // exactly half way at 4 places
+                for v in [x, tie] {
+                    assert_eq!(
+                        round_unscaled(v, 6, 4, mode),
+                        mul_round_wide(v, 6, 1, 0, 4, mode),
+                        "round {v}e-6 {mode:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn division_on_64_bits_agrees_with_128_bits() {
+        // The reference: the quotient and remainder on i128 only.
+        fn reference(n: i128, d: i128, mode: RoundingMode) -> i128 {
+            let (q, r, da) = (n / d, (n % d).unsigned_abs(), d.unsigned_abs());
+            let away = match mode {
+                RoundingMode::Down => false,
+                RoundingMode::Up => r != 0,
+                RoundingMode::HalfUp => r * 2 >= da,
+                RoundingMode::HalfDown => r * 2 > da,
+                RoundingMode::HalfEven => r * 2 > da || (r * 2 == da && q % 2 != 0),
+            };
+            match (away && r != 0, (n < 0) != (d < 0)) {
+                (false, _) => q,
+                (true, true) => q - 1,
+                (true, false) => q + 1,
+            }
+        }
+        let ns = values(3, 500);
+        let ds: Vec<i128> = values(5, 80)
+            .into_iter()
+            .filter(|d| *d != 0)
+            .chain([1, -1, 2, -2, 8, 10_000])
+            .collect();
+        for (i, &n) in ns.iter().enumerate() {
+            for &d in &ds {
+                let mode = MODES[i % 5];
+                assert_eq!(
+                    quot_round(n, d, mode),
+                    Some(reference(n, d, mode)),
+                    "{n} / {d} {mode:?}"
+                );
+            }
+        }
+        assert_eq!(quot_round(i128::MIN, -1, RoundingMode::HalfEven), None);
+        assert_eq!(quot_round(1, 0, RoundingMode::HalfEven), None);
+        assert_eq!(
+            quot_round(i64::MIN as i128, -1, RoundingMode::HalfEven),
+            Some(-(i64::MIN as i128))
+        );
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::JoinType;
 use datafusion::functions::expr_fn::{coalesce, concat_ws, greatest, least};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, last_value, max, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, first_value, last_value, max, sum};
 use datafusion::logical_expr::{Expr, SortExpr, case, cast, when};
 use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
@@ -31,7 +31,7 @@ use datafusion::scalar::ScalarValue;
 use super::args::{all_but, existing, plan_err};
 use super::convert_currency::{read_rounding, read_scale};
 use super::lookup::{Join, MATCHES, join_frame, reference_table};
-use super::money::{RoundingMode, distribute_residue, div_round, round};
+use super::money::{RoundingMode, div_round, round};
 use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -406,11 +406,6 @@ impl Stage for RateStage {
             env.side,
         )
         .map_err(StageError::new)?;
-        if !dated {
-            let mut cols = all_but(&lines, &[]);
-            cols.push(lit(ScalarValue::Null).alias("__bf_version"));
-            lines = lines.select(cols).map_err(plan_err)?;
-        }
 
         // 2. Each line's measure and allocation weight; 3. the groups.
         let measure = match self.aggregation.as_str() {
@@ -443,7 +438,10 @@ impl Stage for RateStage {
         let lines = lines.select(lines_cols).map_err(plan_err)?;
         let mut gkeys: Vec<Expr> = group_cols.clone();
         gkeys.extend(key_exprs.iter().map(|(e, _)| e.clone()));
-        gkeys.push(ident("__bf_version"));
+        // Undated plans have one version per key: no version column to group and join on.
+        if dated {
+            gkeys.push(ident("__bf_version"));
+        }
         let gnames: Vec<String> = (0..gkeys.len()).map(|i| format!("__bf_g{i}")).collect();
         let q = match self.aggregation.as_str() {
             "count" => count(lit(1i64)),
@@ -466,6 +464,23 @@ impl Stage for RateStage {
         ];
         if base.is_some() {
             aggs.push(sum(ident("__bf_base")).alias("__bf_a"));
+        }
+        // The line that takes the group's rounding residue: the largest |weight|, then
+        // `order_by`. Its sort keys depend on the lines alone, so they are found here, in
+        // the same pass as the quantity (the first key is a plain max; later keys are those
+        // of the line winning on the keys before them).
+        let mut order: Vec<SortExpr> =
+            vec![datafusion::functions::math::expr_fn::abs(ident("__bf_weight")).sort(false, false)];
+        for o in &self.order_by {
+            order.push(existing(&lines, o)?.sort(true, false));
+        }
+        let tops: Vec<String> = (0..order.len()).map(|i| format!("__bf_top{i}")).collect();
+        for (i, (o, t)) in order.iter().zip(&tops).enumerate() {
+            aggs.push(if i == 0 {
+                max(o.expr.clone()).alias(t)
+            } else {
+                first_value(o.expr.clone(), order.clone()).alias(t)
+            });
         }
         let groups = lines
             .clone()
@@ -512,7 +527,9 @@ impl Stage for RateStage {
             .enumerate()
             .map(|(i, _)| ident(&gnames[nk + i]).eq(ident(format!("__bf_pk{i}"))))
             .collect();
-        on.push(same(ident(&gnames[gnames.len() - 1]), ident("__bf_pv")));
+        if dated {
+            on.push(same(ident(&gnames[gnames.len() - 1]), ident("__bf_pv")));
+        }
         let priced = groups.join_on(bands, JoinType::Inner, on).map_err(plan_err)?;
 
         let zero = dec(0, 0);
@@ -609,6 +626,7 @@ impl Stage for RateStage {
                 c.push(ident("__bf_model"));
                 c.push(ident("__bf_w"));
                 c.push(ident("__bf_n"));
+                c.extend(tops.iter().map(ident));
                 c
             })
             .map_err(plan_err)?;
@@ -637,7 +655,10 @@ impl Stage for RateStage {
                     // Constant within the group: its weight and line count, for allocation.
                     max(ident("__bf_w")).alias("__bf_gw"),
                     max(ident("__bf_n")).alias("__bf_gn"),
-                ],
+                ]
+                .into_iter()
+                .chain(tops.iter().map(|t| max(ident(t)).alias(format!("{t}m"))))
+                .collect(),
             )
             .map_err(plan_err)?;
         let low = greatest(vec![
@@ -652,6 +673,7 @@ impl Stage for RateStage {
                 c.push(ident("__bf_commit"));
                 c.push(ident("__bf_gw").alias("__bf_w"));
                 c.push(ident("__bf_gn").alias("__bf_n"));
+                c.extend(tops.iter().map(|t| ident(format!("{t}m")).alias(t)));
                 c
             })
             .map_err(plan_err)?;
@@ -667,8 +689,10 @@ impl Stage for RateStage {
             lines.select(c).map_err(plan_err)?
         };
         // The group's charge, weight and line count: the small side builds the join.
-        let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}c")))).collect();
-        let joined = charges.clone().join_on(lines, JoinType::Right, on).map_err(plan_err)?;
+        let with_charges = |groups: DataFrame, lines: DataFrame| {
+            let on: Vec<Expr> = gnames.iter().map(|n| same(ident(n), ident(format!("{n}c")))).collect();
+            groups.join_on(lines, JoinType::Right, on)
+        };
         let w_zero = ident("__bf_w").eq(dec(0, 0)).or(ident("__bf_w").is_null());
         let share = when(
             w_zero,
@@ -681,6 +705,26 @@ impl Stage for RateStage {
             self.mode,
         ))
         .map_err(plan_err)?;
+        // Penny reconciliation: what the rounded shares of each group add up to (a second
+        // pass over the lines, needing only the keys and weights), put next to the group's
+        // charge, so the last pass joins the lines to their group once and each group's
+        // residue goes to one of its top lines.
+        let sums: Vec<String> = (0..gnames.len()).map(|i| format!("__bf_s{i}")).collect();
+        let shared = with_charges(charges.clone(), lines.clone())
+            .and_then(|d| {
+                d.aggregate(
+                    gnames.iter().zip(&sums).map(|(g, s)| ident(g).alias(s)).collect(),
+                    vec![sum(share.clone()).alias("__bf_lines")],
+                )
+            })
+            .map_err(plan_err)?;
+        let on: Vec<Expr> = gnames
+            .iter()
+            .zip(&sums)
+            .map(|(g, s)| same(ident(format!("{g}c")), ident(s)))
+            .collect();
+        let groups = charges.clone().join_on(shared, JoinType::Left, on).map_err(plan_err)?;
+        let joined = with_charges(groups, lines).map_err(plan_err)?;
         let internal: Vec<String> = {
             let mut v: Vec<String> = vec![
                 "__bf_measure",
@@ -690,36 +734,47 @@ impl Stage for RateStage {
                 "__bf_n",
                 "__bf_version",
                 "__bf_charge",
+                "__bf_commit",
+                "__bf_lines",
             ]
             .into_iter()
             .map(String::from)
             .collect();
             v.extend(gnames.iter().cloned());
             v.extend(gnames.iter().map(|n| format!("{n}c")));
+            v.extend(sums.iter().cloned());
+            v.extend(tops.iter().cloned());
             v.push(self.output.clone());
             v
         };
         let internal_refs: Vec<&str> = internal.iter().map(String::as_str).collect();
+        let out_type = DataType::Decimal128(38, self.scale);
+        // A candidate for the residue: equal to its group's top line on every sort key.
+        let candidate = order
+            .iter()
+            .zip(&tops)
+            .map(|(o, t)| same(o.expr.clone(), ident(t)))
+            .reduce(Expr::and)
+            .unwrap_or(lit(true));
+        let residue = cast(
+            coalesce(vec![ident("__bf_charge") - ident("__bf_lines"), dec(0, 0)]),
+            out_type,
+        );
         let mut select = all_but(&joined, &internal_refs);
         select.push(share.alias(&self.output));
-        select.push(ident("__bf_charge"));
+        select.push(candidate.alias("__bf_candidate"));
+        select.push(residue.alias("__bf_residue"));
         select.extend(gnames.iter().map(ident));
-        select.push(ident("__bf_weight"));
         let allocated = joined.select(select).map_err(plan_err)?;
-        let mut order: Vec<SortExpr> =
-            vec![datafusion::functions::math::expr_fn::abs(ident("__bf_weight")).sort(false, false)];
-        for o in &self.order_by {
-            order.push(existing(&allocated, o)?.sort(true, false));
-        }
-        let reconciled = distribute_residue(
+        let reconciled = super::residue::assign(
             allocated,
             &self.output,
-            ident("__bf_charge"),
             gnames.iter().map(ident).collect(),
-            order,
+            ident("__bf_candidate"),
+            ident("__bf_residue"),
         )
         .map_err(plan_err)?;
-        let mut drop: Vec<&str> = vec!["__bf_charge", "__bf_weight", "__bf_commit"];
+        let mut drop: Vec<&str> = vec!["__bf_candidate", "__bf_residue"];
         drop.extend(gnames.iter().map(String::as_str));
         let keep = all_but(&reconciled, &drop);
         let usage = reconciled.select(keep).map_err(plan_err)?;
