@@ -745,29 +745,26 @@ impl Engine {
         };
         let out_schema = Arc::new(arrow_schema(&s.columns, true));
         let mut organizations = BTreeMap::new();
-        // A `for_each` batch: each organisation's rows to one writer (one file each, not
-        // one per writer), unless a declared order must be kept as sorted.
-        let out = match &each {
-            Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
-                match out.repartition(datafusion::logical_expr::Partitioning::Hash(
-                    vec![datafusion::prelude::ident(*column)],
-                    self.partitions,
-                )) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        fail(&mut report, None, e.strip_backtrace(), None, None);
-                        return report;
-                    }
-                }
-            }
-            _ => out,
-        };
         let executable = match write::Executable::new(out).await {
             Ok(x) => x,
             Err(e) => {
                 fail(&mut report, None, format!("planning: {e}"), None, None);
                 return report;
             }
+        };
+        // A `for_each` batch: each organisation's rows to one writer (one file each, not
+        // one per writer), unless a declared order must be kept as sorted.
+        let executable = match &each {
+            Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
+                match executable.partitioned_by(column, self.partitions) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        fail(&mut report, None, format!("planning: {e}"), None, None);
+                        return report;
+                    }
+                }
+            }
+            _ => executable,
         };
         let written = match &each {
             Some((column, orgs)) => {

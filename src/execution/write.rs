@@ -36,6 +36,22 @@ impl Executable {
         Ok(Executable { plan, task })
     }
 
+    /// The same plan with its rows hash-partitioned on `column` into `n` partitions. Added
+    /// to the optimised plan: the physical optimiser drops a repartition that no operator
+    /// above it needs, and the writers above are not operators.
+    pub fn partitioned_by(self, column: &str, n: usize) -> Result<Self, String> {
+        use datafusion::physical_plan::Partitioning;
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        let key = datafusion::physical_expr::expressions::col(column, &self.plan.schema())
+            .map_err(|e| e.strip_backtrace())?;
+        let plan =
+            RepartitionExec::try_new(self.plan, Partitioning::Hash(vec![key], n)).map_err(|e| e.strip_backtrace())?;
+        Ok(Executable {
+            plan: Arc::new(plan),
+            task: self.task,
+        })
+    }
+
     fn streams(&self) -> Result<Vec<datafusion::execution::SendableRecordBatchStream>, String> {
         datafusion::physical_plan::execute_stream_partitioned(self.plan.clone(), self.task.clone())
             .map_err(|e| e.strip_backtrace())

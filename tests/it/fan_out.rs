@@ -262,3 +262,47 @@ async fn for_each_names_a_tier_and_a_published_string_column() {
     );
     assert!(problems.contains("did you mean `reseller_id`"), "{problems}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organisations_rows_land_in_one_file_however_many_partitions_read_them() {
+    // Two usage files, each with rows of both distributors: the vendor writes two files
+    // and the distributors' stream reads them as two partitions. Each distributor's rows
+    // must still be written by one writer, as one file (it was one file per partition).
+    let (tmp, pipeline) = scenario(&PIPELINE.replace("url: usage.csv", "url: usage-*.csv"));
+    std::fs::remove_file(tmp.path().join("usage.csv")).unwrap();
+    let half = "record_id,reseller_id,distributor_id,amount\n";
+    std::fs::write(
+        tmp.path().join("usage-1.csv"),
+        format!("{half}1,R1,D1,10.0000\n3,R3,D2,5.5000\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("usage-2.csv"),
+        format!("{half}2,R2,D1,20.0000\n4,R3,D2,4.5000\n"),
+    )
+    .unwrap();
+    let wh = tmp.path().join("wh");
+    let report = run(&pipeline, "2026-10", &wh).await;
+    assert!(report.ok(), "{report:?}");
+    let files = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        v.sort();
+        v
+    };
+    let vendor = report.stream("vendor-usage").unwrap().batch_dir.clone().unwrap();
+    assert_eq!(files(&vendor.join("data")).len(), 2, "the premise: two partitions");
+    let d = report.stream("distributor-usage").unwrap();
+    let dir = d.batch_dir.clone().unwrap();
+    for org in ["D1", "D2"] {
+        assert_eq!(files(&dir.join("data").join(org)).len(), 1, "{org}");
+    }
+    let m = read_manifest(&dir).unwrap();
+    assert_eq!(
+        totals(&m, "D1"),
+        (2, pairs(&[("amount", "30.0000"), ("price", "33.0000")]))
+    );
+}
