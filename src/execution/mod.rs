@@ -169,6 +169,12 @@ impl Engine {
         // the build side: build it once for all partitions rather than hash-repartition
         // the usage rows on both sides. (Joins in SQL stages are still ordered by size.)
         config.options_mut().optimizer.repartition_joins = false;
+        // Record batches of 32k rows rather than 8k: each operator's cost per batch (and a
+        // sort's merge fan-in) shrinks; measured 1.3 s less for rating 10M rows on 2 cores.
+        config = config.with_batch_size(32 * 1024);
+        // Strings are read as the declared `string` (Utf8), not as views that the input
+        // contract would then cast to Utf8, row by row.
+        config.options_mut().execution.parquet.schema_force_view_types = false;
         let state = datafusion::execution::session_state::SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())
