@@ -214,15 +214,19 @@ impl ScalarUDFImpl for RoundUdf {
 }
 
 /// Penny reconciliation: adjust the already rounded `column` so that, per group, the lines
-/// add up to `target` (an expression constant within the group, e.g. the rounded total of
-/// the exact lines). The residue goes to the first line in `order` (ties on every key: any
-/// one of them). One aggregate per group (the sum of the lines and the first line's sort
-/// keys), joined back, then one streaming pass that gives each group's residue to one of
-/// its candidate lines (`residue.rs`): no sort of the lines, no window over whole groups.
+/// add up to the total of `exact` (each line's exact amount) rounded to `scale` with
+/// `mode`. The residue goes to the first line in `order` (ties on every key: any one of
+/// them). One aggregate per group (the sums of the rounded and the exact lines, and the
+/// first line's sort keys), joined back, then one streaming pass that gives each group's
+/// residue to one of its candidate lines (`residue.rs`): no sort of the lines, and no
+/// window holding a whole group.
+#[allow(clippy::too_many_arguments)]
 pub fn distribute_residue(
     df: datafusion::prelude::DataFrame,
     column: &str,
-    target: Expr,
+    exact: Expr,
+    scale: i8,
+    mode: RoundingMode,
     group: Vec<Expr>,
     order: Vec<datafusion::logical_expr::SortExpr>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
@@ -234,7 +238,10 @@ pub fn distribute_residue(
     let ty = df.schema().field_with_unqualified_name(column)?.data_type().clone();
     let names: Vec<String> = (0..group.len()).map(|i| format!("__bf_rg{i}")).collect();
     let tops: Vec<String> = (0..order.len()).map(|i| format!("__bf_top{i}")).collect();
-    let mut aggs = vec![sum(ident(column)).alias("__bf_lines")];
+    let mut aggs = vec![
+        sum(ident(column)).alias("__bf_lines"),
+        sum(exact).alias("__bf_exact_total"),
+    ];
     aggs.extend(order.iter().zip(&tops).enumerate().map(|(i, (o, t))| {
         // The first key's best value is a plain max or min (cheap); the next keys' are
         // those of the line that wins on the keys before them.
@@ -268,13 +275,18 @@ pub fn distribute_residue(
         .reduce(Expr::and)
         .unwrap_or(lit(true));
     let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
+    let target = round(ident("__bf_exact_total"), scale, mode);
     let residue = cast(coalesce(vec![target - ident("__bf_lines"), zero]), ty);
     let df = super::residue::assign(df, column, names.iter().map(ident).collect(), candidate, residue)?;
     let select: Vec<Expr> = df
         .schema()
         .fields()
         .iter()
-        .filter(|f| f.name() != "__bf_lines" && !names.contains(f.name()) && !tops.contains(f.name()))
+        .filter(|f| {
+            !matches!(f.name().as_str(), "__bf_lines" | "__bf_exact_total")
+                && !names.contains(f.name())
+                && !tops.contains(f.name())
+        })
         .map(|f| ident(f.name()))
         .collect();
     df.select(select)

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::functions::math::expr_fn::abs;
-use datafusion::functions_aggregate::sum::sum_udaf;
-use datafusion::logical_expr::expr::WindowFunction;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, WindowFunctionDefinition};
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, ident};
 
 use super::args::{all_but, existing, plan_err};
@@ -86,16 +84,6 @@ impl StageKind for RoundKind {
     }
 }
 
-fn window_sum(e: Expr, partition: &[Expr]) -> Result<Expr, StageError> {
-    Expr::from(WindowFunction::new(
-        WindowFunctionDefinition::AggregateUDF(sum_udaf()),
-        vec![e],
-    ))
-    .partition_by(partition.to_vec())
-    .build()
-    .map_err(plan_err)
-}
-
 #[async_trait]
 impl Stage for RoundStage {
     fn describe(&self) -> String {
@@ -163,15 +151,13 @@ impl Stage for RoundStage {
             for o in &rec.order_by {
                 order.push(existing(&df, o)?.sort(true, false));
             }
-            // The exact total per group, then the rounded lines reconciled to its rounding.
-            df = df
-                .window(vec![window_sum(column.clone(), &group)?.alias("__bf_exact")])
-                .map_err(plan_err)?;
+            // The rounded lines, reconciled to the rounded total of the exact ones.
             let mut select = all_but(&df, &[c.value.as_str()]);
             select.push(rounded.alias(&c.value));
+            select.push(column.clone().alias("__bf_exact"));
             df = df.select(select).map_err(plan_err)?;
-            let target = round(ident("__bf_exact"), self.scale, self.mode);
-            df = distribute_residue(df, &c.value, target, group, order).map_err(plan_err)?;
+            df = distribute_residue(df, &c.value, ident("__bf_exact"), self.scale, self.mode, group, order)
+                .map_err(plan_err)?;
             let keep = all_but(&df, &["__bf_exact"]);
             df = df.select(keep).map_err(plan_err)?;
         }
