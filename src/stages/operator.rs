@@ -33,19 +33,39 @@ pub(crate) trait BatchFn: fmt::Debug + Send + Sync + 'static {
     /// afresh.
     fn renew(&self, input: &Arc<dyn ExecutionPlan>) -> Arc<dyn BatchFn>;
     fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch>;
-    /// One partition of the input has ended (read to the end, not dropped early).
-    fn finish(&self) {}
+    /// One partition of the input has ended (read to the end, not dropped early). A batch
+    /// returned here is emitted at the end of that partition.
+    fn finish(&self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+    /// Whether each row stays in its partition, in its order. A function that holds rows
+    /// back and emits them at the end (from whichever partition ends last) does not: its
+    /// operator then promises no partitioning and no order.
+    fn keeps_rows_in_place(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct BatchExec {
     input: Arc<dyn ExecutionPlan>,
     f: Arc<dyn BatchFn>,
+    /// Its own properties when rows do not stay in place (else the input's).
+    moved: Option<Arc<PlanProperties>>,
 }
 
 impl BatchExec {
     pub(crate) fn new(input: Arc<dyn ExecutionPlan>, f: Arc<dyn BatchFn>) -> Self {
-        BatchExec { input, f }
+        let moved = (!f.keeps_rows_in_place()).then(|| {
+            let p = input.properties();
+            Arc::new(PlanProperties::new(
+                datafusion::physical_expr::EquivalenceProperties::new(input.schema()),
+                datafusion::physical_plan::Partitioning::UnknownPartitioning(p.output_partitioning().partition_count()),
+                datafusion::physical_plan::execution_plan::EmissionType::Both,
+                p.boundedness,
+            ))
+        });
+        BatchExec { input, f, moved }
     }
 }
 
@@ -60,11 +80,11 @@ impl ExecutionPlan for BatchExec {
         self.f.name()
     }
     fn properties(&self) -> &Arc<PlanProperties> {
-        // Same partitioning, order and equivalences as the input.
-        self.input.properties()
+        // Same partitioning, order and equivalences as the input, unless rows move.
+        self.moved.as_ref().unwrap_or_else(|| self.input.properties())
     }
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+        vec![self.f.keeps_rows_in_place()]
     }
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
@@ -92,7 +112,7 @@ impl ExecutionPlan for BatchExec {
             return internal_err!("{} takes one input", self.f.name());
         };
         let f = self.f.renew(&input);
-        Ok(Arc::new(BatchExec { input, f }))
+        Ok(Arc::new(BatchExec::new(input, f)))
     }
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
@@ -113,8 +133,7 @@ impl ExecutionPlan for BatchExec {
                 std::task::Poll::Ready(Some(batch)) => std::task::Poll::Ready(Some(batch.and_then(|b| f.apply(&b)))),
                 std::task::Poll::Ready(None) => {
                     ended = true;
-                    f.finish();
-                    std::task::Poll::Ready(None)
+                    std::task::Poll::Ready(f.finish().transpose())
                 }
                 std::task::Poll::Pending => std::task::Poll::Pending,
             }
@@ -142,6 +161,10 @@ fn batch_node(node: &dyn UserDefinedLogicalNode) -> Option<&dyn BatchNode> {
     })
     .or_else(|| {
         any.downcast_ref::<super::residue::ResidueNode>()
+            .map(|n| n as &dyn BatchNode)
+    })
+    .or_else(|| {
+        any.downcast_ref::<super::residue::HoldNode>()
             .map(|n| n as &dyn BatchNode)
     })
 }

@@ -705,26 +705,10 @@ impl Stage for RateStage {
             self.mode,
         ))
         .map_err(plan_err)?;
-        // Penny reconciliation: what the rounded shares of each group add up to (a second
-        // pass over the lines, needing only the keys and weights), put next to the group's
-        // charge, so the last pass joins the lines to their group once and each group's
-        // residue goes to one of its top lines.
-        let sums: Vec<String> = (0..gnames.len()).map(|i| format!("__bf_s{i}")).collect();
-        let shared = with_charges(charges.clone(), lines.clone())
-            .and_then(|d| {
-                d.aggregate(
-                    gnames.iter().zip(&sums).map(|(g, s)| ident(g).alias(s)).collect(),
-                    vec![sum(share.clone()).alias("__bf_lines")],
-                )
-            })
-            .map_err(plan_err)?;
-        let on: Vec<Expr> = gnames
-            .iter()
-            .zip(&sums)
-            .map(|(g, s)| same(ident(format!("{g}c")), ident(s)))
-            .collect();
-        let groups = charges.clone().join_on(shared, JoinType::Left, on).map_err(plan_err)?;
-        let joined = with_charges(groups, lines).map_err(plan_err)?;
+        // Penny reconciliation in the same pass: the lines go on as they come, but each
+        // group's first top line is held until all lines are read, when the group's sum of
+        // rounded shares is known; it then takes the residue (charge - that sum).
+        let joined = with_charges(charges.clone(), lines).map_err(plan_err)?;
         let internal: Vec<String> = {
             let mut v: Vec<String> = vec![
                 "__bf_measure",
@@ -735,14 +719,12 @@ impl Stage for RateStage {
                 "__bf_version",
                 "__bf_charge",
                 "__bf_commit",
-                "__bf_lines",
             ]
             .into_iter()
             .map(String::from)
             .collect();
             v.extend(gnames.iter().cloned());
             v.extend(gnames.iter().map(|n| format!("{n}c")));
-            v.extend(sums.iter().cloned());
             v.extend(tops.iter().cloned());
             v.push(self.output.clone());
             v
@@ -756,25 +738,21 @@ impl Stage for RateStage {
             .map(|(o, t)| same(o.expr.clone(), ident(t)))
             .reduce(Expr::and)
             .unwrap_or(lit(true));
-        let residue = cast(
-            coalesce(vec![ident("__bf_charge") - ident("__bf_lines"), dec(0, 0)]),
-            out_type,
-        );
         let mut select = all_but(&joined, &internal_refs);
         select.push(share.alias(&self.output));
         select.push(candidate.alias("__bf_candidate"));
-        select.push(residue.alias("__bf_residue"));
+        select.push(cast(ident("__bf_charge"), out_type).alias("__bf_target"));
         select.extend(gnames.iter().map(ident));
         let allocated = joined.select(select).map_err(plan_err)?;
-        let reconciled = super::residue::assign(
+        let reconciled = super::residue::hold(
             allocated,
             &self.output,
             gnames.iter().map(ident).collect(),
             ident("__bf_candidate"),
-            ident("__bf_residue"),
+            ident("__bf_target"),
         )
         .map_err(plan_err)?;
-        let mut drop: Vec<&str> = vec!["__bf_candidate", "__bf_residue"];
+        let mut drop: Vec<&str> = vec!["__bf_candidate", "__bf_target"];
         drop.extend(gnames.iter().map(String::as_str));
         let keep = all_but(&reconciled, &drop);
         let usage = reconciled.select(keep).map_err(plan_err)?;

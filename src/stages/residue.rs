@@ -268,6 +268,320 @@ fn assign_batch(
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// `df` with, per group (`group`), the residue `target - sum(column)` added to `column` on
+/// one `candidate` line, in the one pass that reads the lines: each line goes on at once,
+/// except the first candidate of each group, which is held back (copied out, one row per
+/// group) until every partition has ended; the group's sum is then known, and the held
+/// lines come out last, with their residue. `target` must be constant within a group and
+/// have `column`'s type. This replaces a pass that sums the lines per group and a join back.
+/// Rows held are not counted by the memory pool: one per group, like the groups' charges
+/// the rating stage holds.
+pub fn hold(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, target: Expr) -> Result<DataFrame> {
+    let (state, input) = df.into_parts();
+    let index = input
+        .schema()
+        .index_of_column_by_name(None, column)
+        .ok_or_else(|| DataFusionError::Plan(format!("residue: no column `{column}`")))?;
+    let node = HoldNode {
+        schema: input.schema().clone(),
+        input,
+        column: index,
+        group,
+        candidate,
+        target,
+    };
+    Ok(DataFrame::new(
+        state,
+        LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+    ))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct HoldNode {
+    input: LogicalPlan,
+    schema: DFSchemaRef,
+    column: usize,
+    group: Vec<Expr>,
+    candidate: Expr,
+    target: Expr,
+}
+
+impl PartialOrd for HoldNode {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        (self == other).then_some(CmpOrdering::Equal)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for HoldNode {
+    fn name(&self) -> &str {
+        "HoldResidue"
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+    fn expressions(&self) -> Vec<Expr> {
+        let mut e = self.group.clone();
+        e.push(self.candidate.clone());
+        e.push(self.target.clone());
+        e
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "HoldResidue: column #{} reaches {} per group on the first of {}",
+            self.column, self.target, self.candidate
+        )
+    }
+    fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let (Some(input), Some(target), Some(candidate)) = (inputs.pop(), exprs.pop(), exprs.pop()) else {
+            return internal_err!("HoldResidue takes one input, its groups, a candidate and a target");
+        };
+        let name = self.schema.field(self.column).name().clone();
+        let column = input
+            .schema()
+            .index_of_column_by_name(None, &name)
+            .ok_or_else(|| DataFusionError::Internal(format!("HoldResidue lost column `{name}`")))?;
+        Ok(HoldNode {
+            schema: input.schema().clone(),
+            input,
+            column,
+            group: exprs,
+            candidate,
+            target,
+        })
+    }
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        let mut cols = output_columns.to_vec();
+        if !cols.contains(&self.column) {
+            cols.push(self.column);
+            cols.sort_unstable();
+        }
+        Some(vec![cols])
+    }
+    fn supports_limit_pushdown(&self) -> bool {
+        false
+    }
+}
+
+impl BatchNode for HoldNode {
+    fn batch_fn(
+        &self,
+        input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn BatchFn>> {
+        let group: Vec<Arc<dyn PhysicalExpr>> = self.group.iter().map(expr).collect::<Result<_>>()?;
+        let schema = input.schema();
+        let keys = arrow::datatypes::Schema::new(
+            group
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    Ok(arrow::datatypes::Field::new(
+                        format!("k{i}"),
+                        g.data_type(&schema)?,
+                        true,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let f = HoldFn {
+            column: self.column,
+            group,
+            keys: Arc::new(keys),
+            candidate: expr(&self.candidate)?,
+            target: expr(&self.target)?,
+            state: Arc::new(Mutex::new(None)),
+        };
+        Ok(f.renew(input))
+    }
+}
+
+/// What one execution of a [`HoldFn`] keeps.
+struct HoldState {
+    groups: Box<dyn datafusion::physical_plan::aggregates::group_values::GroupValues>,
+    /// Per group id: the sum of the column so far, its target, and whether a line is held.
+    sums: Vec<i128>,
+    targets: Vec<Option<i128>>,
+    held: Vec<bool>,
+    /// The held lines, and the group id of each, in the order they were held.
+    rows: Vec<RecordBatch>,
+    row_groups: Vec<u32>,
+    partitions_left: usize,
+}
+
+#[derive(Debug)]
+struct HoldFn {
+    column: usize,
+    group: Vec<Arc<dyn PhysicalExpr>>,
+    keys: arrow::datatypes::SchemaRef,
+    candidate: Arc<dyn PhysicalExpr>,
+    target: Arc<dyn PhysicalExpr>,
+    state: Arc<Mutex<Option<HoldState>>>,
+}
+
+impl fmt::Debug for HoldState {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} groups, {} held", self.sums.len(), self.row_groups.len())
+    }
+}
+
+impl HoldFn {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<HoldState>>> {
+        self.state
+            .lock()
+            .map_err(|_| DataFusionError::Execution("residue bookkeeping poisoned".into()))
+    }
+}
+
+fn decimals(a: &ArrayRef, what: &str) -> Result<arrow::array::Decimal128Array> {
+    match a.as_primitive_opt::<arrow::datatypes::Decimal128Type>() {
+        Some(d) => Ok(d.clone()),
+        None => internal_err!("HoldResidue: {what} is {}, not a decimal", a.data_type()),
+    }
+}
+
+impl BatchFn for HoldFn {
+    fn name(&self) -> &'static str {
+        "HoldResidueExec"
+    }
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "HoldResidueExec: column #{} reaches {} per group on the first of {}",
+            self.column, self.target, self.candidate
+        )
+    }
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        self.group.iter().chain([&self.candidate, &self.target]).collect()
+    }
+    fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
+        let state = datafusion::physical_plan::aggregates::group_values::new_group_values(
+            self.keys.clone(),
+            &datafusion::physical_plan::aggregates::order::GroupOrdering::None,
+        )
+        .map(|groups| HoldState {
+            groups,
+            sums: Vec::new(),
+            targets: Vec::new(),
+            held: Vec::new(),
+            rows: Vec::new(),
+            row_groups: Vec::new(),
+            partitions_left: datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input)
+                .partition_count(),
+        })
+        .ok();
+        Arc::new(HoldFn {
+            column: self.column,
+            group: self.group.clone(),
+            keys: self.keys.clone(),
+            candidate: self.candidate.clone(),
+            target: self.target.clone(),
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+    fn keeps_rows_in_place(&self) -> bool {
+        false
+    }
+    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let keys: Vec<ArrayRef> = self
+            .group
+            .iter()
+            .map(|g| g.evaluate(batch)?.into_array(n))
+            .collect::<Result<_>>()?;
+        let candidates = self.candidate.evaluate(batch)?.into_array(n)?;
+        let candidates = candidates.as_boolean();
+        let values = decimals(batch.column(self.column), "the column")?;
+        let targets = decimals(&self.target.evaluate(batch)?.into_array(n)?, "the target")?;
+        let mut ids = Vec::with_capacity(n);
+        let mut hold = Vec::new();
+        {
+            let mut guard = self.lock()?;
+            let Some(st) = guard.as_mut() else {
+                return internal_err!("HoldResidue: no group table");
+            };
+            st.groups.intern(&keys, &mut ids)?;
+            let groups = st.groups.len();
+            st.sums.resize(groups, 0);
+            st.targets.resize(groups, None);
+            st.held.resize(groups, false);
+            // The per-group sums, as an aggregate's accumulator keeps them.
+            for (i, &g) in ids.iter().enumerate() {
+                if values.is_valid(i) {
+                    st.sums[g] = st.sums[g]
+                        .checked_add(values.value(i))
+                        .ok_or_else(|| DataFusionError::Execution("decimal overflow summing a group's lines".into()))?;
+                }
+                if targets.is_valid(i) {
+                    st.targets[g] = Some(targets.value(i));
+                }
+                if candidates.is_valid(i) && candidates.value(i) && !st.held[g] {
+                    st.held[g] = true;
+                    hold.push(i as u32);
+                    st.row_groups.push(g as u32);
+                }
+            }
+            if !hold.is_empty() {
+                let idx = arrow::array::UInt32Array::from(hold.clone());
+                st.rows.push(arrow::compute::take_record_batch(batch, &idx)?);
+            }
+        }
+        if hold.is_empty() {
+            return Ok(batch.clone());
+        }
+        let mut keep = vec![true; n];
+        for i in &hold {
+            keep[*i as usize] = false;
+        }
+        Ok(arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))?)
+    }
+    fn finish(&self) -> Result<Option<RecordBatch>> {
+        let mut guard = self.lock()?;
+        let Some(st) = guard.as_mut() else {
+            return Ok(None);
+        };
+        st.partitions_left = st.partitions_left.saturating_sub(1);
+        if st.partitions_left > 0 || st.rows.is_empty() {
+            return Ok(None);
+        }
+        let rows = arrow::compute::concat_batches(&st.rows[0].schema(), &st.rows)?;
+        st.rows.clear();
+        let current = decimals(rows.column(self.column), "the column")?;
+        let (precision, scale) = match current.data_type() {
+            arrow::datatypes::DataType::Decimal128(p, s) => (*p, *s),
+            other => return internal_err!("HoldResidue: column is {other}"),
+        };
+        let limit = 10i128.pow(precision as u32);
+        let mut adjusted = Vec::with_capacity(rows.num_rows());
+        for (i, &g) in st.row_groups.iter().enumerate() {
+            let g = g as usize;
+            let residue = st.targets[g].map_or(Ok(0), |t| {
+                t.checked_sub(st.sums[g])
+                    .ok_or_else(|| DataFusionError::Execution("decimal overflow in a rounding residue".into()))
+            })?;
+            adjusted.push(if current.is_valid(i) {
+                let v = current.value(i).checked_add(residue).filter(|v| v.abs() < limit);
+                Some(v.ok_or_else(|| {
+                    DataFusionError::Execution(format!(
+                        "decimal overflow adding a rounding residue to `{}`",
+                        rows.schema().field(self.column).name()
+                    ))
+                })?)
+            } else {
+                None
+            });
+        }
+        st.row_groups.clear();
+        let adjusted = arrow::array::Decimal128Array::from(adjusted).with_precision_and_scale(precision, scale)?;
+        let mut columns = rows.columns().to_vec();
+        columns[self.column] = Arc::new(adjusted);
+        Ok(Some(RecordBatch::try_new(rows.schema(), columns)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +640,67 @@ mod tests {
         assert_eq!(sum(Some("a")), 301, "{by_group:?}");
         assert_eq!(sum(Some("b")), 48);
         assert_eq!(sum(None), 17);
+        assert_eq!(
+            by_group[&Some("a".to_string())].iter().filter(|v| **v == 101).count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn held_lines_reach_each_groups_target_once_across_partitions() {
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(2))
+            .with_default_features()
+            .with_query_planner(Arc::new(super::super::operator::Planner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("amount", DataType::Decimal128(10, 2), false),
+            Field::new("target", DataType::Decimal128(10, 2), false),
+        ]));
+        let part = |g: Vec<Option<&str>>, amount: Vec<i128>, target: Vec<i128>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(g)),
+                    Arc::new(Decimal128Array::from(amount).with_precision_and_scale(10, 2).unwrap()),
+                    Arc::new(Decimal128Array::from(target).with_precision_and_scale(10, 2).unwrap()),
+                ],
+            )
+            .unwrap()
+        };
+        // Group a: 3 x 1.00 must reach 3.01, three tied candidates over both partitions;
+        // b: 0.50 must reach 0.48; NULL: 2 x 0.07 must reach 0.17 (a residue of 0.03);
+        // c has no candidate line but nothing to give (its lines already reach 0.05).
+        let p1 = part(
+            vec![Some("a"), Some("a"), Some("b"), Some("c")],
+            vec![100, 100, 50, -5],
+            vec![301, 301, 48, -5],
+        );
+        let p2 = part(vec![Some("a"), None, None], vec![100, 7, 7], vec![301, 17, 17]);
+        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![p1], vec![p2]]).unwrap();
+        let df = ctx.read_table(Arc::new(table)).unwrap();
+        let out = hold(df, "amount", vec![col("g")], col("amount").gt(lit(0)), col("target")).unwrap();
+        let batches = out.collect().await.unwrap();
+        let mut by_group: std::collections::BTreeMap<Option<String>, Vec<i128>> = Default::default();
+        for b in &batches {
+            let g = b.column(0).as_string::<i32>();
+            let a = b.column(1).as_primitive::<arrow::datatypes::Decimal128Type>();
+            for i in 0..b.num_rows() {
+                by_group
+                    .entry(g.is_valid(i).then(|| g.value(i).to_string()))
+                    .or_default()
+                    .push(a.value(i));
+            }
+        }
+        let lines: usize = by_group.values().map(Vec::len).sum();
+        assert_eq!(lines, 7, "no line lost or doubled: {by_group:?}");
+        let sum = |k: Option<&str>| by_group[&k.map(String::from)].iter().sum::<i128>();
+        assert_eq!(sum(Some("a")), 301, "{by_group:?}");
+        assert_eq!(sum(Some("b")), 48);
+        assert_eq!(sum(None), 17);
+        assert_eq!(sum(Some("c")), -5);
         assert_eq!(
             by_group[&Some("a".to_string())].iter().filter(|v| **v == 101).count(),
             1

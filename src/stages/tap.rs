@@ -270,12 +270,13 @@ impl BatchFn for CheckpointFn {
         self.counts.total.add(scan.rows, scan.flagged, scan.kept);
         Ok(out)
     }
-    fn finish(&self) {
+    fn finish(&self) -> Result<Option<RecordBatch>> {
         if self.reading.partitions_left.fetch_sub(1, Ordering::AcqRel) == 1
             && let Ok(mut complete) = self.counts.complete.lock()
         {
             complete.get_or_insert(self.reading.counts.snapshot());
         }
+        Ok(None)
     }
 }
 
