@@ -213,6 +213,37 @@ impl ScalarUDFImpl for RoundUdf {
     }
 }
 
+/// The line of a group that takes its rounding residue: the first in `order`. Returns the
+/// aggregates that find its sort keys (named `names`; the first key's is a plain max or
+/// min, the next keys' those of the line winning on the keys before them) and the test
+/// that a line is a candidate: equal to them on every key (lines tying on every key are
+/// all candidates, and one of them takes the residue).
+pub fn top_line(order: &[datafusion::logical_expr::SortExpr], names: &[String]) -> (Vec<Expr>, Expr) {
+    use datafusion::functions_aggregate::expr_fn::{first_value, max, min};
+    use datafusion::logical_expr::{Operator, binary_expr};
+    use datafusion::prelude::ident;
+    let aggregates = order
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (o, t))| {
+            match (i, o.asc) {
+                (0, true) => min(o.expr.clone()),
+                (0, false) => max(o.expr.clone()),
+                _ => first_value(o.expr.clone(), order.to_vec()),
+            }
+            .alias(t)
+        })
+        .collect();
+    let candidate = order
+        .iter()
+        .zip(names)
+        .map(|(o, t)| binary_expr(o.expr.clone(), Operator::IsNotDistinctFrom, ident(t)))
+        .reduce(Expr::and)
+        .unwrap_or(lit(true));
+    (aggregates, candidate)
+}
+
 /// Penny reconciliation: adjust the already rounded `column` so that, per group, the lines
 /// add up to the total of `exact` (each line's exact amount) rounded to `scale` with
 /// `mode`. The residue goes to the first line in `order` (ties on every key: any one of
@@ -231,7 +262,7 @@ pub fn distribute_residue(
     order: Vec<datafusion::logical_expr::SortExpr>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     use datafusion::functions::expr_fn::coalesce;
-    use datafusion::functions_aggregate::expr_fn::{first_value, max, min, sum};
+    use datafusion::functions_aggregate::expr_fn::sum;
     use datafusion::logical_expr::{Operator, binary_expr, cast};
     use datafusion::prelude::ident;
 
@@ -242,20 +273,8 @@ pub fn distribute_residue(
         sum(ident(column)).alias("__bf_lines"),
         sum(exact).alias("__bf_exact_total"),
     ];
-    aggs.extend(order.iter().zip(&tops).enumerate().map(|(i, (o, t))| {
-        // The first key's best value is a plain max or min (cheap); the next keys' are
-        // those of the line that wins on the keys before them.
-        if i == 0 {
-            if o.asc {
-                min(o.expr.clone())
-            } else {
-                max(o.expr.clone())
-            }
-            .alias(t)
-        } else {
-            first_value(o.expr.clone(), order.clone()).alias(t)
-        }
-    }));
+    let (top_aggregates, candidate) = top_line(&order, &tops);
+    aggs.extend(top_aggregates);
     let sums = df.clone().aggregate(
         group.iter().zip(&names).map(|(g, n)| g.clone().alias(n)).collect(),
         aggs,
@@ -267,13 +286,6 @@ pub fn distribute_residue(
         .map(|(g, n)| same(g.clone(), ident(n)))
         .collect();
     let df = sums.join_on(df, datafusion::common::JoinType::Right, on)?;
-    // A candidate: equal to the group's first line on every sort key.
-    let candidate = order
-        .iter()
-        .zip(&tops)
-        .map(|(o, t)| same(o.expr.clone(), ident(t)))
-        .reduce(Expr::and)
-        .unwrap_or(lit(true));
     let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
     let target = round(ident("__bf_exact_total"), scale, mode);
     let residue = cast(coalesce(vec![target - ident("__bf_lines"), zero]), ty);

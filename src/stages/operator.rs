@@ -163,10 +163,6 @@ fn batch_node(node: &dyn UserDefinedLogicalNode) -> Option<&dyn BatchNode> {
         any.downcast_ref::<super::residue::ResidueNode>()
             .map(|n| n as &dyn BatchNode)
     })
-    .or_else(|| {
-        any.downcast_ref::<super::residue::HoldNode>()
-            .map(|n| n as &dyn BatchNode)
-    })
 }
 
 struct BatchNodePlanner;

@@ -23,7 +23,7 @@ use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::JoinType;
 use datafusion::functions::expr_fn::{coalesce, concat_ws, greatest, least};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, first_value, last_value, max, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, last_value, max, sum};
 use datafusion::logical_expr::{Expr, SortExpr, case, cast, when};
 use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
@@ -31,7 +31,7 @@ use datafusion::scalar::ScalarValue;
 use super::args::{all_but, existing, plan_err};
 use super::convert_currency::{read_rounding, read_scale};
 use super::lookup::{Join, MATCHES, join_frame, reference_table};
-use super::money::{RoundingMode, div_round, round};
+use super::money::{RoundingMode, div_round, round, top_line};
 use super::side::{OnError, apply_policy};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -467,21 +467,15 @@ impl Stage for RateStage {
         }
         // The line that takes the group's rounding residue: the largest |weight|, then
         // `order_by`. Its sort keys depend on the lines alone, so they are found here, in
-        // the same pass as the quantity (the first key is a plain max; later keys are those
-        // of the line winning on the keys before them).
+        // the same pass as the quantity.
         let mut order: Vec<SortExpr> =
             vec![datafusion::functions::math::expr_fn::abs(ident("__bf_weight")).sort(false, false)];
         for o in &self.order_by {
             order.push(existing(&lines, o)?.sort(true, false));
         }
         let tops: Vec<String> = (0..order.len()).map(|i| format!("__bf_top{i}")).collect();
-        for (i, (o, t)) in order.iter().zip(&tops).enumerate() {
-            aggs.push(if i == 0 {
-                max(o.expr.clone()).alias(t)
-            } else {
-                first_value(o.expr.clone(), order.clone()).alias(t)
-            });
-        }
+        let (top_aggregates, candidate) = top_line(&order, &tops);
+        aggs.extend(top_aggregates);
         let groups = lines
             .clone()
             .aggregate(
@@ -731,13 +725,6 @@ impl Stage for RateStage {
         };
         let internal_refs: Vec<&str> = internal.iter().map(String::as_str).collect();
         let out_type = DataType::Decimal128(38, self.scale);
-        // A candidate for the residue: equal to its group's top line on every sort key.
-        let candidate = order
-            .iter()
-            .zip(&tops)
-            .map(|(o, t)| same(o.expr.clone(), ident(t)))
-            .reduce(Expr::and)
-            .unwrap_or(lit(true));
         let mut select = all_but(&joined, &internal_refs);
         select.push(share.alias(&self.output));
         select.push(candidate.alias("__bf_candidate"));

@@ -28,6 +28,20 @@ use super::operator::{BatchFn, BatchNode};
 /// `df` with `residue` added to `column` on one `candidate` line per group (`group`).
 /// `residue` must already have `column`'s type.
 pub fn assign(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, residue: Expr) -> Result<DataFrame> {
+    node(df, column, group, candidate, residue, Rule::Given)
+}
+
+/// How a [`ResidueNode`] knows each group's residue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Rule {
+    /// Its `amount` expression is the residue itself (the groups were summed before).
+    Given,
+    /// Its `amount` is the group's target: the node sums the group's lines itself, holding
+    /// one line per group back until its input ends ([`hold`]).
+    Hold,
+}
+
+fn node(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, amount: Expr, rule: Rule) -> Result<DataFrame> {
     let (state, input) = df.into_parts();
     let index = input
         .schema()
@@ -39,7 +53,8 @@ pub fn assign(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, re
         column: index,
         group,
         candidate,
-        residue,
+        amount,
+        rule,
     };
     Ok(DataFrame::new(
         state,
@@ -55,7 +70,9 @@ pub(crate) struct ResidueNode {
     column: usize,
     group: Vec<Expr>,
     candidate: Expr,
-    residue: Expr,
+    /// The residue (`Rule::Given`) or the group's target (`Rule::Hold`).
+    amount: Expr,
+    rule: Rule,
 }
 
 impl PartialOrd for ResidueNode {
@@ -72,6 +89,9 @@ impl BatchNode for ResidueNode {
     ) -> Result<Arc<dyn BatchFn>> {
         let group: Vec<Arc<dyn PhysicalExpr>> = self.group.iter().map(expr).collect::<Result<_>>()?;
         let schema = input.schema();
+        if self.rule == Rule::Hold {
+            return hold_fn(self.column, group, expr(&self.candidate)?, expr(&self.amount)?, input);
+        }
         let fields = group
             .iter()
             .map(|g| g.data_type(&schema).map(SortField::new))
@@ -81,7 +101,7 @@ impl BatchNode for ResidueNode {
             group,
             fields,
             candidate: expr(&self.candidate)?,
-            residue: expr(&self.residue)?,
+            residue: expr(&self.amount)?,
             served: Arc::new(Mutex::new(HashSet::new())),
         }))
     }
@@ -89,7 +109,10 @@ impl BatchNode for ResidueNode {
 
 impl UserDefinedLogicalNodeCore for ResidueNode {
     fn name(&self) -> &str {
-        "AssignResidue"
+        match self.rule {
+            Rule::Given => "AssignResidue",
+            Rule::Hold => "HoldResidue",
+        }
     }
     fn inputs(&self) -> Vec<&LogicalPlan> {
         vec![&self.input]
@@ -100,33 +123,41 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
     fn expressions(&self) -> Vec<Expr> {
         let mut e = self.group.clone();
         e.push(self.candidate.clone());
-        e.push(self.residue.clone());
+        e.push(self.amount.clone());
         e
     }
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "AssignResidue: column #{} + {} on the first of {} per group",
-            self.column, self.residue, self.candidate
-        )
+        match self.rule {
+            Rule::Given => write!(
+                f,
+                "AssignResidue: column #{} + {} on the first of {} per group",
+                self.column, self.amount, self.candidate
+            ),
+            Rule::Hold => write!(
+                f,
+                "HoldResidue: column #{} reaches {} per group on the first of {}",
+                self.column, self.amount, self.candidate
+            ),
+        }
     }
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
-        let (Some(input), Some(residue), Some(candidate)) = (inputs.pop(), exprs.pop(), exprs.pop()) else {
-            return internal_err!("AssignResidue takes one input, its groups, a candidate and a residue");
+        let (Some(input), Some(amount), Some(candidate)) = (inputs.pop(), exprs.pop(), exprs.pop()) else {
+            return internal_err!("{} takes one input, its groups, a candidate and an amount", self.name());
         };
         // The adjusted column keeps its name; find it again in the (possibly pruned) input.
         let name = self.schema.field(self.column).name().clone();
         let column = input
             .schema()
             .index_of_column_by_name(None, &name)
-            .ok_or_else(|| DataFusionError::Internal(format!("AssignResidue lost column `{name}`")))?;
+            .ok_or_else(|| DataFusionError::Internal(format!("{} lost column `{name}`", self.name())))?;
         Ok(ResidueNode {
             schema: input.schema().clone(),
             input,
             column,
             group: exprs,
             candidate,
-            residue,
+            amount,
+            rule: self.rule,
         })
     }
     fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
@@ -277,126 +308,40 @@ fn assign_batch(
 /// Rows held are not counted by the memory pool: one per group, like the groups' charges
 /// the rating stage holds.
 pub fn hold(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, target: Expr) -> Result<DataFrame> {
-    let (state, input) = df.into_parts();
-    let index = input
-        .schema()
-        .index_of_column_by_name(None, column)
-        .ok_or_else(|| DataFusionError::Plan(format!("residue: no column `{column}`")))?;
-    let node = HoldNode {
-        schema: input.schema().clone(),
-        input,
-        column: index,
+    node(df, column, group, candidate, target, Rule::Hold)
+}
+
+/// The batch function of a `HoldResidue` node.
+fn hold_fn(
+    column: usize,
+    group: Vec<Arc<dyn PhysicalExpr>>,
+    candidate: Arc<dyn PhysicalExpr>,
+    target: Arc<dyn PhysicalExpr>,
+    input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Result<Arc<dyn BatchFn>> {
+    let schema = input.schema();
+    let keys = arrow::datatypes::Schema::new(
+        group
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                Ok(arrow::datatypes::Field::new(
+                    format!("k{i}"),
+                    g.data_type(&schema)?,
+                    true,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let f = HoldFn {
+        column,
         group,
+        keys: Arc::new(keys),
         candidate,
         target,
+        state: Arc::new(Mutex::new(None)),
     };
-    Ok(DataFrame::new(
-        state,
-        LogicalPlan::Extension(Extension { node: Arc::new(node) }),
-    ))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct HoldNode {
-    input: LogicalPlan,
-    schema: DFSchemaRef,
-    column: usize,
-    group: Vec<Expr>,
-    candidate: Expr,
-    target: Expr,
-}
-
-impl PartialOrd for HoldNode {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        (self == other).then_some(CmpOrdering::Equal)
-    }
-}
-
-impl UserDefinedLogicalNodeCore for HoldNode {
-    fn name(&self) -> &str {
-        "HoldResidue"
-    }
-    fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
-    }
-    fn schema(&self) -> &DFSchemaRef {
-        &self.schema
-    }
-    fn expressions(&self) -> Vec<Expr> {
-        let mut e = self.group.clone();
-        e.push(self.candidate.clone());
-        e.push(self.target.clone());
-        e
-    }
-    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "HoldResidue: column #{} reaches {} per group on the first of {}",
-            self.column, self.target, self.candidate
-        )
-    }
-    fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
-        let (Some(input), Some(target), Some(candidate)) = (inputs.pop(), exprs.pop(), exprs.pop()) else {
-            return internal_err!("HoldResidue takes one input, its groups, a candidate and a target");
-        };
-        let name = self.schema.field(self.column).name().clone();
-        let column = input
-            .schema()
-            .index_of_column_by_name(None, &name)
-            .ok_or_else(|| DataFusionError::Internal(format!("HoldResidue lost column `{name}`")))?;
-        Ok(HoldNode {
-            schema: input.schema().clone(),
-            input,
-            column,
-            group: exprs,
-            candidate,
-            target,
-        })
-    }
-    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
-        let mut cols = output_columns.to_vec();
-        if !cols.contains(&self.column) {
-            cols.push(self.column);
-            cols.sort_unstable();
-        }
-        Some(vec![cols])
-    }
-    fn supports_limit_pushdown(&self) -> bool {
-        false
-    }
-}
-
-impl BatchNode for HoldNode {
-    fn batch_fn(
-        &self,
-        input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-        expr: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
-    ) -> Result<Arc<dyn BatchFn>> {
-        let group: Vec<Arc<dyn PhysicalExpr>> = self.group.iter().map(expr).collect::<Result<_>>()?;
-        let schema = input.schema();
-        let keys = arrow::datatypes::Schema::new(
-            group
-                .iter()
-                .enumerate()
-                .map(|(i, g)| {
-                    Ok(arrow::datatypes::Field::new(
-                        format!("k{i}"),
-                        g.data_type(&schema)?,
-                        true,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?,
-        );
-        let f = HoldFn {
-            column: self.column,
-            group,
-            keys: Arc::new(keys),
-            candidate: expr(&self.candidate)?,
-            target: expr(&self.target)?,
-            state: Arc::new(Mutex::new(None)),
-        };
-        Ok(f.renew(input))
-    }
+    Ok(f.renew(input))
 }
 
 /// What one execution of a [`HoldFn`] keeps.
