@@ -534,8 +534,16 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::prelude::*;
 
-    #[tokio::test]
-    async fn one_line_per_group_takes_the_residue_even_when_candidates_tie_across_partitions() {
+    type ByGroup = std::collections::BTreeMap<Option<String>, Vec<i128>>;
+
+    /// Two partitions of (g, amount, <third>) rows, in a session with billflow's planner;
+    /// `run` gets the table and returns the plan to run; its lines are returned per group.
+    async fn two_partitions(
+        third: &str,
+        p1: (Vec<Option<&str>>, Vec<i128>, Vec<i128>),
+        p2: (Vec<Option<&str>>, Vec<i128>, Vec<i128>),
+        run: impl FnOnce(DataFrame) -> DataFrame,
+    ) -> ByGroup {
         let state = datafusion::execution::session_state::SessionStateBuilder::new()
             .with_config(SessionConfig::new().with_target_partitions(2))
             .with_default_features()
@@ -545,32 +553,20 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("g", DataType::Utf8, true),
             Field::new("amount", DataType::Decimal128(10, 2), false),
-            Field::new("residue", DataType::Decimal128(10, 2), false),
+            Field::new(third, DataType::Decimal128(10, 2), false),
         ]));
-        // Group a: three tied candidates, two in one partition and one in the other; group
-        // b: one candidate; NULL is a group of its own.
-        let part = |g: Vec<Option<&str>>, amount: Vec<i128>, residue: Vec<i128>| {
+        let part = |(g, amount, other): (Vec<Option<&str>>, Vec<i128>, Vec<i128>)| {
+            let dec = |v: Vec<i128>| Arc::new(Decimal128Array::from(v).with_precision_and_scale(10, 2).unwrap());
             RecordBatch::try_new(
                 schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(g)),
-                    Arc::new(Decimal128Array::from(amount).with_precision_and_scale(10, 2).unwrap()),
-                    Arc::new(Decimal128Array::from(residue).with_precision_and_scale(10, 2).unwrap()),
-                ],
+                vec![Arc::new(StringArray::from(g)), dec(amount), dec(other)],
             )
             .unwrap()
         };
-        let p1 = part(
-            vec![Some("a"), Some("a"), Some("b")],
-            vec![100, 100, 50],
-            vec![1, 1, -2],
-        );
-        let p2 = part(vec![Some("a"), None, None], vec![100, 7, 7], vec![1, 3, 3]);
-        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![p1], vec![p2]]).unwrap();
-        let df = ctx.read_table(Arc::new(table)).unwrap();
-        let out = assign(df, "amount", vec![col("g")], col("amount").gt(lit(0)), col("residue")).unwrap();
-        let batches = out.collect().await.unwrap();
-        let mut by_group: std::collections::BTreeMap<Option<String>, Vec<i128>> = Default::default();
+        let table =
+            datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![part(p1)], vec![part(p2)]]).unwrap();
+        let batches = run(ctx.read_table(Arc::new(table)).unwrap()).collect().await.unwrap();
+        let mut by_group = ByGroup::new();
         for b in &batches {
             let g = b.column(0).as_string::<i32>();
             let a = b.column(1).as_primitive::<arrow::datatypes::Decimal128Type>();
@@ -581,10 +577,31 @@ mod tests {
                     .push(a.value(i));
             }
         }
-        let sum = |k: Option<&str>| by_group[&k.map(String::from)].iter().sum::<i128>();
-        assert_eq!(sum(Some("a")), 301, "{by_group:?}");
-        assert_eq!(sum(Some("b")), 48);
-        assert_eq!(sum(None), 17);
+        by_group
+    }
+
+    fn sum(by_group: &ByGroup, k: Option<&str>) -> i128 {
+        by_group[&k.map(String::from)].iter().sum()
+    }
+
+    #[tokio::test]
+    async fn one_line_per_group_takes_the_residue_even_when_candidates_tie_across_partitions() {
+        // Group a: three tied candidates, two in one partition and one in the other; group
+        // b: one candidate; NULL is a group of its own.
+        let by_group = two_partitions(
+            "residue",
+            (
+                vec![Some("a"), Some("a"), Some("b")],
+                vec![100, 100, 50],
+                vec![1, 1, -2],
+            ),
+            (vec![Some("a"), None, None], vec![100, 7, 7], vec![1, 3, 3]),
+            |df| assign(df, "amount", vec![col("g")], col("amount").gt(lit(0)), col("residue")).unwrap(),
+        )
+        .await;
+        assert_eq!(sum(&by_group, Some("a")), 301, "{by_group:?}");
+        assert_eq!(sum(&by_group, Some("b")), 48);
+        assert_eq!(sum(&by_group, None), 17);
         assert_eq!(
             by_group[&Some("a".to_string())].iter().filter(|v| **v == 101).count(),
             1
@@ -593,59 +610,26 @@ mod tests {
 
     #[tokio::test]
     async fn held_lines_reach_each_groups_target_once_across_partitions() {
-        let state = datafusion::execution::session_state::SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_target_partitions(2))
-            .with_default_features()
-            .with_query_planner(Arc::new(super::super::operator::Planner))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("g", DataType::Utf8, true),
-            Field::new("amount", DataType::Decimal128(10, 2), false),
-            Field::new("target", DataType::Decimal128(10, 2), false),
-        ]));
-        let part = |g: Vec<Option<&str>>, amount: Vec<i128>, target: Vec<i128>| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(g)),
-                    Arc::new(Decimal128Array::from(amount).with_precision_and_scale(10, 2).unwrap()),
-                    Arc::new(Decimal128Array::from(target).with_precision_and_scale(10, 2).unwrap()),
-                ],
-            )
-            .unwrap()
-        };
         // Group a: 3 x 1.00 must reach 3.01, three tied candidates over both partitions;
         // b: 0.50 must reach 0.48; NULL: 2 x 0.07 must reach 0.17 (a residue of 0.03);
-        // c has no candidate line but nothing to give (its lines already reach 0.05).
-        let p1 = part(
-            vec![Some("a"), Some("a"), Some("b"), Some("c")],
-            vec![100, 100, 50, -5],
-            vec![301, 301, 48, -5],
-        );
-        let p2 = part(vec![Some("a"), None, None], vec![100, 7, 7], vec![301, 17, 17]);
-        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![p1], vec![p2]]).unwrap();
-        let df = ctx.read_table(Arc::new(table)).unwrap();
-        let out = hold(df, "amount", vec![col("g")], col("amount").gt(lit(0)), col("target")).unwrap();
-        let batches = out.collect().await.unwrap();
-        let mut by_group: std::collections::BTreeMap<Option<String>, Vec<i128>> = Default::default();
-        for b in &batches {
-            let g = b.column(0).as_string::<i32>();
-            let a = b.column(1).as_primitive::<arrow::datatypes::Decimal128Type>();
-            for i in 0..b.num_rows() {
-                by_group
-                    .entry(g.is_valid(i).then(|| g.value(i).to_string()))
-                    .or_default()
-                    .push(a.value(i));
-            }
-        }
+        // c has no candidate line but nothing to give (its lines already reach -0.05).
+        let by_group = two_partitions(
+            "target",
+            (
+                vec![Some("a"), Some("a"), Some("b"), Some("c")],
+                vec![100, 100, 50, -5],
+                vec![301, 301, 48, -5],
+            ),
+            (vec![Some("a"), None, None], vec![100, 7, 7], vec![301, 17, 17]),
+            |df| hold(df, "amount", vec![col("g")], col("amount").gt(lit(0)), col("target")).unwrap(),
+        )
+        .await;
         let lines: usize = by_group.values().map(Vec::len).sum();
         assert_eq!(lines, 7, "no line lost or doubled: {by_group:?}");
-        let sum = |k: Option<&str>| by_group[&k.map(String::from)].iter().sum::<i128>();
-        assert_eq!(sum(Some("a")), 301, "{by_group:?}");
-        assert_eq!(sum(Some("b")), 48);
-        assert_eq!(sum(None), 17);
-        assert_eq!(sum(Some("c")), -5);
+        assert_eq!(sum(&by_group, Some("a")), 301, "{by_group:?}");
+        assert_eq!(sum(&by_group, Some("b")), 48);
+        assert_eq!(sum(&by_group, None), 17);
+        assert_eq!(sum(&by_group, Some("c")), -5);
         assert_eq!(
             by_group[&Some("a".to_string())].iter().filter(|v| **v == 101).count(),
             1
