@@ -96,14 +96,17 @@ impl BatchNode for ResidueNode {
             .iter()
             .map(|g| g.data_type(&schema).map(SortField::new))
             .collect::<Result<_>>()?;
-        Ok(Arc::new(ResidueFn {
+        let f = ResidueFn {
             column: self.column,
             group,
             fields,
             candidate: expr(&self.candidate)?,
             residue: expr(&self.amount)?,
             served: Arc::new(Mutex::new(HashSet::new())),
-        }))
+            partitions: 0,
+            left: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        };
+        Ok(f.renew(input))
     }
 }
 
@@ -188,6 +191,10 @@ struct ResidueFn {
     candidate: Arc<dyn PhysicalExpr>,
     residue: Arc<dyn PhysicalExpr>,
     served: Served,
+    /// Partitions of the input, and how many of this execution have not ended: when the
+    /// last ends, the served groups are forgotten, so the plan may be run again.
+    partitions: usize,
+    left: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl BatchFn for ResidueFn {
@@ -204,7 +211,9 @@ impl BatchFn for ResidueFn {
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
         self.group.iter().chain([&self.candidate, &self.residue]).collect()
     }
-    fn renew(&self, _input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
+    fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
+        let partitions =
+            datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input).partition_count();
         Arc::new(ResidueFn {
             column: self.column,
             group: self.group.clone(),
@@ -212,7 +221,20 @@ impl BatchFn for ResidueFn {
             candidate: self.candidate.clone(),
             residue: self.residue.clone(),
             served: Arc::new(Mutex::new(HashSet::new())),
+            partitions,
+            left: Arc::new(std::sync::atomic::AtomicUsize::new(partitions)),
         })
+    }
+    fn finish(&self) -> Result<Option<RecordBatch>> {
+        use std::sync::atomic::Ordering;
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.left.store(self.partitions, Ordering::Release);
+            self.served
+                .lock()
+                .map_err(|_| DataFusionError::Execution("residue bookkeeping poisoned".into()))?
+                .clear();
+        }
+        Ok(None)
     }
     fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let converter = RowConverter::new(self.fields.clone())?;
@@ -339,6 +361,7 @@ fn hold_fn(
         keys: Arc::new(keys),
         candidate,
         target,
+        partitions: 0,
         state: Arc::new(Mutex::new(None)),
     };
     Ok(f.renew(input))
@@ -364,6 +387,8 @@ struct HoldFn {
     keys: arrow::datatypes::SchemaRef,
     candidate: Arc<dyn PhysicalExpr>,
     target: Arc<dyn PhysicalExpr>,
+    /// How many partitions of the input one execution reads.
+    partitions: usize,
     state: Arc<Mutex<Option<HoldState>>>,
 }
 
@@ -374,6 +399,24 @@ impl fmt::Debug for HoldState {
 }
 
 impl HoldFn {
+    /// The state of an execution that has not started.
+    fn fresh_state(&self) -> Option<HoldState> {
+        datafusion::physical_plan::aggregates::group_values::new_group_values(
+            self.keys.clone(),
+            &datafusion::physical_plan::aggregates::order::GroupOrdering::None,
+        )
+        .map(|groups| HoldState {
+            groups,
+            sums: Vec::new(),
+            targets: Vec::new(),
+            held: Vec::new(),
+            rows: Vec::new(),
+            row_groups: Vec::new(),
+            partitions_left: self.partitions,
+        })
+        .ok()
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<HoldState>>> {
         self.state
             .lock()
@@ -403,29 +446,18 @@ impl BatchFn for HoldFn {
         self.group.iter().chain([&self.candidate, &self.target]).collect()
     }
     fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
-        let state = datafusion::physical_plan::aggregates::group_values::new_group_values(
-            self.keys.clone(),
-            &datafusion::physical_plan::aggregates::order::GroupOrdering::None,
-        )
-        .map(|groups| HoldState {
-            groups,
-            sums: Vec::new(),
-            targets: Vec::new(),
-            held: Vec::new(),
-            rows: Vec::new(),
-            row_groups: Vec::new(),
-            partitions_left: datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input)
-                .partition_count(),
-        })
-        .ok();
-        Arc::new(HoldFn {
+        let mut f = HoldFn {
             column: self.column,
             group: self.group.clone(),
             keys: self.keys.clone(),
             candidate: self.candidate.clone(),
             target: self.target.clone(),
-            state: Arc::new(Mutex::new(state)),
-        })
+            partitions: datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input)
+                .partition_count(),
+            state: Arc::new(Mutex::new(None)),
+        };
+        f.state = Arc::new(Mutex::new(f.fresh_state()));
+        Arc::new(f)
     }
     fn keeps_rows_in_place(&self) -> bool {
         false
@@ -489,11 +521,19 @@ impl BatchFn for HoldFn {
             return Ok(None);
         };
         st.partitions_left = st.partitions_left.saturating_sub(1);
-        if st.partitions_left > 0 || st.rows.is_empty() {
+        if st.partitions_left > 0 {
+            return Ok(None);
+        }
+        // This execution is over; the plan may be run again, from a fresh state.
+        let fresh = self.fresh_state();
+        let Some(st) = std::mem::replace(&mut *guard, fresh) else {
+            return Ok(None);
+        };
+        drop(guard);
+        if st.rows.is_empty() {
             return Ok(None);
         }
         let rows = arrow::compute::concat_batches(&st.rows[0].schema(), &st.rows)?;
-        st.rows.clear();
         let current = decimals(rows.column(self.column), "the column")?;
         let (precision, scale) = match current.data_type() {
             arrow::datatypes::DataType::Decimal128(p, s) => (*p, *s),
@@ -519,7 +559,6 @@ impl BatchFn for HoldFn {
                 None
             });
         }
-        st.row_groups.clear();
         let adjusted = arrow::array::Decimal128Array::from(adjusted).with_precision_and_scale(precision, scale)?;
         let mut columns = rows.columns().to_vec();
         columns[self.column] = Arc::new(adjusted);
@@ -565,7 +604,26 @@ mod tests {
         };
         let table =
             datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![part(p1)], vec![part(p2)]]).unwrap();
-        let batches = run(ctx.read_table(Arc::new(table)).unwrap()).collect().await.unwrap();
+        // The same physical plan, run twice, gives the same lines: what an execution keeps
+        // (groups served, lines held) does not leak into the next.
+        let df = run(ctx.read_table(Arc::new(table)).unwrap());
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.unwrap();
+        let batches = datafusion::physical_plan::collect(plan.clone(), task.clone())
+            .await
+            .unwrap();
+        let again = datafusion::physical_plan::collect(plan, task).await.unwrap();
+        let lines = |b: &[RecordBatch]| {
+            let mut v: Vec<String> = arrow::util::pretty::pretty_format_batches(b)
+                .unwrap()
+                .to_string()
+                .lines()
+                .map(String::from)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(lines(&batches), lines(&again), "a second run of the same plan");
         let mut by_group = ByGroup::new();
         for b in &batches {
             let g = b.column(0).as_string::<i32>();
