@@ -751,26 +751,20 @@ impl Engine {
         };
         let out_schema = Arc::new(arrow_schema(&s.columns, true));
         let mut organizations = BTreeMap::new();
-        let executable = match write::Executable::new(out).await {
+        // A `for_each` batch: each organisation's rows to one writer (one file each, not
+        // one per writer), unless a declared order must be kept as sorted.
+        let executable = write::Executable::new(out).await.and_then(|x| match &each {
+            Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
+                x.partitioned_by(column, self.partitions)
+            }
+            _ => Ok(x),
+        });
+        let executable = match executable {
             Ok(x) => x,
             Err(e) => {
                 fail(&mut report, None, format!("planning: {e}"), None, None);
                 return report;
             }
-        };
-        // A `for_each` batch: each organisation's rows to one writer (one file each, not
-        // one per writer), unless a declared order must be kept as sorted.
-        let executable = match &each {
-            Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
-                match executable.partitioned_by(column, self.partitions) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        fail(&mut report, None, format!("planning: {e}"), None, None);
-                        return report;
-                    }
-                }
-            }
-            _ => executable,
         };
         let written = match &each {
             Some((column, orgs)) => {

@@ -223,75 +223,60 @@ async fn write_in_runs(
 ) -> Result<Written, String> {
     let mut total = Written::default();
     let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
-    let mut run: Vec<RecordBatch> = Vec::new();
-    let mut rows = 0usize;
-    let mut files = 0usize;
-    let mut failed = None;
-    loop {
-        let next = match next_batch(&mut stream, &schema).await {
-            Ok(b) => b,
-            Err(e) => {
-                failed = Some(e);
-                None
+    let read = async {
+        let (mut run, mut rows, mut files) = (Vec::new(), 0usize, 0usize);
+        loop {
+            let batch = next_batch(&mut stream, &schema).await?;
+            let end = batch.is_none();
+            if let Some(b) = batch {
+                batch_totals(&b, &mut total)?;
+                rows += b.num_rows();
+                run.push(b);
             }
-        };
-        let end = next.is_none();
-        if let Some(batch) = next {
-            if let Err(e) = batch_totals(&batch, &mut total) {
-                failed = Some(e);
-                break;
-            }
-            rows += batch.num_rows();
-            run.push(batch);
-        }
-        if rows >= run_rows || (end && rows > 0) {
-            while tasks.len() >= parallel.max(1) {
-                match tasks.join_next().await {
-                    Some(Ok(Ok(()))) | None => {}
-                    Some(Ok(Err(e))) => failed = Some(e),
-                    Some(Err(e)) => failed = Some(format!("writer task failed: {e}")),
+            if rows >= run_rows || (end && rows > 0) {
+                // A free encoder first: at most `parallel` runs in memory.
+                while tasks.len() >= parallel.max(1) {
+                    match tasks.join_next().await {
+                        Some(Ok(r)) => r?,
+                        Some(Err(e)) => return Err(format!("writer task failed: {e}")),
+                        None => break,
+                    }
                 }
+                let path = dir.join(format!("part-{files:05}.parquet"));
+                let (batches, schema) = (std::mem::take(&mut run), schema.clone());
+                tasks.spawn(async move { write_file(&path, schema, &batches).await });
+                files += 1;
+                rows = 0;
             }
-            if failed.is_some() {
-                break;
+            if end {
+                return Ok(());
             }
-            let path = dir.join(format!("part-{files:05}.parquet"));
-            files += 1;
-            let batches = std::mem::take(&mut run);
-            rows = 0;
-            let schema = schema.clone();
-            tasks.spawn(async move {
-                let file = tokio::fs::File::create(&path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let mut writer =
-                    AsyncArrowWriter::try_new(file, schema, Some(writer_properties())).map_err(|e| e.to_string())?;
-                for b in &batches {
-                    writer.write(b).await.map_err(|e| e.to_string())?;
-                }
-                writer.close().await.map_err(|e| e.to_string())?;
-                Ok(())
-            });
         }
-        if end || failed.is_some() {
-            break;
-        }
+    };
+    let read: Result<(), String> = read.await;
+    // Every encoder ends before returning, even after an error: none is left writing.
+    let written = join_writers(tasks, |()| Ok(())).await;
+    read.and(written).map(|()| total)
+}
+
+/// Write `batches` (possibly none) as one Parquet file at `path`.
+async fn write_file(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<(), String> {
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut writer = AsyncArrowWriter::try_new(file, schema, Some(writer_properties())).map_err(|e| e.to_string())?;
+    for b in batches {
+        writer.write(b).await.map_err(|e| e.to_string())?;
     }
-    join_writers(tasks, |()| Ok(())).await?;
-    failed.map_or(Ok(total), Err)
+    writer.close().await.map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// At least one file per batch directory, so an empty batch still has a schema.
 async fn finish_dir(dir: &Path, schema: &SchemaRef, total: Written) -> Result<Written, String> {
     let any_file = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if !any_file {
-        let path = dir.join("part-00000.parquet");
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let w =
-            AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
-        w.close().await.map_err(|e| e.to_string())?;
+        write_file(&dir.join("part-00000.parquet"), schema.clone(), &[]).await?;
     }
     Ok(total)
 }
@@ -341,13 +326,7 @@ async fn flush(
         .map_err(|e| format!("{}: {e}", sub.display()))?;
     let path = sub.join(format!("part-{task:05}-{:05}.parquet", p.files));
     p.files += 1;
-    let file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut writer =
-        AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(|e| e.to_string())?;
-    writer.write(&rows).await.map_err(|e| e.to_string())?;
-    writer.close().await.map_err(|e| e.to_string())?;
+    write_file(&path, schema.clone(), &[rows]).await?;
     p.bytes = 0;
     Ok(())
 }

@@ -651,6 +651,8 @@ impl Stage for RateStage {
                     max(ident("__bf_n")).alias("__bf_gn"),
                 ]
                 .into_iter()
+                // Aliased apart from the input's name (DataFusion refuses `max(x) AS x`
+                // here as a duplicate field), and named back below.
                 .chain(tops.iter().map(|t| max(ident(t)).alias(format!("{t}m"))))
                 .collect(),
             )

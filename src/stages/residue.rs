@@ -289,12 +289,22 @@ fn assign_batch(
             }
         }
     }
-    let mask = BooleanArray::from(takes);
-    let current = batch.column(column);
     let residue = residue.evaluate(batch)?.into_array(n)?;
+    add_residue(batch, column, &residue, Some(&BooleanArray::from(takes)))
+}
+
+/// `batch` with `residue` added to its `column` (on the rows of `on`; all rows without it),
+/// with the column's type kept: an overflow of its precision is an error, never a wrap.
+fn add_residue(
+    batch: &RecordBatch,
+    column: usize,
+    residue: &ArrayRef,
+    on: Option<&BooleanArray>,
+) -> Result<RecordBatch> {
+    let current = batch.column(column);
     if residue.data_type() != current.data_type() {
         return internal_err!(
-            "AssignResidue: residue is {} but the column is {}",
+            "residue is {} but the column is {}",
             residue.data_type(),
             current.data_type()
         );
@@ -315,7 +325,10 @@ fn assign_batch(
             ..Default::default()
         },
     )?;
-    let adjusted = arrow::compute::kernels::zip::zip(&mask, &adjusted, current)?;
+    let adjusted = match on {
+        Some(mask) => arrow::compute::kernels::zip::zip(mask, &adjusted, current)?,
+        None => adjusted,
+    };
     let mut columns = batch.columns().to_vec();
     columns[column] = adjusted;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
@@ -534,35 +547,22 @@ impl BatchFn for HoldFn {
             return Ok(None);
         }
         let rows = arrow::compute::concat_batches(&st.rows[0].schema(), &st.rows)?;
-        let current = decimals(rows.column(self.column), "the column")?;
-        let (precision, scale) = match current.data_type() {
-            arrow::datatypes::DataType::Decimal128(p, s) => (*p, *s),
-            other => return internal_err!("HoldResidue: column is {other}"),
-        };
-        let limit = 10i128.pow(precision as u32);
-        let mut adjusted = Vec::with_capacity(rows.num_rows());
-        for (i, &g) in st.row_groups.iter().enumerate() {
-            let g = g as usize;
-            let residue = st.targets[g].map_or(Ok(0), |t| {
-                t.checked_sub(st.sums[g])
-                    .ok_or_else(|| DataFusionError::Execution("decimal overflow in a rounding residue".into()))
-            })?;
-            adjusted.push(if current.is_valid(i) {
-                let v = current.value(i).checked_add(residue).filter(|v| v.abs() < limit);
-                Some(v.ok_or_else(|| {
-                    DataFusionError::Execution(format!(
-                        "decimal overflow adding a rounding residue to `{}`",
-                        rows.schema().field(self.column).name()
-                    ))
-                })?)
-            } else {
-                None
-            });
-        }
-        let adjusted = arrow::array::Decimal128Array::from(adjusted).with_precision_and_scale(precision, scale)?;
-        let mut columns = rows.columns().to_vec();
-        columns[self.column] = Arc::new(adjusted);
-        Ok(Some(RecordBatch::try_new(rows.schema(), columns)?))
+        // Each held line's residue: its group's target minus the sum of its lines.
+        let residues = st
+            .row_groups
+            .iter()
+            .map(|&g| {
+                let g = g as usize;
+                st.targets[g].map_or(Ok(0), |t| {
+                    t.checked_sub(st.sums[g])
+                        .ok_or_else(|| DataFusionError::Execution("decimal overflow in a rounding residue".into()))
+                })
+            })
+            .collect::<Result<Vec<i128>>>()?;
+        let residues: ArrayRef = Arc::new(
+            arrow::array::Decimal128Array::from(residues).with_data_type(rows.column(self.column).data_type().clone()),
+        );
+        add_residue(&rows, self.column, &residues, None).map(Some)
     }
 }
 
