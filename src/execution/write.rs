@@ -378,8 +378,7 @@ pub async fn write_parquet_per_organization(
             let mut held = 0usize;
             while let Some(batch) = next_batch(&mut stream, &schema).await? {
                 let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
-                for slice in group_by_organization(&batch, org_index)? {
-                    let org = slice.column(org_index).as_string::<i32>().value(0).to_string();
+                for (org, slice) in group_by_organization(&batch, org_index)? {
                     let bytes = per_row * slice.num_rows();
                     let p = pending.entry(org).or_default();
                     p.batches.push(slice);
@@ -427,13 +426,24 @@ pub async fn write_parquet_per_organization(
     Ok(out)
 }
 
-/// The rows of `batch` as one slice per organisation (the value of column `org`), by a
-/// stable sort on it: vectorised kernels, and the rows of one organisation keep their
-/// order. A NULL organisation is an error (the engine refuses such rows before writing).
-fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<RecordBatch>, String> {
+/// The rows of `batch` as one slice per organisation (the value of column `org`, a Utf8
+/// string as the output contract casts it), with its name, by a stable sort on it:
+/// vectorised kernels, and the rows of one organisation keep their order. A NULL
+/// organisation is an error (the engine refuses such rows before writing), and so is a
+/// column of another type, rather than a panic.
+fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String, RecordBatch)>, String> {
     use arrow::array::{ArrayRef, UInt32Array};
     use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
     let column = batch.column(org);
+    let field = batch.schema().field(org).name().clone();
+    let names = |column: &ArrayRef| -> Result<arrow::array::StringArray, String> {
+        column.as_string_opt::<i32>().cloned().ok_or_else(|| {
+            format!(
+                "the organisation column `{field}` is {}, not a string",
+                column.data_type()
+            )
+        })
+    };
     if column.null_count() > 0 {
         return Err(format!(
             "{} rows have no organisation in `{}`",
@@ -445,7 +455,7 @@ fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<RecordBa
         .map_err(|e| e.to_string())?
         .ranges();
     let distinct_runs = {
-        let strings = column.as_string::<i32>();
+        let strings = names(column)?;
         let mut seen: Vec<&str> = ranges.iter().map(|r| strings.value(r.start)).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -479,9 +489,15 @@ fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<RecordBa
             .map_err(|e| e.to_string())?
             .ranges()
     };
+    let strings = names(sorted.column(org))?;
     Ok(ranges
         .into_iter()
-        .map(|r| sorted.slice(r.start, r.end - r.start))
+        .map(|r| {
+            (
+                strings.value(r.start).to_string(),
+                sorted.slice(r.start, r.end - r.start),
+            )
+        })
         .collect())
 }
 
@@ -548,6 +564,36 @@ pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_organisation_column_that_is_not_a_utf8_string_is_an_error_not_a_panic() {
+        use arrow::array::{Int64Array, StringViewArray};
+        use arrow::datatypes::{Field, Schema};
+        let batch = |field: Field, column: arrow::array::ArrayRef| {
+            RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![column]).unwrap()
+        };
+        let ids = batch(
+            Field::new("org", DataType::Int64, false),
+            Arc::new(Int64Array::from(vec![1, 2])),
+        );
+        let err = group_by_organization(&ids, 0).unwrap_err();
+        assert!(err.contains("`org` is Int64, not a string"), "{err}");
+        let views = batch(
+            Field::new("org", DataType::Utf8View, false),
+            Arc::new(StringViewArray::from(vec!["R1", "R2"])),
+        );
+        assert!(group_by_organization(&views, 0).unwrap_err().contains("Utf8View"));
+        let text = batch(
+            Field::new("org", DataType::Utf8, false),
+            Arc::new(arrow::array::StringArray::from(vec!["R2", "R1", "R2"])),
+        );
+        let groups: Vec<(String, usize)> = group_by_organization(&text, 0)
+            .unwrap()
+            .into_iter()
+            .map(|(o, b)| (o, b.num_rows()))
+            .collect();
+        assert_eq!(groups, [("R1".to_string(), 1), ("R2".to_string(), 2)]);
+    }
 
     #[tokio::test]
     async fn numbers_are_written_plain_and_text_and_dates_with_a_dictionary() {
