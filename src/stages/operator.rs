@@ -46,6 +46,37 @@ pub(crate) trait BatchFn: fmt::Debug + Send + Sync + 'static {
     }
 }
 
+/// Counts down the partitions of one execution of an operator's input as they end. The
+/// last to end learns it, and the count starts again, so a plan may be executed again
+/// (each execution's end is then seen once, by the last partition to end in it).
+#[derive(Debug)]
+pub(crate) struct PartitionCountdown {
+    partitions: usize,
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl PartitionCountdown {
+    pub(crate) fn new(input: &Arc<dyn ExecutionPlan>) -> Self {
+        let partitions =
+            datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input).partition_count();
+        PartitionCountdown {
+            partitions,
+            left: std::sync::atomic::AtomicUsize::new(partitions),
+        }
+    }
+
+    /// One partition has ended: whether it was the last of its execution.
+    pub(crate) fn last_ended(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.left.store(self.partitions, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct BatchExec {
     input: Arc<dyn ExecutionPlan>,

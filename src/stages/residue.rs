@@ -23,7 +23,7 @@ use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalN
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::DataFrame;
 
-use super::operator::{BatchFn, BatchNode};
+use super::operator::{BatchFn, BatchNode, PartitionCountdown};
 
 /// `df` with `residue` added to `column` on one `candidate` line per group (`group`).
 /// `residue` must already have `column`'s type.
@@ -103,8 +103,7 @@ impl BatchNode for ResidueNode {
             candidate: expr(&self.candidate)?,
             residue: expr(&self.amount)?,
             served: Arc::new(Mutex::new(HashSet::new())),
-            partitions: 0,
-            left: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            ended: PartitionCountdown::new(input),
         };
         Ok(f.renew(input))
     }
@@ -191,10 +190,9 @@ struct ResidueFn {
     candidate: Arc<dyn PhysicalExpr>,
     residue: Arc<dyn PhysicalExpr>,
     served: Served,
-    /// Partitions of the input, and how many of this execution have not ended: when the
-    /// last ends, the served groups are forgotten, so the plan may be run again.
-    partitions: usize,
-    left: Arc<std::sync::atomic::AtomicUsize>,
+    /// When the last partition of an execution ends, the served groups are forgotten, so
+    /// the plan may be run again.
+    ended: PartitionCountdown,
 }
 
 impl BatchFn for ResidueFn {
@@ -212,8 +210,6 @@ impl BatchFn for ResidueFn {
         self.group.iter().chain([&self.candidate, &self.residue]).collect()
     }
     fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
-        let partitions =
-            datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input).partition_count();
         Arc::new(ResidueFn {
             column: self.column,
             group: self.group.clone(),
@@ -221,14 +217,11 @@ impl BatchFn for ResidueFn {
             candidate: self.candidate.clone(),
             residue: self.residue.clone(),
             served: Arc::new(Mutex::new(HashSet::new())),
-            partitions,
-            left: Arc::new(std::sync::atomic::AtomicUsize::new(partitions)),
+            ended: PartitionCountdown::new(input),
         })
     }
     fn finish(&self) -> Result<Option<RecordBatch>> {
-        use std::sync::atomic::Ordering;
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.left.store(self.partitions, Ordering::Release);
+        if self.ended.last_ended() {
             self.served
                 .lock()
                 .map_err(|_| DataFusionError::Execution("residue bookkeeping poisoned".into()))?
@@ -374,7 +367,7 @@ fn hold_fn(
         keys: Arc::new(keys),
         candidate,
         target,
-        partitions: 0,
+        ended: PartitionCountdown::new(input),
         state: Arc::new(Mutex::new(None)),
     };
     Ok(f.renew(input))
@@ -390,7 +383,6 @@ struct HoldState {
     /// The held lines, and the group id of each, in the order they were held.
     rows: Vec<RecordBatch>,
     row_groups: Vec<u32>,
-    partitions_left: usize,
 }
 
 #[derive(Debug)]
@@ -400,8 +392,9 @@ struct HoldFn {
     keys: arrow::datatypes::SchemaRef,
     candidate: Arc<dyn PhysicalExpr>,
     target: Arc<dyn PhysicalExpr>,
-    /// How many partitions of the input one execution reads.
-    partitions: usize,
+    /// When the last partition of an execution ends, the held lines are emitted and the
+    /// state starts afresh.
+    ended: PartitionCountdown,
     state: Arc<Mutex<Option<HoldState>>>,
 }
 
@@ -425,7 +418,6 @@ impl HoldFn {
             held: Vec::new(),
             rows: Vec::new(),
             row_groups: Vec::new(),
-            partitions_left: self.partitions,
         })
         .ok()
     }
@@ -465,8 +457,7 @@ impl BatchFn for HoldFn {
             keys: self.keys.clone(),
             candidate: self.candidate.clone(),
             target: self.target.clone(),
-            partitions: datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(input)
-                .partition_count(),
+            ended: PartitionCountdown::new(input),
             state: Arc::new(Mutex::new(None)),
         };
         f.state = Arc::new(Mutex::new(f.fresh_state()));
@@ -529,15 +520,11 @@ impl BatchFn for HoldFn {
         Ok(arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))?)
     }
     fn finish(&self) -> Result<Option<RecordBatch>> {
-        let mut guard = self.lock()?;
-        let Some(st) = guard.as_mut() else {
-            return Ok(None);
-        };
-        st.partitions_left = st.partitions_left.saturating_sub(1);
-        if st.partitions_left > 0 {
+        if !self.ended.last_ended() {
             return Ok(None);
         }
         // This execution is over; the plan may be run again, from a fresh state.
+        let mut guard = self.lock()?;
         let fresh = self.fresh_state();
         let Some(st) = std::mem::replace(&mut *guard, fresh) else {
             return Ok(None);

@@ -29,7 +29,7 @@ use datafusion::common::{DFSchemaRef, internal_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 
 pub use super::operator::Planner;
@@ -80,7 +80,7 @@ pub struct TapCounts {
 #[derive(Debug)]
 struct Reading {
     counts: Counts,
-    partitions_left: std::sync::atomic::AtomicUsize,
+    ended: super::operator::PartitionCountdown,
 }
 
 /// The counts of one checkpoint, and the handle to place it in a plan.
@@ -235,7 +235,7 @@ struct CheckpointFn {
 fn reading(input: &Arc<dyn ExecutionPlan>) -> Arc<Reading> {
     Arc::new(Reading {
         counts: Counts::default(),
-        partitions_left: std::sync::atomic::AtomicUsize::new(input.output_partitioning().partition_count()),
+        ended: super::operator::PartitionCountdown::new(input),
     })
 }
 
@@ -271,7 +271,7 @@ impl BatchFn for CheckpointFn {
         Ok(out)
     }
     fn finish(&self) -> Result<Option<RecordBatch>> {
-        if self.reading.partitions_left.fetch_sub(1, Ordering::AcqRel) == 1
+        if self.reading.ended.last_ended()
             && let Ok(mut complete) = self.counts.complete.lock()
         {
             complete.get_or_insert(self.reading.counts.snapshot());
