@@ -146,7 +146,10 @@ pub fn summary_table(report: &RunReport) -> String {
             } else {
                 "error"
             };
-            out.push_str(&format!("{tag}: {e}\n"));
+            match &e.location {
+                Some(_) => out.push_str(&format!("{tag}:\n{}\n", e.render())),
+                None => out.push_str(&format!("{tag}: {e}\n")),
+            }
         }
     }
     out

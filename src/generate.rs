@@ -9,13 +9,35 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use rayon::prelude::*;
+
+/// Why a scenario could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GenerateError + '_ {
+    move |source| GenerateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, text: impl AsRef<[u8]>) -> Result<(), GenerateError> {
+    fs::write(path, text).map_err(io(path))
+}
 
 pub const PRODUCTS: usize = 1_000;
 pub const DISTRIBUTORS: usize = 20;
@@ -84,7 +106,7 @@ fn usage_schema() -> Arc<Schema> {
 }
 
 /// One chunk of usage rows: `[start, start + len)`.
-fn usage_chunk(s: &Scenario, chunk: u64, start: usize, len: usize) -> Result<RecordBatch, String> {
+fn usage_chunk(s: &Scenario, chunk: u64, start: usize, len: usize) -> Result<RecordBatch, GenerateError> {
     let mut rng = Rng::new(s.seed, chunk + 1);
     let mut ids = Vec::with_capacity(len);
     let mut days = Vec::with_capacity(len);
@@ -113,39 +135,39 @@ fn usage_chunk(s: &Scenario, chunk: u64, start: usize, len: usize) -> Result<Rec
         Arc::new(
             Decimal128Array::from(qty)
                 .with_precision_and_scale(18, 6)
-                .map_err(|e| e.to_string())?,
+                .map_err(GenerateError::from)?,
         ),
     ];
-    RecordBatch::try_new(usage_schema(), columns).map_err(|e| e.to_string())
+    RecordBatch::try_new(usage_schema(), columns).map_err(GenerateError::from)
 }
 
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), String> {
-    let file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), GenerateError> {
+    let file = fs::File::create(path).map_err(io(path))?;
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(
-            parquet::basic::ZstdLevel::try_new(1).map_err(|e| e.to_string())?,
+            parquet::basic::ZstdLevel::try_new(1).map_err(GenerateError::from)?,
         ))
         .build();
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
-    w.write(batch).map_err(|e| e.to_string())?;
-    w.close().map_err(|e| e.to_string())?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(GenerateError::from)?;
+    w.write(batch).map_err(GenerateError::from)?;
+    w.close().map_err(GenerateError::from)?;
     Ok(())
 }
 
-fn write_csv(path: &Path, batch: &RecordBatch) -> Result<(), String> {
-    let file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn write_csv(path: &Path, batch: &RecordBatch) -> Result<(), GenerateError> {
+    let file = fs::File::create(path).map_err(io(path))?;
     let mut w = arrow::csv::WriterBuilder::new()
         .with_header(true)
         .with_date_format("%Y-%m-%d".into())
         .build(file);
-    w.write(batch).map_err(|e| e.to_string())
+    w.write(batch).map_err(GenerateError::from)
 }
 
 /// Everything but the usage: reference tables as CSV (small), deterministic from the seed.
-fn references(s: &Scenario, dir: &Path) -> Result<(), String> {
+fn references(s: &Scenario, dir: &Path) -> Result<(), GenerateError> {
     let mut rng = Rng::new(s.seed, 0);
     let r = dir.join("reference");
-    fs::create_dir_all(&r).map_err(|e| e.to_string())?;
+    fs::create_dir_all(&r).map_err(io(&r))?;
     // Tiered plans: three bands per product.
     let mut plans = String::from("sku,model,band_from,band_to,unit_price\n");
     for p in 0..PRODUCTS {
@@ -157,7 +179,7 @@ fn references(s: &Scenario, dir: &Path) -> Result<(), String> {
         let _ = writeln!(plans, "P{p:04},tiered,{b1},{b2},{}", price(base * 85 / 100));
         let _ = writeln!(plans, "P{p:04},tiered,{b2},,{}", price(base * 70 / 100));
     }
-    fs::write(r.join("price_plans.csv"), plans).map_err(|e| e.to_string())?;
+    write_file(&r.join("price_plans.csv"), plans)?;
     // Subscriptions: customer, reseller, distributor.
     let mut subs = String::from("subscription_id,customer_id,reseller_id,distributor_id\n");
     for i in 0..s.subscriptions {
@@ -165,7 +187,7 @@ fn references(s: &Scenario, dir: &Path) -> Result<(), String> {
         let distributor = reseller / RESELLERS_PER_DISTRIBUTOR;
         let _ = writeln!(subs, "S{i:06},C{:06},R{reseller:04},D{distributor:02}", i / 3);
     }
-    fs::write(r.join("subscriptions.csv"), subs).map_err(|e| e.to_string())?;
+    write_file(&r.join("subscriptions.csv"), subs)?;
     // Channel terms: markups of distributors and resellers, and their currency.
     let mut terms = String::from("organization_id,currency,markup_pct\n");
     for d in 0..DISTRIBUTORS {
@@ -185,7 +207,7 @@ fn references(s: &Scenario, dir: &Path) -> Result<(), String> {
             );
         }
     }
-    fs::write(r.join("channel_terms.csv"), terms).map_err(|e| e.to_string())?;
+    write_file(&r.join("channel_terms.csv"), terms)?;
     // Daily exchange rates from USD, each valid for its day.
     let mut fx = String::from("from_currency,to_currency,rate,valid_from,valid_to\n");
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
@@ -203,7 +225,7 @@ fn references(s: &Scenario, dir: &Path) -> Result<(), String> {
             );
         }
     }
-    fs::write(r.join("fx_rates.csv"), fx).map_err(|e| e.to_string())?;
+    write_file(&r.join("fx_rates.csv"), fx)?;
     Ok(())
 }
 
@@ -211,27 +233,8 @@ fn references(s: &Scenario, dir: &Path) -> Result<(), String> {
 /// product (tiered), each distributor converts its share to its currency at the day's
 /// rate and marks it up (one `for_each` stream, a partition per distributor), and each
 /// reseller marks up its distributor's price (a partition per reseller).
-fn pipeline(dir: &Path) -> Result<(), String> {
-    let mut y = String::from(
-        "# Generated by `billflow generate`: a large three-tier scenario.\npipeline: generated\nwarehouse: warehouse\n\norganizations:\n  - { id: vendor, name: Vendor Inc., tier: vendor, currency: USD }\n",
-    );
-    for d in 0..DISTRIBUTORS {
-        let _ = writeln!(
-            y,
-            "  - {{ id: D{d:02}, name: Distributor {d}, tier: distributor, upstream: vendor, currency: {} }}",
-            CURRENCIES[d % CURRENCIES.len()].0
-        );
-    }
-    for r in 0..DISTRIBUTORS * RESELLERS_PER_DISTRIBUTOR {
-        let d = r / RESELLERS_PER_DISTRIBUTOR;
-        let _ = writeln!(
-            y,
-            "  - {{ id: R{r:04}, name: Reseller {r}, tier: reseller, upstream: D{d:02}, currency: {} }}",
-            CURRENCIES[d % CURRENCIES.len()].0
-        );
-    }
-    y.push_str(
-        r#"
+/// The generated pipeline's sources and references (after its organisations).
+const PIPELINE_INPUTS: &str = r#"
 sources:
   usage:
     url: inputs/usage-*.parquet
@@ -295,10 +298,10 @@ streams:
       - { name: reseller_id, type: string, nullable: false }
       - { name: distributor_id, type: string, nullable: false }
       - { name: cost_usd, type: "decimal(18,4)", nullable: false }
-"#,
-    );
-    y.push_str(
-        r#"
+"#;
+
+/// The generated pipeline's streams.
+const PIPELINE_STREAMS: &str = r#"
   # Every distributor converts its share to its currency and marks it up: one stream
   # for the tier, one partition of its batch per distributor.
   - id: distributor-usage
@@ -344,16 +347,37 @@ streams:
       - { name: cost, type: "decimal(18,4)", output: false }
       - { name: price, type: "decimal(18,4)", nullable: false }
       - { name: reseller_price, type: "decimal(18,4)", nullable: false }
-"#,
+"#;
+
+fn pipeline(dir: &Path) -> Result<(), GenerateError> {
+    let mut y = String::from(
+        "# Generated by `billflow generate`: a large three-tier scenario.\npipeline: generated\nwarehouse: warehouse\n\norganizations:\n  - { id: vendor, name: Vendor Inc., tier: vendor, currency: USD }\n",
     );
-    fs::write(dir.join("pipeline.yaml"), y).map_err(|e| e.to_string())
+    for d in 0..DISTRIBUTORS {
+        let _ = writeln!(
+            y,
+            "  - {{ id: D{d:02}, name: Distributor {d}, tier: distributor, upstream: vendor, currency: {} }}",
+            CURRENCIES[d % CURRENCIES.len()].0
+        );
+    }
+    for r in 0..DISTRIBUTORS * RESELLERS_PER_DISTRIBUTOR {
+        let d = r / RESELLERS_PER_DISTRIBUTOR;
+        let _ = writeln!(
+            y,
+            "  - {{ id: R{r:04}, name: Reseller {r}, tier: reseller, upstream: D{d:02}, currency: {} }}",
+            CURRENCIES[d % CURRENCIES.len()].0
+        );
+    }
+    y.push_str(PIPELINE_INPUTS);
+    y.push_str(PIPELINE_STREAMS);
+    write_file(&dir.join("pipeline.yaml"), y)
 }
 
 /// Write the whole scenario under `dir`. CSV copies of the usage are written too when
 /// `csv` is set (meant for small runs).
-pub fn generate(s: &Scenario, dir: &Path, csv: bool) -> Result<(), String> {
+pub fn generate(s: &Scenario, dir: &Path, csv: bool) -> Result<(), GenerateError> {
     let inputs = dir.join("inputs");
-    fs::create_dir_all(&inputs).map_err(|e| format!("{}: {e}", inputs.display()))?;
+    fs::create_dir_all(&inputs).map_err(io(&inputs))?;
     references(s, dir)?;
     pipeline(dir)?;
     let files = s.rows.div_ceil(ROWS_PER_FILE).max(1);
@@ -365,7 +389,7 @@ pub fn generate(s: &Scenario, dir: &Path, csv: bool) -> Result<(), String> {
         if csv {
             write_csv(&inputs.join(format!("usage-{f:05}.csv")), &batch)?;
         }
-        Ok::<(), String>(())
+        Ok::<(), GenerateError>(())
     })
 }
 

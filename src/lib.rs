@@ -3,8 +3,11 @@
 //!
 //! The modules follow the data: [`definition`] (YAML -> validated pipeline) -> [`plan`]
 //! (stages built, streams ordered into a DAG) -> [`stages`] (the stage kinds) ->
-//! [`execution`] (DataFusion plans run into batches) -> [`batches`] (the warehouse of
-//! immutable Parquet batches and their manifests). [`cli`] renders for the terminal.
+//! [`execution`] (each stream's plan built and run into a batch) -> [`batches`] (the
+//! warehouse of immutable Parquet batches and their manifests). [`engine`] is the
+//! DataFusion-level machinery the stages and the execution build on (session, operators,
+//! exact money, side outputs, the Polars bridge); it imports nothing else from billflow.
+//! [`cli`] renders for the terminal.
 //!
 //! Embedding it: check a pipeline, then run it for a period.
 //!
@@ -27,6 +30,7 @@
 pub mod batches;
 pub mod cli;
 pub mod definition;
+pub mod engine;
 pub mod execution;
 pub mod generate;
 pub mod plan;

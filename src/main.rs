@@ -112,6 +112,12 @@ fn parse_size(text: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `RUST_LOG=billflow=debug` shows each stream's phases and their timings (on stderr,
+    // beside the progress bars); nothing is logged by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(t) = cli.threads {
         builder.worker_threads(t.max(1));
@@ -142,137 +148,136 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command {
-        Command::Validate { pipeline } => match load(&engine, &pipeline).await {
-            Ok(plan) => {
-                let p = &plan.pipeline;
-                println!(
-                    "{}: pipeline `{}` is valid: {} organisations, {} sources, {} references, {} streams, {} stages",
-                    pipeline.display(),
-                    p.id.value,
-                    p.organizations.len(),
-                    p.sources.len(),
-                    p.references.len(),
-                    plan.streams.len(),
-                    plan.streams.iter().map(|s| s.stages.len()).sum::<usize>()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+    let outcome = match cli.command {
+        Command::Validate { pipeline } => validate(&engine, &pipeline).await,
         Command::Explain {
             pipeline,
             format,
             verbose,
-        } => {
-            let plan = match load(&engine, &pipeline).await {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            match format {
-                Format::Tree => {
-                    print!("{}", plan::explain::tree(&plan));
-                    if verbose {
-                        print!("{}", billflow::execution::explain_plans(&engine, &plan).await);
-                    }
-                }
-                Format::Mermaid => print!("{}", plan::explain::mermaid(&plan)),
-                Format::Dot => print!("{}", plan::explain::dot(&plan)),
-            }
-            ExitCode::SUCCESS
-        }
+        } => explain(&engine, &pipeline, format, verbose).await,
         Command::Run {
             pipeline,
             period,
             warehouse,
             quiet,
-        } => {
-            let period = match Period::parse(&period) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("error: --period: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let plan = match load(&engine, &pipeline).await {
-                Ok(p) => Arc::new(p),
-                Err(code) => return code,
-            };
-            let warehouse = warehouse
-                .or_else(|| plan.pipeline.warehouse.clone())
-                .unwrap_or_else(|| PathBuf::from("warehouse"));
-            let progress: Arc<dyn Progress> = if quiet {
-                Arc::new(NoProgress)
-            } else {
-                Arc::new(cli::Bars::new())
-            };
-            let report = engine.run(plan, RunOptions { period, warehouse }, progress).await;
-            print!("{}", cli::summary_table(&report));
-            if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+        } => run_pipeline(&engine, &pipeline, &period, warehouse, quiet).await,
+        Command::Generate { rows, seed, out, csv } => generate(rows, seed, &out, csv),
+        Command::Test { pipeline } => test(&engine, &pipeline).await,
+    };
+    outcome.unwrap_or_else(|code| code)
+}
+
+async fn validate(engine: &Engine, pipeline: &Path) -> Result<ExitCode, ExitCode> {
+    let plan = load(engine, pipeline).await?;
+    let p = &plan.pipeline;
+    println!(
+        "{}: pipeline `{}` is valid: {} organisations, {} sources, {} references, {} streams, {} stages",
+        pipeline.display(),
+        p.id.value,
+        p.organizations.len(),
+        p.sources.len(),
+        p.references.len(),
+        plan.streams.len(),
+        plan.streams.iter().map(|s| s.stages.len()).sum::<usize>()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn explain(engine: &Engine, pipeline: &Path, format: Format, verbose: bool) -> Result<ExitCode, ExitCode> {
+    let plan = load(engine, pipeline).await?;
+    match format {
+        Format::Tree => {
+            print!("{}", plan::explain::tree(&plan));
+            if verbose {
+                print!("{}", billflow::execution::explain_plans(engine, &plan).await);
             }
         }
-        Command::Generate { rows, seed, out, csv } => {
-            let started = std::time::Instant::now();
-            match billflow::generate::generate(&billflow::generate::Scenario::new(rows, seed), &out, csv) {
-                Ok(()) => {
-                    println!(
-                        "wrote {rows} usage rows (seed {seed}) and the pipeline to {} in {:.1}s",
-                        out.display(),
-                        started.elapsed().as_secs_f64()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+        Format::Mermaid => print!("{}", plan::explain::mermaid(&plan)),
+        Format::Dot => print!("{}", plan::explain::dot(&plan)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_pipeline(
+    engine: &Arc<Engine>,
+    pipeline: &Path,
+    period: &str,
+    warehouse: Option<PathBuf>,
+    quiet: bool,
+) -> Result<ExitCode, ExitCode> {
+    let period = Period::parse(period).map_err(|e| {
+        eprintln!("error: --period: {e}");
+        ExitCode::from(2)
+    })?;
+    let plan = Arc::new(load(engine, pipeline).await?);
+    let warehouse = warehouse
+        .or_else(|| plan.pipeline.warehouse.clone())
+        .unwrap_or_else(|| PathBuf::from("warehouse"));
+    let progress: Arc<dyn Progress> = if quiet {
+        Arc::new(NoProgress)
+    } else {
+        Arc::new(cli::Bars::new())
+    };
+    let report = engine.run(plan, RunOptions { period, warehouse }, progress).await;
+    print!("{}", cli::summary_table(&report));
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn generate(rows: usize, seed: u64, out: &Path, csv: bool) -> Result<ExitCode, ExitCode> {
+    let started = std::time::Instant::now();
+    billflow::generate::generate(&billflow::generate::Scenario::new(rows, seed), out, csv).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    println!(
+        "wrote {rows} usage rows (seed {seed}) and the pipeline to {} in {:.1}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn test(engine: &Engine, pipeline: &Path) -> Result<ExitCode, ExitCode> {
+    let plan = load(engine, pipeline).await?;
+    let outcomes = billflow::testing::run_samples(engine, &plan).await;
+    if outcomes.is_empty() {
+        println!("no stream declares a `sample`; nothing to test");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0;
+    for o in &outcomes {
+        if o.passed() {
+            println!("ok    {} ({} rows)", o.stream, o.actual_rows);
+        } else {
+            failed += 1;
+            println!(
+                "FAIL  {} (expected {} rows, got {})",
+                o.stream, o.expected_rows, o.actual_rows
+            );
+            if let Some(e) = &o.error {
+                println!("      error: {e}");
+            }
+            for r in &o.missing {
+                println!("      - {r}");
+            }
+            for r in &o.unexpected {
+                println!("      + {r}");
             }
         }
-        Command::Test { pipeline } => {
-            let plan = match load(&engine, &pipeline).await {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            let outcomes = billflow::testing::run_samples(&engine, &plan).await;
-            if outcomes.is_empty() {
-                println!("no stream declares a `sample`; nothing to test");
-                return ExitCode::SUCCESS;
-            }
-            let mut failed = 0;
-            for o in &outcomes {
-                if o.passed() {
-                    println!("ok    {} ({} rows)", o.stream, o.actual_rows);
-                } else {
-                    failed += 1;
-                    println!(
-                        "FAIL  {} (expected {} rows, got {})",
-                        o.stream, o.expected_rows, o.actual_rows
-                    );
-                    if let Some(e) = &o.error {
-                        println!("      error: {e}");
-                    }
-                    for r in &o.missing {
-                        println!("      - {r}");
-                    }
-                    for r in &o.unexpected {
-                        println!("      + {r}");
-                    }
-                }
-                for r in &o.rejected {
-                    println!("      rejected: {r}");
-                }
-            }
-            println!("{} of {} samples match", outcomes.len() - failed, outcomes.len());
-            if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+        for r in &o.rejected {
+            println!("      rejected: {r}");
         }
     }
+    println!("{} of {} samples match", outcomes.len() - failed, outcomes.len());
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]

@@ -1,18 +1,33 @@
 //! `billflow test`: run each stream that declares a `sample` on its sample input and
 //! compare the result with the expected rows, the way dbt users test models before a run.
 
-use std::ops::Not;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::prelude::{CsvReadOptions, DataFrame};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::CsvReadOptions;
 
-use crate::definition::{InputRef, TableDef, TableFormat, arrow_schema};
-use crate::execution::{Engine, contract, inputs};
+use crate::definition::arrow_schema;
+use crate::execution::Engine;
+use crate::execution::stream_plan::{self, Inputs, PlanError};
 use crate::plan::{Period, Plan};
+
+/// Why a sample could not be run or compared.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{}", .0.strip_backtrace())]
+    DataFusion(#[from] DataFusionError),
+    #[error("reading {}: {}", .file.display(), .source.strip_backtrace())]
+    Expected { file: PathBuf, source: DataFusionError },
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
 
 #[derive(Debug)]
 pub struct SampleOutcome {
@@ -35,7 +50,7 @@ impl SampleOutcome {
 }
 
 /// Each row as `col=value, ...` text, sorted: order-insensitive comparison.
-pub fn rows_as_text(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<String>, String> {
+pub fn rows_as_text(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<String>, ArrowError> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
@@ -43,8 +58,7 @@ pub fn rows_as_text(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<S
             .columns()
             .iter()
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
         for row in 0..b.num_rows() {
             let cells: Vec<String> = schema
                 .fields()
@@ -101,7 +115,7 @@ pub async fn run_samples(engine: &Engine, plan: &Plan) -> Vec<SampleOutcome> {
         )
         .await
         {
-            outcome.error = Some(e);
+            outcome.error = Some(e.to_string());
         }
         out.push(outcome);
     }
@@ -115,76 +129,15 @@ async fn run_one(
     input_path: &str,
     expected_path: &str,
     outcome: &mut SampleOutcome,
-) -> Result<(), String> {
+) -> Result<(), SampleError> {
     let p = &plan.pipeline;
     let s = plan.def(ps);
     let ctx = engine.session();
-    inputs::register_references(&ctx, p, &[]).await?;
     let input_file: PathBuf = p.resolve(input_path);
-    let format_of = |path: &PathBuf| {
-        let lower = path.to_string_lossy().to_ascii_lowercase();
-        if lower.ends_with(".parquet") {
-            TableFormat::Parquet
-        } else if lower.ends_with(".json") || lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
-            TableFormat::Ndjson
-        } else {
-            TableFormat::Csv {
-                delimiter: b',',
-                has_header: true,
-            }
-        }
-    };
-    let mut rejects: Option<DataFrame> = None;
-    let input = match &s.input {
-        InputRef::Source(name) => {
-            let t = p
-                .source(&name.value)
-                .ok_or_else(|| format!("unknown source `{}`", name.value))?;
-            let as_sample = TableDef {
-                name: t.name.clone(),
-                url: t.url.clone(),
-                format: format_of(&input_file),
-                schema: t.schema.clone(),
-                location: t.location.clone(),
-            };
-            let si = inputs::read_source_files(&ctx, &as_sample, std::slice::from_ref(&input_file), None).await?;
-            rejects = si.rejects;
-            si.df
-        }
-        InputRef::Stream(name) => {
-            let up = p
-                .stream(&name.value)
-                .ok_or_else(|| format!("unknown stream `{}`", name.value))?;
-            let schema = arrow_schema(&up.columns, true);
-            inputs::read_files(
-                &ctx,
-                std::slice::from_ref(&input_file),
-                format_of(&input_file),
-                Some(&schema),
-            )
-            .await?
-        }
-    };
-    let vars = Engine::vars(plan, ps, &Period::current_month());
-    let side = crate::stages::side::SideOutputs::default();
-    let df = crate::execution::apply_stages(ps, input, &ctx, &vars, &side, false, &|_, _| {})
-        .await
-        .map_err(|(st, e)| format!("stage `{}`: {e}", st.name))?;
-    let raw: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    if let Some(d) = contract::check_schema(&s.id.value, "last", &raw, &s.columns)
-        .into_iter()
-        .next()
-    {
-        return Err(d.to_string());
-    }
-    let checks = contract::row_checks(&raw, &s.columns);
-    let contract_rejects = inputs::reject_rows(df.clone(), checks.bad.clone(), checks.reason, "contract")?;
-    let actual = df
-        .filter(checks.bad.not())
-        .and_then(|d| d.select(contract::output_projection(&raw, &s.columns)))
-        .map_err(|e| e.strip_backtrace())?;
+    let period = Period::current_month();
+    let sp = stream_plan::build(&ctx, plan, ps, &period, Inputs::Sample(&input_file), false, &|_, _| {}).await?;
     let out_schema: SchemaRef = Arc::new(arrow_schema(&s.columns, true));
-    let actual_batches = actual.collect().await.map_err(|e| e.strip_backtrace())?;
+    let actual_batches = sp.output.collect().await?;
     let expected_file = p.resolve(expected_path);
     let expected = ctx
         .read_csv(
@@ -194,24 +147,23 @@ async fn run_one(
                 .schema(&out_schema)
                 .file_extension(""),
         )
-        .await
-        .map_err(|e| e.strip_backtrace())?
+        .await?
         .collect()
         .await
-        .map_err(|e| format!("reading {}: {}", expected_file.display(), e.strip_backtrace()))?;
+        .map_err(|source| SampleError::Expected {
+            file: expected_file.clone(),
+            source,
+        })?;
     let a = rows_as_text(&out_schema, &actual_batches)?;
     let e = rows_as_text(&out_schema, &expected)?;
     outcome.actual_rows = a.len();
     outcome.expected_rows = e.len();
     outcome.missing = minus(&e, &a);
     outcome.unexpected = minus(&a, &e);
-    let stage_rejects = side.take_rejects().into_iter().map(|r| r.rows);
-    for rej in rejects
-        .into_iter()
-        .chain(stage_rejects)
-        .chain(std::iter::once(contract_rejects))
-    {
-        let batches = rej.collect().await.map_err(|e| e.strip_backtrace())?;
+    let stage_rejects = sp.side.take_rejects().into_iter().map(|r| r.rows);
+    let checks = sp.refusals.into_iter().map(|r| r.rows);
+    for rej in sp.input.rejects.into_iter().chain(stage_rejects).chain(checks) {
+        let batches = rej.collect().await?;
         let schema: SchemaRef = batches
             .first()
             .map(|b| b.schema())

@@ -42,6 +42,8 @@ PEERS = ["duckdb", "polars"]
 def default_billflow() -> tuple[Path, str]:
     home = Path(os.path.expanduser("~"))
     candidates = [
+        (REPO / "target" / "profiling" / "billflow", "profiling build (target/profiling)"),
+        (home / ".cache" / "billflow-target" / "profiling" / "billflow", "profiling build (~/.cache/billflow-target)"),
         (REPO / "target" / "release" / "billflow", "release build (target/release)"),
         (home / ".cache" / "billflow-target" / "release" / "billflow", "release build (~/.cache/billflow-target)"),
         (REPO / "target" / "debug" / "billflow", "DEBUG build (target/debug)"),
@@ -50,7 +52,7 @@ def default_billflow() -> tuple[Path, str]:
     for path, what in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path, what
-    sys.exit("no billflow binary found: build one with `cargo build --release` or pass --billflow PATH")
+    sys.exit("no billflow binary found: build one with `cargo build --profile profiling` or pass --billflow PATH")
 
 
 def measure(cmd: list[str], log: Path) -> tuple[float, float]:
@@ -150,7 +152,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, required=True, help="usage rows to generate")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
-    ap.add_argument("--billflow", metavar="PATH", help="the billflow binary (default: a release build if any)")
+    ap.add_argument("--billflow", metavar="PATH", help="the billflow binary (default: a profiling or release build if any)")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of duckdb,polars")
     ap.add_argument("--threads", type=int, help="threads for all three (default: all cores)")
     args = ap.parse_args()
@@ -161,7 +163,7 @@ def main() -> int:
         billflow, what = default_billflow()
     print(f"billflow: {billflow} ({what})")
     if "debug" in str(billflow):
-        print("  note: a debug build; its timings are not representative (cargo build --release)")
+        print("  note: a debug build; its timings are not representative (cargo build --profile profiling)")
     peers = [p for p in args.peers.split(",") if p]
     for p in peers:
         if p not in PEERS:

@@ -197,10 +197,22 @@ impl Store {
     }
 }
 
-pub fn read_manifest(batch_dir: &Path) -> Result<Manifest, String> {
+/// Why a batch's manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: not a billflow manifest: {source}", .path.display())]
+    Format { path: PathBuf, source: serde_json::Error },
+}
+
+pub fn read_manifest(batch_dir: &Path) -> Result<Manifest, ManifestError> {
     let path = batch_dir.join(MANIFEST);
-    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let text = fs::read_to_string(&path).map_err(|source| ManifestError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ManifestError::Format { path, source })
 }
 
 /// A batch being written. Dropped without `commit`, it removes itself.

@@ -99,6 +99,17 @@ pub struct TableDef {
     pub location: Location,
 }
 
+/// Why a column type's text names no type.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ColumnTypeError {
+    #[error("`decimal` needs a precision and scale, e.g. `decimal(18,4)`")]
+    DecimalWithoutScale,
+    #[error("`{0}` is not a valid decimal: precision must be 1 to 38 and scale 0 to the precision")]
+    BadDecimal(String),
+    #[error("unknown column type `{0}`")]
+    Unknown(String),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColumnType {
     String,
@@ -121,9 +132,8 @@ impl ColumnType {
         "double",
     ];
 
-    /// Parse `string`, `integer`, `decimal(18,4)`, ... Errors are plain text; the caller
-    /// attaches the location.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parse `string`, `integer`, `decimal(18,4)`, ... The caller attaches the location.
+    pub fn parse(text: &str) -> Result<Self, ColumnTypeError> {
         let t = text.trim().to_ascii_lowercase();
         Ok(match t.as_str() {
             "string" | "utf8" | "text" => ColumnType::String,
@@ -132,7 +142,7 @@ impl ColumnType {
             "date" => ColumnType::Date,
             "timestamp" | "datetime" => ColumnType::Timestamp,
             "double" | "float64" => ColumnType::Double,
-            "decimal" => return Err("`decimal` needs a precision and scale, e.g. `decimal(18,4)`".into()),
+            "decimal" => return Err(ColumnTypeError::DecimalWithoutScale),
             _ if t.starts_with("decimal(") && t.ends_with(')') => {
                 let inner = &t["decimal(".len()..t.len() - 1];
                 let mut parts = inner.split(',').map(|p| p.trim().parse::<i64>());
@@ -143,14 +153,10 @@ impl ColumnType {
                             scale: s as i8,
                         }
                     }
-                    _ => {
-                        return Err(format!(
-                            "`{text}` is not a valid decimal: precision must be 1 to 38 and scale 0 to the precision"
-                        ));
-                    }
+                    _ => return Err(ColumnTypeError::BadDecimal(text.to_string())),
                 }
             }
-            _ => return Err(format!("unknown column type `{text}`")),
+            _ => return Err(ColumnTypeError::Unknown(text.to_string())),
         })
     }
 

@@ -294,7 +294,7 @@ pub(crate) fn parse_columns(r: &mut Reader, node: &Node, what: &str, allow_outpu
             Ok(t) => t,
             Err(msg) => {
                 let hint = did_you_mean(&ty_text.value, ColumnType::NAMES.iter().copied());
-                let d = r.error(msg, ty_text.location.clone());
+                let d = r.error(msg.to_string(), ty_text.location.clone());
                 d.expected = Some(super::diagnostics::one_of(ColumnType::NAMES));
                 d.hint = hint;
                 ok = false;

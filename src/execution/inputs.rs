@@ -16,33 +16,67 @@ use datafusion::scalar::ScalarValue;
 use super::contract;
 use crate::batches::{InputInfo, file_fingerprint};
 use crate::definition::{Pipeline, TableDef, TableFormat, arrow_schema};
-use crate::stages::tap::Tap;
+use crate::engine::tap::Tap;
+
+/// Why a source, a reference or a batch could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("`{url}` is not a valid glob: {why}")]
+    Glob { url: String, why: String },
+    #[error("no file matches `{url}` (in {})", .dir.display())]
+    NoFiles { url: String, dir: PathBuf },
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: header has columns [{}] but the declared schema is [{}]", .file.display(), .found.join(", "), .declared.join(", "))]
+    Header {
+        file: PathBuf,
+        found: Vec<String>,
+        declared: Vec<String>,
+    },
+    #[error("source `{source_name}` has no column `{column}` (declared in its schema)")]
+    MissingColumn { source_name: String, column: String },
+    #[error("no period column `{0}`")]
+    NoPeriodColumn(String),
+    #[error("reference `{name}`: {cause}")]
+    Reference { name: String, cause: Box<InputError> },
+    #[error("{}", .0.strip_backtrace())]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InputError + '_ {
+    move |source| InputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// The files a table's url names, sorted (so fingerprints and reads are stable).
-pub fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, String> {
+pub fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, InputError> {
     let full = pipeline.resolve(&t.url.value);
     let pattern = full.to_string_lossy().to_string();
     let mut files: Vec<PathBuf> = glob::glob(&pattern)
-        .map_err(|e| format!("`{}` is not a valid glob: {}", t.url.value, e.msg))?
+        .map_err(|e| InputError::Glob {
+            url: t.url.value.clone(),
+            why: e.msg.to_string(),
+        })?
         .filter_map(Result::ok)
         .filter(|p| p.is_file())
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(format!(
-            "no file matches `{}` (in {})",
-            t.url.value,
-            pipeline.dir.display()
-        ));
+        return Err(InputError::NoFiles {
+            url: t.url.value.clone(),
+            dir: pipeline.dir.clone(),
+        });
     }
     Ok(files)
 }
 
-pub fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Result<InputInfo, String> {
+pub fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Result<InputInfo, InputError> {
     let files = table_files(pipeline, t)?;
     let mut parts = Vec::with_capacity(files.len());
     for f in &files {
-        let fp = file_fingerprint(f).map_err(|e| format!("reading {}: {e}", f.display()))?;
+        let fp = file_fingerprint(f).map_err(io(f))?;
         parts.push(format!(
             "{}={fp}",
             f.file_name()
@@ -66,34 +100,31 @@ fn paths(files: &[PathBuf]) -> Vec<String> {
 
 /// Check a CSV header against the declared column names: the reader maps by position,
 /// so a reordered file would otherwise load values into the wrong columns.
-fn check_csv_header(file: &Path, delimiter: u8, declared: &Schema) -> Result<(), String> {
+fn check_csv_header(file: &Path, delimiter: u8, declared: &Schema) -> Result<(), InputError> {
     use std::io::BufRead;
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let f = std::fs::File::open(file).map_err(io(file))?;
     let mut line = String::new();
-    std::io::BufReader::new(f)
-        .read_line(&mut line)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    std::io::BufReader::new(f).read_line(&mut line).map_err(io(file))?;
     let found: Vec<String> = line
         .trim_end_matches(['\r', '\n'])
         .trim_start_matches('\u{feff}')
         .split(delimiter as char)
         .map(|h| h.trim().trim_matches('"').to_string())
         .collect();
-    let expected: Vec<&str> = declared.fields().iter().map(|f| f.name().as_str()).collect();
+    let expected: Vec<String> = declared.fields().iter().map(|f| f.name().clone()).collect();
     if found != expected {
-        return Err(format!(
-            "{}: header has columns [{}] but the declared schema is [{}]",
-            file.display(),
-            found.join(", "),
-            expected.join(", ")
-        ));
+        return Err(InputError::Header {
+            file: file.to_path_buf(),
+            found,
+            declared: expected,
+        });
     }
     Ok(())
 }
 
 /// Read a table's files as declared (or inferred) types. Values that do not parse fail
 /// the read: this is for references, which are curated lookup tables.
-pub async fn read_table(ctx: &SessionContext, pipeline: &Pipeline, t: &TableDef) -> Result<DataFrame, String> {
+pub async fn read_table(ctx: &SessionContext, pipeline: &Pipeline, t: &TableDef) -> Result<DataFrame, InputError> {
     let files = table_files(pipeline, t)?;
     let declared = t.schema.as_ref().map(|cols| arrow_schema(cols, false));
     read_files(ctx, &files, t.format, declared.as_ref()).await
@@ -104,7 +135,7 @@ pub async fn read_files(
     files: &[PathBuf],
     format: TableFormat,
     schema: Option<&Schema>,
-) -> Result<DataFrame, String> {
+) -> Result<DataFrame, InputError> {
     let p = paths(files);
     let df = match format {
         TableFormat::Csv { delimiter, has_header } => {
@@ -134,35 +165,41 @@ pub async fn read_files(
             ctx.read_json(p, o).await
         }
     };
-    df.map_err(|e| e.strip_backtrace())
+    Ok(df?)
 }
 
 /// Register every reference under its name, lazily (nothing is read until a query runs).
 /// Register every reference of the pipeline under its name. Those in `load` are read into
 /// memory first: a run reads them once, and their exact size lets the planner build each
 /// lookup join's hash table on them once, shared by every partition of the usage rows.
-pub async fn register_references(ctx: &SessionContext, pipeline: &Pipeline, load: &[String]) -> Result<(), String> {
+pub async fn register_references(ctx: &SessionContext, pipeline: &Pipeline, load: &[String]) -> Result<(), InputError> {
     for r in &pipeline.references {
         let name = r.name.value.as_str();
-        let df = read_table(ctx, pipeline, r)
+        register_reference(ctx, pipeline, r, load.iter().any(|l| l == name))
             .await
-            .map_err(|e| format!("reference `{name}`: {e}"))?;
-        let table: Arc<dyn datafusion::datasource::TableProvider> = if load.iter().any(|l| l == name) {
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df
-                .collect()
-                .await
-                .map_err(|e| format!("reference `{name}`: {}", e.strip_backtrace()))?;
-            Arc::new(
-                datafusion::datasource::MemTable::try_new(schema, vec![batches])
-                    .map_err(|e| format!("reference `{name}`: {}", e.strip_backtrace()))?,
-            )
-        } else {
-            df.into_view()
-        };
-        ctx.register_table(name, table)
-            .map_err(|e| format!("reference `{name}`: {}", e.strip_backtrace()))?;
+            .map_err(|cause| InputError::Reference {
+                name: name.to_string(),
+                cause: Box::new(cause),
+            })?;
     }
+    Ok(())
+}
+
+async fn register_reference(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    r: &TableDef,
+    load: bool,
+) -> Result<(), InputError> {
+    let df = read_table(ctx, pipeline, r).await?;
+    let table: Arc<dyn datafusion::datasource::TableProvider> = if load {
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches])?)
+    } else {
+        df.into_view()
+    };
+    ctx.register_table(r.name.value.as_str(), table)?;
     Ok(())
 }
 
@@ -208,7 +245,7 @@ pub async fn read_source(
     pipeline: &Pipeline,
     t: &TableDef,
     period: Option<PeriodSelection<'_>>,
-) -> Result<StreamInput, String> {
+) -> Result<StreamInput, InputError> {
     let files = table_files(pipeline, t)?;
     read_source_files(ctx, t, &files, period).await
 }
@@ -219,7 +256,7 @@ pub async fn read_source_files(
     t: &TableDef,
     files: &[PathBuf],
     period: Option<PeriodSelection<'_>>,
-) -> Result<StreamInput, String> {
+) -> Result<StreamInput, InputError> {
     let tap = Tap::new("input");
     let Some(cols) = &t.schema else {
         let df = read_files(ctx, files, t.format, None).await?;
@@ -228,7 +265,7 @@ pub async fn read_source_files(
                 let field = df
                     .schema()
                     .field_with_unqualified_name(sel.column)
-                    .map_err(|_| format!("no period column `{}`", sel.column))?
+                    .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?
                     .clone();
                 in_period(ident(sel.column), field.data_type(), sel.period)
             }
@@ -256,10 +293,10 @@ pub async fn read_source_files(
     let raw_schema: SchemaRef = Arc::new(raw.schema().as_arrow().clone());
     for c in cols {
         if raw_schema.field_with_name(&c.name.value).is_err() {
-            return Err(format!(
-                "source `{}` has no column `{}` (declared in its schema)",
-                t.name.value, c.name.value
-            ));
+            return Err(InputError::MissingColumn {
+                source_name: t.name.value.clone(),
+                column: c.name.value.clone(),
+            });
         }
     }
     let checks = contract::row_checks(&raw_schema, cols);
@@ -268,7 +305,7 @@ pub async fn read_source_files(
             let c = cols
                 .iter()
                 .find(|c| c.name.value == sel.column)
-                .ok_or_else(|| format!("no period column `{}`", sel.column))?;
+                .ok_or_else(|| InputError::NoPeriodColumn(sel.column.to_string()))?;
             let target = c.ty.to_arrow();
             let value = if raw_schema
                 .field_with_name(sel.column)
@@ -288,8 +325,7 @@ pub async fn read_source_files(
     let typed = contract::output_projection(&raw_schema, cols);
     let df = tap
         .apply(raw.clone(), refused_here.clone(), keep)
-        .and_then(|d| d.select(typed))
-        .map_err(|e| e.strip_backtrace())?;
+        .and_then(|d| d.select(typed))?;
     let rejects = reject_rows(raw, refused_here, checks.reason, &format!("source {}", t.name.value))?;
     Ok(StreamInput {
         df,
@@ -305,14 +341,14 @@ pub async fn read_stream_batch(
     schema: &Schema,
     period: Option<PeriodSelection<'_>>,
     organizations: Option<&[String]>,
-) -> Result<StreamInput, String> {
+) -> Result<StreamInput, InputError> {
     let df = read_batch(ctx, batch_dir, schema, organizations).await?;
     let keep = match period {
         Some(sel) => {
             let field = df
                 .schema()
                 .field_with_unqualified_name(sel.column)
-                .map_err(|_| format!("no period column `{}`", sel.column))?
+                .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?
                 .clone();
             in_period(ident(sel.column), field.data_type(), sel.period)
         }
@@ -325,13 +361,11 @@ pub async fn read_stream_batch(
 
 /// The rows of the period, counted: an ordinary filter (so the scan can prune row groups
 /// and pages with it), then a checkpoint that counts what it let through.
-fn count_period_rows(df: DataFrame, keep: Expr, tap: &Tap) -> Result<DataFrame, String> {
-    df.filter(keep)
-        .and_then(|d| tap.apply(d, lit(false), lit(true)))
-        .map_err(|e| e.strip_backtrace())
+fn count_period_rows(df: DataFrame, keep: Expr, tap: &Tap) -> Result<DataFrame, InputError> {
+    Ok(df.filter(keep).and_then(|d| tap.apply(d, lit(false), lit(true)))?)
 }
 
-pub use crate::stages::side::reject_rows;
+pub use crate::engine::side::reject_rows;
 
 /// A committed upstream batch, read as the downstream stream's input. A `for_each`
 /// batch's organisation partitions (`data/<organisation>/`) are all read, or only
@@ -341,11 +375,11 @@ pub async fn read_batch(
     batch_dir: &Path,
     schema: &Schema,
     organizations: Option<&[String]>,
-) -> Result<DataFrame, String> {
+) -> Result<DataFrame, InputError> {
     let data = batch_dir.join(crate::batches::DATA_DIR);
-    let parquet = |dir: &Path| -> Result<Vec<PathBuf>, String> {
+    let parquet = |dir: &Path| -> Result<Vec<PathBuf>, InputError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .map_err(io(dir))?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
@@ -355,7 +389,7 @@ pub async fn read_batch(
     };
     let mut files = parquet(&data)?;
     let mut parts: Vec<PathBuf> = std::fs::read_dir(&data)
-        .map_err(|e| format!("{}: {e}", data.display()))?
+        .map_err(io(&data))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_dir())
@@ -371,11 +405,9 @@ pub async fn read_batch(
         files.extend(parquet(&part)?);
     }
     if files.is_empty() {
-        return ctx
-            .read_batch(arrow::array::RecordBatch::new_empty(Arc::new(schema.clone())))
-            .map_err(|e| e.strip_backtrace());
+        return Ok(ctx.read_batch(arrow::array::RecordBatch::new_empty(Arc::new(schema.clone())))?);
     }
-    ctx.read_parquet(paths(&files), ParquetReadOptions::default().schema(schema))
-        .await
-        .map_err(|e| e.strip_backtrace())
+    Ok(ctx
+        .read_parquet(paths(&files), ParquetReadOptions::default().schema(schema))
+        .await?)
 }

@@ -2,7 +2,7 @@
 //! and decimal control totals are taken from the very batches written.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -12,6 +12,39 @@ use futures::StreamExt;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+
+/// Why a batch's files could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{}", .0.strip_backtrace())]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("control total of `{column}`: {source}")]
+    Total {
+        column: String,
+        source: arrow::error::ArrowError,
+    },
+    #[error("control total of `{column}` overflows decimal(38)")]
+    TotalOverflow { column: String },
+    #[error("the organisation column `{column}` is {ty}, not a string")]
+    OrganizationType { column: String, ty: DataType },
+    #[error("{rows} rows have no organisation in `{column}`")]
+    NoOrganization { rows: usize, column: String },
+    #[error("writer task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Row groups of about a million rows: large enough for scans, small enough to prune.
 const ROW_GROUP_ROWS: usize = 1 << 20;
@@ -53,31 +86,31 @@ pub struct Executable {
 }
 
 impl Executable {
-    pub async fn new(df: DataFrame) -> Result<Self, String> {
+    pub async fn new(df: DataFrame) -> Result<Self, WriteError> {
         let task = Arc::new(df.task_ctx());
-        let plan = df.create_physical_plan().await.map_err(|e| e.strip_backtrace())?;
+        let plan = df.create_physical_plan().await?;
         Ok(Executable { plan, task })
     }
 
     /// The same plan with its rows hash-partitioned on `column` into `n` partitions. Added
     /// to the optimised plan: the physical optimiser drops a repartition that no operator
     /// above it needs, and the writers above are not operators.
-    pub fn partitioned_by(self, column: &str, n: usize) -> Result<Self, String> {
+    pub fn partitioned_by(self, column: &str, n: usize) -> Result<Self, WriteError> {
         use datafusion::physical_plan::Partitioning;
         use datafusion::physical_plan::repartition::RepartitionExec;
-        let key = datafusion::physical_expr::expressions::col(column, &self.plan.schema())
-            .map_err(|e| e.strip_backtrace())?;
-        let plan =
-            RepartitionExec::try_new(self.plan, Partitioning::Hash(vec![key], n)).map_err(|e| e.strip_backtrace())?;
+        let key = datafusion::physical_expr::expressions::col(column, &self.plan.schema())?;
+        let plan = RepartitionExec::try_new(self.plan, Partitioning::Hash(vec![key], n))?;
         Ok(Executable {
             plan: Arc::new(plan),
             task: self.task,
         })
     }
 
-    fn streams(&self) -> Result<Vec<datafusion::execution::SendableRecordBatchStream>, String> {
-        datafusion::physical_plan::execute_stream_partitioned(self.plan.clone(), self.task.clone())
-            .map_err(|e| e.strip_backtrace())
+    fn streams(&self) -> Result<Vec<datafusion::execution::SendableRecordBatchStream>, WriteError> {
+        Ok(datafusion::physical_plan::execute_stream_partitioned(
+            self.plan.clone(),
+            self.task.clone(),
+        )?)
     }
 
     /// The plan as run, with each operator's rows, time and memory (for profiling).
@@ -97,13 +130,13 @@ pub struct Written {
 }
 
 impl Written {
-    fn add(&mut self, other: Written) -> Result<(), String> {
+    fn add(&mut self, other: Written) -> Result<(), WriteError> {
         self.rows += other.rows;
         for (k, (v, s)) in other.totals {
             let e = self.totals.entry(k.clone()).or_insert((0, s));
             e.0 =
                 e.0.checked_add(v)
-                    .ok_or_else(|| format!("control total of `{k}` overflows decimal(38)"))?;
+                    .ok_or_else(|| WriteError::TotalOverflow { column: k.clone() })?;
         }
         Ok(())
     }
@@ -133,18 +166,21 @@ pub fn format_decimal(v: i128, scale: i8) -> String {
     format!("{}{int}.{frac}", if neg { "-" } else { "" })
 }
 
-fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
+fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), WriteError> {
     into.rows += batch.num_rows() as u64;
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
         if let DataType::Decimal128(_, scale) = field.data_type() {
             let arr = column.as_primitive::<Decimal128Type>();
             let sum = arrow::compute::sum_checked(arr)
-                .map_err(|e| format!("control total of `{}`: {e}", field.name()))?
+                .map_err(|source| WriteError::Total {
+                    column: field.name().clone(),
+                    source,
+                })?
                 .unwrap_or(0);
             let e = into.totals.entry(field.name().clone()).or_insert((0, *scale));
-            e.0 =
-                e.0.checked_add(sum)
-                    .ok_or_else(|| format!("control total of `{}` overflows decimal(38)", field.name()))?;
+            e.0 = e.0.checked_add(sum).ok_or_else(|| WriteError::TotalOverflow {
+                column: field.name().clone(),
+            })?;
         }
     }
     Ok(())
@@ -155,13 +191,11 @@ fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), String> {
 async fn next_batch(
     stream: &mut datafusion::execution::SendableRecordBatchStream,
     schema: &SchemaRef,
-) -> Result<Option<RecordBatch>, String> {
+) -> Result<Option<RecordBatch>, WriteError> {
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| e.strip_backtrace())?;
+        let batch = batch?;
         if batch.num_rows() > 0 {
-            return RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                .map(Some)
-                .map_err(|e| e.to_string());
+            return Ok(Some(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?));
         }
     }
     Ok(None)
@@ -170,15 +204,15 @@ async fn next_batch(
 /// Wait for every writing task, folding what each wrote with `add`; the first error wins,
 /// after all tasks have ended (none is left writing into the staging directory).
 async fn join_writers<T: 'static>(
-    mut tasks: tokio::task::JoinSet<Result<T, String>>,
-    mut add: impl FnMut(T) -> Result<(), String>,
-) -> Result<(), String> {
+    mut tasks: tokio::task::JoinSet<Result<T, WriteError>>,
+    mut add: impl FnMut(T) -> Result<(), WriteError>,
+) -> Result<(), WriteError> {
     let mut first_error = None;
     while let Some(r) = tasks.join_next().await {
         let outcome = match r {
             Ok(Ok(w)) => add(w),
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("writer task failed: {e}")),
+            Err(e) => Err(WriteError::Task(e)),
         };
         if let Err(e) = outcome {
             first_error.get_or_insert(e);
@@ -190,7 +224,7 @@ async fn join_writers<T: 'static>(
 /// Execute `df` and write each partition to `dir/part-NNNNN.parquet` with `schema` (the
 /// declared output schema: a NULL in a non-nullable column is an error here, never
 /// written). At least one file is written, so an empty batch still has a schema.
-pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> Result<Written, String> {
+pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> Result<Written, WriteError> {
     let mut streams = plan.streams()?;
     if streams.len() == 1 {
         let stream = streams.remove(0);
@@ -208,22 +242,21 @@ pub async fn write_parquet(plan: &Executable, dir: &Path, schema: SchemaRef) -> 
             while let Some(batch) = next_batch(&mut stream, &schema).await? {
                 batch_totals(&batch, &mut written)?;
                 if writer.is_none() {
-                    let file = tokio::fs::File::create(&path)
-                        .await
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    writer = Some(
-                        AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema)))
-                            .map_err(|e| e.to_string())?,
-                    );
+                    let file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
+                    writer = Some(AsyncArrowWriter::try_new(
+                        file,
+                        schema.clone(),
+                        Some(writer_properties(&schema)),
+                    )?);
                 }
                 if let Some(w) = writer.as_mut() {
-                    w.write(&batch).await.map_err(|e| e.to_string())?;
+                    w.write(&batch).await?;
                 }
             }
             if let Some(w) = writer {
-                w.close().await.map_err(|e| e.to_string())?;
+                w.close().await?;
             }
-            Ok::<Written, String>(written)
+            Ok::<Written, WriteError>(written)
         });
     }
     let mut total = Written::default();
@@ -243,9 +276,9 @@ async fn write_in_runs(
     schema: SchemaRef,
     parallel: usize,
     run_rows: usize,
-) -> Result<Written, String> {
+) -> Result<Written, WriteError> {
     let mut total = Written::default();
-    let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<Result<(), WriteError>> = tokio::task::JoinSet::new();
     let read = async {
         let (mut run, mut rows, mut files) = (Vec::new(), 0usize, 0usize);
         loop {
@@ -261,7 +294,7 @@ async fn write_in_runs(
                 while tasks.len() >= parallel.max(1) {
                     match tasks.join_next().await {
                         Some(Ok(r)) => r?,
-                        Some(Err(e)) => return Err(format!("writer task failed: {e}")),
+                        Some(Err(e)) => return Err(WriteError::Task(e)),
                         None => break,
                     }
                 }
@@ -276,28 +309,26 @@ async fn write_in_runs(
             }
         }
     };
-    let read: Result<(), String> = read.await;
+    let read: Result<(), WriteError> = read.await;
     // Every encoder ends before returning, even after an error: none is left writing.
     let written = join_writers(tasks, |()| Ok(())).await;
     read.and(written).map(|()| total)
 }
 
 /// Write `batches` (possibly none) as one Parquet file at `path`.
-async fn write_file(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<(), String> {
-    let file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+async fn write_file(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<(), WriteError> {
+    let file = tokio::fs::File::create(path).await.map_err(io(path))?;
     let props = writer_properties(&schema);
-    let mut writer = AsyncArrowWriter::try_new(file, schema, Some(props)).map_err(|e| e.to_string())?;
+    let mut writer = AsyncArrowWriter::try_new(file, schema, Some(props))?;
     for b in batches {
-        writer.write(b).await.map_err(|e| e.to_string())?;
+        writer.write(b).await?;
     }
-    writer.close().await.map_err(|e| e.to_string())?;
+    writer.close().await?;
     Ok(())
 }
 
 /// At least one file per batch directory, so an empty batch still has a schema.
-async fn finish_dir(dir: &Path, schema: &SchemaRef, total: Written) -> Result<Written, String> {
+async fn finish_dir(dir: &Path, schema: &SchemaRef, total: Written) -> Result<Written, WriteError> {
     let any_file = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if !any_file {
         write_file(&dir.join("part-00000.parquet"), schema.clone(), &[]).await?;
@@ -337,17 +368,15 @@ async fn flush(
     p: &mut Pending,
     schema: &SchemaRef,
     written: &mut Written,
-) -> Result<(), String> {
+) -> Result<(), WriteError> {
     if p.batches.is_empty() {
         return Ok(());
     }
-    let rows = arrow::compute::concat_batches(schema, &p.batches).map_err(|e| e.to_string())?;
+    let rows = arrow::compute::concat_batches(schema, &p.batches)?;
     p.batches.clear();
     batch_totals(&rows, written)?;
     let sub = dir.join(org);
-    tokio::fs::create_dir_all(&sub)
-        .await
-        .map_err(|e| format!("{}: {e}", sub.display()))?;
+    tokio::fs::create_dir_all(&sub).await.map_err(io(&sub))?;
     let path = sub.join(format!("part-{task:05}-{:05}.parquet", p.files));
     p.files += 1;
     write_file(&path, schema.clone(), &[rows]).await?;
@@ -365,8 +394,8 @@ pub async fn write_parquet_per_organization(
     dir: &Path,
     schema: SchemaRef,
     column: &str,
-) -> Result<WrittenPerOrganization, String> {
-    let org_index = schema.index_of(column).map_err(|e| e.to_string())?;
+) -> Result<WrittenPerOrganization, WriteError> {
+    let org_index = schema.index_of(column)?;
     let streams = plan.streams()?;
     let mut tasks = tokio::task::JoinSet::new();
     for (task, mut stream) in streams.into_iter().enumerate() {
@@ -411,7 +440,7 @@ pub async fn write_parquet_per_organization(
                     flush(&dir, task, &org, p, &schema, parts.entry(org.clone()).or_default()).await?;
                 }
             }
-            Ok::<BTreeMap<String, Written>, String>(parts)
+            Ok::<BTreeMap<String, Written>, WriteError>(parts)
         });
     }
     let mut out = WrittenPerOrganization::default();
@@ -431,29 +460,27 @@ pub async fn write_parquet_per_organization(
 /// vectorised kernels, and the rows of one organisation keep their order. A NULL
 /// organisation is an error (the engine refuses such rows before writing), and so is a
 /// column of another type, rather than a panic.
-fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String, RecordBatch)>, String> {
+fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String, RecordBatch)>, WriteError> {
     use arrow::array::{ArrayRef, UInt32Array};
     use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
     let column = batch.column(org);
     let field = batch.schema().field(org).name().clone();
-    let names = |column: &ArrayRef| -> Result<arrow::array::StringArray, String> {
-        column.as_string_opt::<i32>().cloned().ok_or_else(|| {
-            format!(
-                "the organisation column `{field}` is {}, not a string",
-                column.data_type()
-            )
-        })
+    let names = |column: &ArrayRef| -> Result<arrow::array::StringArray, WriteError> {
+        column
+            .as_string_opt::<i32>()
+            .cloned()
+            .ok_or_else(|| WriteError::OrganizationType {
+                column: field.clone(),
+                ty: column.data_type().clone(),
+            })
     };
     if column.null_count() > 0 {
-        return Err(format!(
-            "{} rows have no organisation in `{}`",
-            column.null_count(),
-            batch.schema().field(org).name()
-        ));
+        return Err(WriteError::NoOrganization {
+            rows: column.null_count(),
+            column: field,
+        });
     }
-    let ranges = arrow::compute::partition(std::slice::from_ref(column))
-        .map_err(|e| e.to_string())?
-        .ranges();
+    let ranges = arrow::compute::partition(std::slice::from_ref(column))?.ranges();
     let distinct_runs = {
         let strings = names(column)?;
         let mut seen: Vec<&str> = ranges.iter().map(|r| strings.value(r.start)).collect();
@@ -478,16 +505,13 @@ fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String,
                 },
             ],
             None,
-        )
-        .map_err(|e| e.to_string())?;
-        take_record_batch(batch, &indices).map_err(|e| e.to_string())?
+        )?;
+        take_record_batch(batch, &indices)?
     };
     let ranges = if distinct_runs == ranges.len() {
         ranges
     } else {
-        arrow::compute::partition(std::slice::from_ref(sorted.column(org)))
-            .map_err(|e| e.to_string())?
-            .ranges()
+        arrow::compute::partition(std::slice::from_ref(sorted.column(org)))?.ranges()
     };
     let strings = names(sorted.column(org))?;
     Ok(ranges
@@ -503,30 +527,29 @@ fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String,
 
 /// Write refused rows to one file; returns how many and the first few reasons. No rows,
 /// no file.
-pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<String>), String> {
+pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<String>), WriteError> {
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await.map_err(|e| e.strip_backtrace())?;
+    let mut stream = df.execute_stream().await?;
     let mut writer: Option<AsyncArrowWriter<tokio::fs::File>> = None;
     let mut rows = 0u64;
     let mut samples = Vec::new();
     let reason_idx = schema.index_of("_reject_reason").ok();
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| e.strip_backtrace())?;
+        let batch = batch?;
         if batch.num_rows() == 0 {
             continue;
         }
         rows += batch.num_rows() as u64;
         if writer.is_none() {
             if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
+                tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
             }
-            let file = tokio::fs::File::create(path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            writer = Some(
-                AsyncArrowWriter::try_new(file, schema.clone(), Some(writer_properties(&schema)))
-                    .map_err(|e| e.to_string())?,
-            );
+            let file = tokio::fs::File::create(path).await.map_err(io(path))?;
+            writer = Some(AsyncArrowWriter::try_new(
+                file,
+                schema.clone(),
+                Some(writer_properties(&schema)),
+            )?);
         }
         if let Some(i) = reason_idx {
             // A few examples for the run summary: the reason and the row's first values.
@@ -538,9 +561,8 @@ pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<Strin
             let formatters = shown
                 .iter()
                 .map(|c| arrow::util::display::ArrayFormatter::try_new(batch.column(*c).as_ref(), &options))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let reasons = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|e| e.to_string())?;
+                .collect::<Result<Vec<_>, _>>()?;
+            let reasons = arrow::compute::cast(batch.column(i), &DataType::Utf8)?;
             let reasons = reasons.as_string::<i32>();
             for row in 0..batch.num_rows().min(5usize.saturating_sub(samples.len())) {
                 let values: Vec<String> = shown
@@ -552,11 +574,11 @@ pub async fn write_rejects(df: DataFrame, path: &Path) -> Result<(u64, Vec<Strin
             }
         }
         if let Some(w) = writer.as_mut() {
-            w.write(&batch).await.map_err(|e| e.to_string())?;
+            w.write(&batch).await?;
         }
     }
     if let Some(w) = writer {
-        w.close().await.map_err(|e| e.to_string())?;
+        w.close().await?;
     }
     Ok((rows, samples))
 }
@@ -576,13 +598,18 @@ mod tests {
             Field::new("org", DataType::Int64, false),
             Arc::new(Int64Array::from(vec![1, 2])),
         );
-        let err = group_by_organization(&ids, 0).unwrap_err();
+        let err = group_by_organization(&ids, 0).unwrap_err().to_string();
         assert!(err.contains("`org` is Int64, not a string"), "{err}");
         let views = batch(
             Field::new("org", DataType::Utf8View, false),
             Arc::new(StringViewArray::from(vec!["R1", "R2"])),
         );
-        assert!(group_by_organization(&views, 0).unwrap_err().contains("Utf8View"));
+        assert!(
+            group_by_organization(&views, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("Utf8View")
+        );
         let text = batch(
             Field::new("org", DataType::Utf8, false),
             Arc::new(arrow::array::StringArray::from(vec!["R2", "R1", "R2"])),

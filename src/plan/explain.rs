@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::Plan;
+use super::{Plan, PlannedStream};
 use crate::definition::{InputRef, TableDef};
 
 fn table_line(t: &TableDef) -> String {
@@ -11,8 +11,20 @@ fn table_line(t: &TableDef) -> String {
 
 /// Organisations in chain order with their streams, each stream with its stages.
 pub fn tree(plan: &Plan) -> String {
-    let p = &plan.pipeline;
     let mut out = String::new();
+    header(plan, &mut out);
+    let _ = writeln!(
+        out,
+        "streams (in run order; streams at the same depth can run in parallel):"
+    );
+    walk(plan, None, 0, &mut out);
+    for_each_streams(plan, &mut out);
+    out
+}
+
+/// The pipeline in one line, then its sources and references.
+fn header(plan: &Plan, out: &mut String) {
+    let p = &plan.pipeline;
     let tiers = p.organizations.iter().map(|o| o.level).max().unwrap_or(0);
     let _ = writeln!(
         out,
@@ -24,135 +36,57 @@ pub fn tree(plan: &Plan) -> String {
         p.references.len(),
         plan.streams.len()
     );
-    if !p.sources.is_empty() {
-        let _ = writeln!(out, "sources:");
-        for s in &p.sources {
-            let _ = writeln!(out, "  {}", table_line(s));
-        }
-    }
-    if !p.references.is_empty() {
-        let _ = writeln!(out, "references:");
-        for s in &p.references {
-            let _ = writeln!(out, "  {}", table_line(s));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "streams (in run order; streams at the same depth can run in parallel):"
-    );
-    // Walk the organisation tree from the vendor(s) down; organisations with no stream in
-    // their subtree are counted, not listed (a chain may have thousands of resellers).
-    let owns = |id: &str| plan.streams.iter().any(|s| plan.def(s).owner.value == id);
-    fn subtree_has<'a>(p: &'a crate::definition::Pipeline, id: &str, owns: &dyn Fn(&str) -> bool, hops: usize) -> bool {
-        owns(id)
-            || (hops < p.organizations.len()
-                && p.organizations
-                    .iter()
-                    .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == id))
-                    .any(|o| subtree_has(p, &o.id.value, owns, hops + 1)))
-    }
-    let print_stream = |out: &mut String, pad: &str, ps: &crate::plan::PlannedStream| {
-        let s = plan.def(ps);
-        let input = match &s.input {
-            InputRef::Source(t) => format!("source {}", t.value),
-            InputRef::Stream(t) => format!("stream {}", t.value),
-        };
-        let period = s
-            .period
-            .as_ref()
-            .map(|p| format!(", period column {}", p.value))
-            .unwrap_or_default();
-        let each = s
-            .for_each
-            .as_ref()
-            .map(|e| format!(", a partition per `{}`", e.column.value))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{pad}  stream {} [{}] <- {input}{period}{each}",
-            s.id.value,
-            s.kind.name()
-        );
-        for (i, st) in ps.stages.iter().enumerate() {
-            let fused = if st.stage.fuses() { "" } else { "  (materialises)" };
-            let tables = st.stage.tables();
-            let reads = if tables.is_empty() {
-                String::new()
-            } else {
-                format!("  [reads {}]", tables.join(", "))
-            };
-            let _ = writeln!(
-                out,
-                "{pad}    {}. {} - {}{reads}{fused}",
-                i + 1,
-                st.name,
-                st.stage.describe()
-            );
-        }
-        let published: Vec<String> = s
-            .output_columns()
-            .map(|c| format!("{} {}", c.name.value, c.ty))
-            .collect();
-        let hidden = s.columns.len() - published.len();
-        let at = match &s.for_each {
-            Some(_) => format!("{}/_each/{}/<batch>/data/<organisation>", ps.tier, s.id.value),
-            None => format!("{}/{}/{}/<batch>", ps.tier, s.owner.value, s.id.value),
-        };
-        let _ = writeln!(
-            out,
-            "{pad}    => {at}: {}{}",
-            published.join(", "),
-            if hidden > 0 {
-                format!(" (+{hidden} intermediate)")
-            } else {
-                String::new()
+    for (title, tables) in [("sources", &p.sources), ("references", &p.references)] {
+        if !tables.is_empty() {
+            let _ = writeln!(out, "{title}:");
+            for t in tables {
+                let _ = writeln!(out, "  {}", table_line(t));
             }
-        );
-    };
-    fn walk(
-        p: &crate::definition::Pipeline,
-        parent: Option<&str>,
-        depth: usize,
-        out: &mut String,
-        owns: &dyn Fn(&str) -> bool,
-        streams_of: &dyn Fn(&mut String, &str, &str),
-    ) {
-        let mut quiet: Vec<&str> = Vec::new();
-        for o in &p.organizations {
-            if o.upstream.as_ref().map(|u| u.value.as_str()) != parent {
-                continue;
-            }
-            // The vendor always shows; below it, only organisations with streams.
-            if parent.is_some() && !subtree_has(p, &o.id.value, owns, 0) {
-                quiet.push(o.tier.value.as_str());
-                continue;
-            }
-            let pad = "  ".repeat(depth + 1);
-            let _ = writeln!(out, "{pad}{} {} ({})", o.tier.value, o.id.value, o.name);
-            streams_of(out, &pad, &o.id.value);
-            walk(p, Some(&o.id.value), depth + 1, out, owns, streams_of);
-        }
-        if !quiet.is_empty() {
-            let pad = "  ".repeat(depth + 1);
-            let _ = writeln!(
-                out,
-                "{pad}(+{} {} without streams of their own)",
-                quiet.len(),
-                if quiet.len() == 1 {
-                    "organisation"
-                } else {
-                    "organisations"
-                }
-            );
         }
     }
-    let streams_of = |out: &mut String, pad: &str, org_id: &str| {
-        for ps in plan.streams.iter().filter(|s| plan.def(s).owner.value == org_id) {
-            print_stream(out, pad, ps);
+}
+
+/// Whether organisation `id` or one below it owns a stream.
+fn subtree_has(plan: &Plan, id: &str, hops: usize) -> bool {
+    let p = &plan.pipeline;
+    plan.streams.iter().any(|s| plan.def(s).owner.value == id)
+        || (hops < p.organizations.len()
+            && p.organizations
+                .iter()
+                .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == id))
+                .any(|o| subtree_has(plan, &o.id.value, hops + 1)))
+}
+
+/// The organisation tree from the vendor(s) down, each organisation with its streams;
+/// organisations with no stream in their subtree are counted, not listed (a chain may
+/// have thousands of resellers).
+fn walk(plan: &Plan, parent: Option<&str>, depth: usize, out: &mut String) {
+    let p = &plan.pipeline;
+    let mut quiet = 0;
+    let pad = "  ".repeat(depth + 1);
+    for o in &p.organizations {
+        if o.upstream.as_ref().map(|u| u.value.as_str()) != parent {
+            continue;
         }
-    };
-    walk(p, None, 0, &mut out, &owns, &streams_of);
-    // Streams run for every organisation of a tier.
+        // The vendor always shows; below it, only organisations with streams.
+        if parent.is_some() && !subtree_has(plan, &o.id.value, 0) {
+            quiet += 1;
+            continue;
+        }
+        let _ = writeln!(out, "{pad}{} {} ({})", o.tier.value, o.id.value, o.name);
+        for ps in plan.streams.iter().filter(|s| plan.def(s).owner.value == o.id.value) {
+            print_stream(plan, out, &pad, ps);
+        }
+        walk(plan, Some(&o.id.value), depth + 1, out);
+    }
+    if quiet > 0 {
+        let what = if quiet == 1 { "organisation" } else { "organisations" };
+        let _ = writeln!(out, "{pad}(+{quiet} {what} without streams of their own)");
+    }
+}
+
+/// Streams that run for every organisation of a tier, under the tier.
+fn for_each_streams(plan: &Plan, out: &mut String) {
     let mut tiers: Vec<&str> = Vec::new();
     for ps in &plan.streams {
         if let Some(e) = &plan.def(ps).for_each
@@ -162,17 +96,72 @@ pub fn tree(plan: &Plan) -> String {
         }
     }
     for tier in tiers {
-        let n = p.organizations_of(tier).count();
+        let n = plan.pipeline.organizations_of(tier).count();
         let _ = writeln!(out, "  each {tier} ({n} organisations)");
         for ps in plan
             .streams
             .iter()
             .filter(|s| plan.def(s).for_each.as_ref().is_some_and(|e| e.tier.value == tier))
         {
-            print_stream(&mut out, "  ", ps);
+            print_stream(plan, out, "  ", ps);
         }
     }
-    out
+}
+
+/// A stream: its input, its stages in order, and where its batch lands.
+fn print_stream(plan: &Plan, out: &mut String, pad: &str, ps: &PlannedStream) {
+    let s = plan.def(ps);
+    let input = match &s.input {
+        InputRef::Source(t) => format!("source {}", t.value),
+        InputRef::Stream(t) => format!("stream {}", t.value),
+    };
+    let period = s
+        .period
+        .as_ref()
+        .map(|p| format!(", period column {}", p.value))
+        .unwrap_or_default();
+    let each = s
+        .for_each
+        .as_ref()
+        .map(|e| format!(", a partition per `{}`", e.column.value))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{pad}  stream {} [{}] <- {input}{period}{each}",
+        s.id.value,
+        s.kind.name()
+    );
+    for (i, st) in ps.stages.iter().enumerate() {
+        let fused = if st.stage.fuses() { "" } else { "  (materialises)" };
+        let tables = st.stage.tables();
+        let reads = if tables.is_empty() {
+            String::new()
+        } else {
+            format!("  [reads {}]", tables.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{pad}    {}. {} - {}{reads}{fused}",
+            i + 1,
+            st.name,
+            st.stage.describe()
+        );
+    }
+    let published: Vec<String> = s
+        .output_columns()
+        .map(|c| format!("{} {}", c.name.value, c.ty))
+        .collect();
+    let hidden = s.columns.len() - published.len();
+    let at = match &s.for_each {
+        Some(_) => format!("{}/_each/{}/<batch>/data/<organisation>", ps.tier, s.id.value),
+        None => format!("{}/{}/{}/<batch>", ps.tier, s.owner.value, s.id.value),
+    };
+    let hidden = if hidden > 0 {
+        format!(" (+{hidden} intermediate)")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "{pad}    => {at}: {}{hidden}", published.join(", "));
 }
 
 fn node_id(prefix: &str, name: &str) -> String {

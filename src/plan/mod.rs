@@ -5,7 +5,7 @@
 pub mod explain;
 mod period;
 
-pub use period::Period;
+pub use period::{Period, PeriodError};
 
 use std::collections::HashMap;
 use std::sync::Arc;

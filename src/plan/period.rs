@@ -10,20 +10,27 @@ pub struct Period {
     pub end: NaiveDate,
 }
 
+/// Why a period's text is not a period.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeriodError {
+    #[error(
+        "`{0}` is not a period: write a month as `YYYY-MM` (e.g. 2026-10) or a range as `YYYY-MM-DD..YYYY-MM-DD` (end exclusive)"
+    )]
+    Malformed(String),
+    #[error("period `{0}` is empty: its end must come after its start")]
+    Empty(String),
+}
+
 impl Period {
     /// `2026-10` (a calendar month) or `2026-10-01..2026-10-16` (end exclusive).
-    pub fn parse(text: &str) -> Result<Period, String> {
+    pub fn parse(text: &str) -> Result<Period, PeriodError> {
         let t = text.trim();
-        let bad = || {
-            format!(
-                "`{t}` is not a period: write a month as `YYYY-MM` (e.g. 2026-10) or a range as `YYYY-MM-DD..YYYY-MM-DD` (end exclusive)"
-            )
-        };
+        let bad = || PeriodError::Malformed(t.to_string());
         if let Some((a, b)) = t.split_once("..") {
             let start = NaiveDate::parse_from_str(a.trim(), "%Y-%m-%d").map_err(|_| bad())?;
             let end = NaiveDate::parse_from_str(b.trim(), "%Y-%m-%d").map_err(|_| bad())?;
             if end <= start {
-                return Err(format!("period `{t}` is empty: its end must come after its start"));
+                return Err(PeriodError::Empty(t.to_string()));
             }
             return Ok(Period {
                 label: format!("{start}_{end}"),

@@ -8,7 +8,7 @@ use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, 
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::DataFrame;
 
-use super::args::{existing, plan_err};
+use super::settings::{existing, plan_err};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 
@@ -32,9 +32,6 @@ pub struct AggregateStage {
 impl StageKind for AggregateKind {
     fn name(&self) -> &'static str {
         "aggregate"
-    }
-    fn summary(&self) -> &'static str {
-        "group by columns with sums, counts, distinct counts, minimums and maximums"
     }
     fn keys(&self) -> &'static [&'static str] {
         &["group_by", "sum", "aggregations"]
@@ -92,9 +89,6 @@ impl Stage for AggregateStage {
             .map(|a| format!("{}({}) as {}", a.function, a.column.value, a.name))
             .collect();
         format!("aggregate by {}: {}", g.join(", "), a.join(", "))
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        self.describe()
     }
     async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let group: Vec<Expr> = self

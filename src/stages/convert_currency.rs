@@ -14,12 +14,12 @@ use datafusion::logical_expr::{Expr, cast, when};
 use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 
-use super::args::{all_but, existing, plan_err};
-use super::lookup::{Join, MATCHES, join_reference};
-use super::money::{RoundingMode, mul_round};
-use super::side::{OnError, apply_policy};
+use super::reference::{Join, MATCHES, join_reference};
+use super::settings::{all_but, existing, plan_err, read_rounding, read_scale};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::money::{RoundingMode, mul_round};
+use crate::engine::side::{OnError, apply_policy};
 
 pub struct ConvertCurrencyKind;
 
@@ -69,36 +69,9 @@ fn currency(f: &mut Fields, r: &mut Reader, fixed: &str, column: &str) -> Option
     }
 }
 
-pub fn read_rounding(f: &mut Fields, r: &mut Reader, key: &str) -> Option<RoundingMode> {
-    match f.get(key) {
-        None => Some(RoundingMode::HalfEven),
-        Some(n) => r
-            .choice(n, "rounding mode", RoundingMode::NAMES)
-            .and_then(|t| RoundingMode::parse(&t.value)),
-    }
-}
-
-pub fn read_scale(f: &mut Fields, r: &mut Reader, key: &str, default: i8) -> Option<i8> {
-    match f.get(key) {
-        None => Some(default),
-        Some(n) => match r.unsigned(n, "`scale`") {
-            Some(s) if s <= 38 => Some(s as i8),
-            Some(s) => {
-                let at = r.loc(n);
-                r.error(format!("scale {s} is more than Decimal128's 38 digits"), at);
-                None
-            }
-            None => None,
-        },
-    }
-}
-
 impl StageKind for ConvertCurrencyKind {
     fn name(&self) -> &'static str {
         "convert_currency"
-    }
-    fn summary(&self) -> &'static str {
-        "convert an amount at the effective-dated rate of an exchange-rate reference"
     }
     fn keys(&self) -> &'static [&'static str] {
         &[
@@ -157,7 +130,7 @@ impl StageKind for ConvertCurrencyKind {
         let rate_output = f.text(r, "rate_output").map(|t| t.value);
         let scale = read_scale(f, r, "scale", 5);
         let mode = read_rounding(f, r, "rounding");
-        let on_missing = OnError::read(
+        let on_missing = super::settings::on_error(
             f,
             r,
             "on_missing_rate",
@@ -208,15 +181,6 @@ impl Stage for ConvertCurrencyStage {
             self.rates.value,
             self.scale,
             self.mode.name()
-        )
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        format!(
-            "{} {:?} {:?} {}",
-            self.describe(),
-            self.columns,
-            self.rate_output,
-            self.on_missing.name()
         )
     }
     fn tables(&self) -> Vec<String> {
@@ -284,7 +248,7 @@ impl Stage for ConvertCurrencyStage {
             env.stage,
             env.side,
         )
-        .map_err(StageError::new)?;
+        .map_err(plan_err)?;
         let missing = amount
             .clone()
             .is_not_null()
@@ -299,8 +263,7 @@ impl Stage for ConvertCurrencyStage {
                 lit(format!(" in `{}`", self.rates.value)),
             ],
         );
-        df =
-            apply_policy(df, self.on_missing, missing, missing_reason, env.stage, env.side).map_err(StageError::new)?;
+        df = apply_policy(df, self.on_missing, missing, missing_reason, env.stage, env.side).map_err(plan_err)?;
         let rate = when(same, lit(ScalarValue::Decimal128(Some(1), 1, 0)))
             .otherwise(ident("__billflow_rate"))
             .map_err(plan_err)?;

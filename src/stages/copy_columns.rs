@@ -10,10 +10,10 @@ use datafusion::functions::expr_fn::concat_ws;
 use datafusion::logical_expr::{cast, try_cast, when};
 use datafusion::prelude::{DataFrame, lit};
 
-use super::args::{all_but, column_type, existing, plan_err};
-use super::side::{OnError, apply_policy};
+use super::settings::{all_but, column_type, existing, plan_err};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{ColumnType, Fields, Reader, Text};
+use crate::engine::side::{OnError, apply_policy};
 
 pub struct CopyColumnsKind;
 
@@ -35,15 +35,12 @@ impl StageKind for CopyColumnsKind {
     fn name(&self) -> &'static str {
         "copy_columns"
     }
-    fn summary(&self) -> &'static str {
-        "copy (or rename) columns, optionally casting to a declared type"
-    }
     fn keys(&self) -> &'static [&'static str] {
         &["columns", "rename", "on_error"]
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let rename = f.bool_or(r, "rename", false);
-        let on_error = OnError::read(
+        let on_error = super::settings::on_error(
             f,
             r,
             "on_error",
@@ -90,9 +87,6 @@ impl Stage for CopyColumnsStage {
             .collect();
         format!("{verb} {}", parts.join(", "))
     }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        format!("{} {}", self.describe(), self.on_error.name())
-    }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let mut df = input;
         let mut new_columns = Vec::new();
@@ -134,7 +128,7 @@ impl Stage for CopyColumnsStage {
                             ],
                         );
                         df = apply_policy(df, self.on_error, bad.clone(), reason, env.stage, env.side)
-                            .map_err(StageError::new)?;
+                            .map_err(plan_err)?;
                         when(bad.not(), converted).end().map_err(plan_err)?
                     }
                 }

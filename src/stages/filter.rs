@@ -8,10 +8,10 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, lit};
 use marked_yaml::Node;
 
-use super::args::{existing, sql_expr};
-use super::side::remove_rows;
+use super::settings::{existing, plan_err, sql_expr};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::side::remove_rows;
 
 pub struct FilterKind;
 
@@ -49,9 +49,6 @@ fn scalar_text(r: &mut Reader, node: &Node, what: &str) -> Option<String> {
 impl StageKind for FilterKind {
     fn name(&self) -> &'static str {
         "filter"
-    }
-    fn summary(&self) -> &'static str {
-        "keep rows matching a condition (a SQL predicate, or a column compared with values)"
     }
     fn keys(&self) -> &'static [&'static str] {
         &[
@@ -136,7 +133,7 @@ fn typed(df: &DataFrame, column: &Text, value: &str, env: &StageEnv<'_>) -> Resu
     let value = env
         .vars
         .expand(value)
-        .map_err(|e| StageError::new(e).at(Some(column.location.clone())))?;
+        .map_err(|e| StageError::new(e.to_string()).at(Some(column.location.clone())))?;
     Ok(datafusion::logical_expr::cast(lit(value), field.data_type().clone()))
 }
 
@@ -153,16 +150,13 @@ impl Stage for FilterStage {
             },
         }
     }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        self.describe()
-    }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let keep = match &self.condition {
             Condition::Sql(t) => {
                 let expanded = env
                     .vars
                     .expand(&t.value)
-                    .map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
+                    .map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
                 sql_expr(
                     &input,
                     &Text {
@@ -208,6 +202,6 @@ impl Stage for FilterStage {
             env.stage,
             env.side,
         )
-        .map_err(StageError::new)
+        .map_err(plan_err)
     }
 }

@@ -18,10 +18,10 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 use marked_yaml::Node;
 
-use super::args::{existing, plan_err};
-use super::side::{OnError, apply_policy};
+use super::settings::{existing, plan_err};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind, TemplateVars};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::side::{OnError, apply_policy};
 
 pub struct FocusKind;
 
@@ -109,14 +109,11 @@ impl StageKind for FocusKind {
     fn name(&self) -> &'static str {
         "focus"
     }
-    fn summary(&self) -> &'static str {
-        "shape a billing stream as the FinOps FOCUS 1.2 schema and check FOCUS's rules"
-    }
     fn keys(&self) -> &'static [&'static str] {
         &["columns", "keep", "on_error"]
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
-        let on_error = OnError::read(f, r, "on_error", &[OnError::Fail, OnError::Reject], OnError::Fail);
+        let on_error = super::settings::on_error(f, r, "on_error", &[OnError::Fail, OnError::Reject], OnError::Fail);
         let keep = match f.get("keep") {
             Some(n) => r.string_list(n, "kept columns"),
             None => Some(vec![]),
@@ -188,16 +185,17 @@ impl Stage for FocusStage {
             .collect();
         format!("focus 1.2 ({})", mapped.join(", "))
     }
-    fn fingerprint(&self, _vars: &TemplateVars) -> String {
-        format!(
-            "{} keep {:?} {}",
-            self.describe(),
-            self.keep.iter().map(|k| &k.value).collect::<Vec<_>>(),
-            self.on_error.name()
-        )
-    }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
-        let var = |n: &str| env.vars.get(n).unwrap_or("").to_string();
+        let df = self.focus_columns(input, env.vars)?;
+        let (bad, reason) = row_rules()?;
+        apply_policy(df, self.on_error, bad, reason, env.stage, env.side).map_err(plan_err)
+    }
+}
+
+impl FocusStage {
+    /// The FOCUS columns, each from its mapped column or value, else its default.
+    fn focus_columns(&self, input: DataFrame, vars: &TemplateVars) -> Result<DataFrame, StageError> {
+        let var = |n: &str| vars.get(n).unwrap_or("").to_string();
         let period = |n: &str| timestamp(cast(lit(var(n)), DataType::Date32));
         let given = |name: &str| -> Result<Option<Expr>, StageError> {
             Ok(match self.source(name) {
@@ -259,78 +257,72 @@ impl Stage for FocusStage {
         for k in &self.keep {
             select.push(existing(&input, k)?.alias(format!("x_{}", k.value)));
         }
-        let df = input.select(select).map_err(plan_err)?;
-
-        // FOCUS's rules, per row.
-        let mut checks: Vec<(Expr, String)> = Vec::new();
-        for name in [
-            "BilledCost",
-            "BillingCurrency",
-            "BillingAccountId",
-            "ChargeCategory",
-            "BillingPeriodStart",
-            "BillingPeriodEnd",
-            "ChargePeriodStart",
-            "ChargePeriodEnd",
-        ] {
-            checks.push((ident(name).is_null(), format!("{name} is required")));
-        }
-        for name in ["BillingCurrency", "PricingCurrency"] {
-            checks.push((
-                ident(name)
-                    .is_not_null()
-                    .and(regexp_like(ident(name), lit("^[A-Z]{3}$"), None).is_not_true()),
-                format!("{name} must be an ISO 4217 code"),
-            ));
-        }
-        checks.push((
-            ident("ChargeCategory")
-                .is_not_null()
-                .and(ident("ChargeCategory").in_list(CHARGE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
-            format!("ChargeCategory must be one of {}", CHARGE_CATEGORIES.join(", ")),
-        ));
-        checks.push((
-            ident("ChargeClass")
-                .is_not_null()
-                .and(ident("ChargeClass").not_eq(lit("Correction"))),
-            "ChargeClass must be empty or Correction".into(),
-        ));
-        checks.push((
-            ident("ServiceCategory")
-                .is_not_null()
-                .and(ident("ServiceCategory").in_list(SERVICE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
-            "ServiceCategory is not a FOCUS service category".into(),
-        ));
-        checks.push((
-            abs(ident("ListCost")).lt(abs(ident("ContractedCost"))),
-            "ListCost must be at least ContractedCost".into(),
-        ));
-        checks.push((
-            ident("ChargePeriodStart").gt_eq(ident("ChargePeriodEnd")),
-            "ChargePeriodStart must be before ChargePeriodEnd".into(),
-        ));
-        checks.push((
-            ident("BillingPeriodStart").gt_eq(ident("BillingPeriodEnd")),
-            "BillingPeriodStart must be before BillingPeriodEnd".into(),
-        ));
-        let bad = checks
-            .iter()
-            .map(|(c, _)| c.clone().is_true())
-            .reduce(Expr::or)
-            .unwrap_or(lit(false));
-        let reasons: Vec<Expr> = checks
-            .iter()
-            .map(|(c, why)| when(c.clone().is_true(), lit(format!("FOCUS: {why}"))).end())
-            .collect::<Result<_, _>>()
-            .map_err(plan_err)?;
-        apply_policy(
-            df,
-            self.on_error,
-            bad,
-            concat_ws(lit("; "), reasons),
-            env.stage,
-            env.side,
-        )
-        .map_err(StageError::new)
+        input.select(select).map_err(plan_err)
     }
+}
+
+/// FOCUS's rules, per row: whether a row breaks any, and which (`; `-separated).
+fn row_rules() -> Result<(Expr, Expr), StageError> {
+    let mut checks: Vec<(Expr, String)> = Vec::new();
+    for name in [
+        "BilledCost",
+        "BillingCurrency",
+        "BillingAccountId",
+        "ChargeCategory",
+        "BillingPeriodStart",
+        "BillingPeriodEnd",
+        "ChargePeriodStart",
+        "ChargePeriodEnd",
+    ] {
+        checks.push((ident(name).is_null(), format!("{name} is required")));
+    }
+    for name in ["BillingCurrency", "PricingCurrency"] {
+        checks.push((
+            ident(name)
+                .is_not_null()
+                .and(regexp_like(ident(name), lit("^[A-Z]{3}$"), None).is_not_true()),
+            format!("{name} must be an ISO 4217 code"),
+        ));
+    }
+    checks.push((
+        ident("ChargeCategory")
+            .is_not_null()
+            .and(ident("ChargeCategory").in_list(CHARGE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
+        format!("ChargeCategory must be one of {}", CHARGE_CATEGORIES.join(", ")),
+    ));
+    checks.push((
+        ident("ChargeClass")
+            .is_not_null()
+            .and(ident("ChargeClass").not_eq(lit("Correction"))),
+        "ChargeClass must be empty or Correction".into(),
+    ));
+    checks.push((
+        ident("ServiceCategory")
+            .is_not_null()
+            .and(ident("ServiceCategory").in_list(SERVICE_CATEGORIES.iter().map(|c| lit(*c)).collect(), true)),
+        "ServiceCategory is not a FOCUS service category".into(),
+    ));
+    checks.push((
+        abs(ident("ListCost")).lt(abs(ident("ContractedCost"))),
+        "ListCost must be at least ContractedCost".into(),
+    ));
+    checks.push((
+        ident("ChargePeriodStart").gt_eq(ident("ChargePeriodEnd")),
+        "ChargePeriodStart must be before ChargePeriodEnd".into(),
+    ));
+    checks.push((
+        ident("BillingPeriodStart").gt_eq(ident("BillingPeriodEnd")),
+        "BillingPeriodStart must be before BillingPeriodEnd".into(),
+    ));
+    let bad = checks
+        .iter()
+        .map(|(c, _)| c.clone().is_true())
+        .reduce(Expr::or)
+        .unwrap_or(lit(false));
+    let reasons: Vec<Expr> = checks
+        .iter()
+        .map(|(c, why)| when(c.clone().is_true(), lit(format!("FOCUS: {why}"))).end())
+        .collect::<Result<_, _>>()
+        .map_err(plan_err)?;
+    Ok((bad, concat_ws(lit("; "), reasons)))
 }

@@ -11,10 +11,10 @@ use datafusion::functions::expr_fn::concat_ws;
 use datafusion::logical_expr::{cast, try_cast, when};
 use datafusion::prelude::{DataFrame, lit};
 
-use super::args::{all_but, column_type, plan_err, sql_expr};
-use super::side::{OnError, apply_policy, remove_rows};
+use super::settings::{all_but, column_type, plan_err, sql_expr};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{ColumnType, Fields, Reader, Text};
+use crate::engine::side::{OnError, apply_policy, remove_rows};
 
 pub struct FormulaKind;
 
@@ -36,9 +36,6 @@ impl StageKind for FormulaKind {
     fn name(&self) -> &'static str {
         "formula"
     }
-    fn summary(&self) -> &'static str {
-        "typed computed columns from SQL expressions, and `drop_when` to delete rows"
-    }
     fn keys(&self) -> &'static [&'static str] {
         &["outputs", "drop_when"]
     }
@@ -53,7 +50,7 @@ impl StageKind for FormulaKind {
                     .require(r, "type", "the output's type, e.g. `decimal(18,4)`")
                     .and_then(|n| column_type(r, n, "`type`"));
                 let expr = o.required_text(r, "expr", "a SQL expression over the row, e.g. `quantity * unit_price`");
-                let on_error = OnError::read(
+                let on_error = super::settings::on_error(
                     &mut o,
                     r,
                     "on_error",
@@ -92,19 +89,11 @@ impl Stage for FormulaStage {
         }
         format!("formula {}", parts.join("; "))
     }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        let mut s = self.describe();
-        for o in &self.outputs {
-            s.push_str(o.on_error.name());
-        }
-        s
-    }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let mut df = input;
         if let Some(d) = &self.drop_when {
             let cond = sql_expr(&df, d)?;
-            df = remove_rows(df, cond, &format!("drop_when {}", d.value), env.stage, env.side)
-                .map_err(StageError::new)?;
+            df = remove_rows(df, cond, &format!("drop_when {}", d.value), env.stage, env.side).map_err(plan_err)?;
         }
         // Each output sees the columns computed before it.
         for o in &self.outputs {
@@ -123,8 +112,7 @@ impl Stage for FormulaStage {
             let value = match o.on_error {
                 OnError::Null => converted,
                 _ => {
-                    df = apply_policy(df, o.on_error, bad.clone(), reason, env.stage, env.side)
-                        .map_err(StageError::new)?;
+                    df = apply_policy(df, o.on_error, bad.clone(), reason, env.stage, env.side).map_err(plan_err)?;
                     // Refused rows are gone; for the others the conversion succeeds.
                     when(bad.not(), converted).end().map_err(plan_err)?
                 }

@@ -1,295 +1,23 @@
 //! `kind: lookup`: enrich rows from a reference table on one or several key columns,
 //! optionally effective-dated (the reference row valid at the row's date). Policies for a
 //! missing match (`fail`, `null`, `default`, `reject`) and for several matches (`fail`,
-//! `first`, `last`, `reject`).
-//!
-//! Without dates the reference is first reduced to one row per key (with its row count),
-//! so the join cannot multiply input rows. With dates, the reference is first cut into
-//! non-overlapping validity segments per key (each with its row count and chosen values),
-//! so each input row joins the one segment holding its date.
+//! `first`, `last`, `reject`). The join itself is `reference.rs`.
 
 use std::sync::Arc;
 
-use arrow::array::Array;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
-use datafusion::common::JoinType;
 use datafusion::functions::expr_fn::{coalesce, concat_ws};
-use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value};
-use datafusion::logical_expr::{Expr, ExprFunctionExt, SortExpr, cast, when};
-use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
-use datafusion::scalar::ScalarValue;
+use datafusion::logical_expr::{Expr, cast, when};
+use datafusion::prelude::{DataFrame, ident, lit};
 use marked_yaml::Node;
 
-use super::args::{all_but, existing, plan_err};
-use super::side::{OnError, apply_policy};
+use super::settings::{all_but, existing, plan_err};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::side::{OnError, apply_policy};
 
-/// How to join a reference: what the engine needs, whatever stage asks.
-pub struct Join {
-    pub reference: Text,
-    /// (input expression, reference column)
-    pub keys: Vec<(Expr, String)>,
-    /// (reference column, output column)
-    pub pulled: Vec<(String, String)>,
-    /// (the row's date, reference valid_from, reference valid_to)
-    pub dated: Option<(Expr, String, String)>,
-    /// Reference column deciding `first`/`last`, and whether the last one wins.
-    pub order: Option<(String, bool)>,
-}
-
-pub const MATCHES: &str = "__billflow_matches";
-
-/// The input with the pulled columns added (NULL when nothing matched) and the number of
-/// matching reference rows in [`MATCHES`]. One output row per input row.
-pub async fn join_reference(ctx: &SessionContext, input: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
-    let reference = reference_table(ctx, &j.reference).await?;
-    join_frame(input, reference, j).await
-}
-
-/// A reference table by name, or a located error.
-pub async fn reference_table(ctx: &SessionContext, name: &Text) -> Result<DataFrame, StageError> {
-    ctx.table(name.value.as_str()).await.map_err(|e| {
-        let mut err = StageError::new(format!("unknown reference `{}`: {}", name.value, e.strip_backtrace()))
-            .at(Some(name.location.clone()));
-        err.hint = Some("declare it under `references:`".into());
-        err
-    })
-}
-
-/// [`join_reference`] with the reference given as a table (e.g. one derived from a reference).
-pub async fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
-    for name in j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p)) {
-        if reference.schema().field_with_unqualified_name(name).is_err() {
-            let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();
-            let mut err = StageError::new(format!("reference `{}` has no column `{name}`", j.reference.value))
-                .at(Some(j.reference.location.clone()));
-            err.hint = crate::definition::diagnostics::did_you_mean(name, cols.iter().map(String::as_str))
-                .or(Some(format!("its columns are: {}", cols.join(", "))));
-            return Err(err);
-        }
-    }
-    let rk = |i: usize| format!("__ref_key_{i}");
-    let rp = |i: usize| format!("__ref_val_{i}");
-    let order_expr = |desc: bool, c: &str| -> Vec<SortExpr> { vec![ident(c).sort(!desc, false)] };
-    let input_names: Vec<String> = input.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let pulled_out: Vec<&str> = j.pulled.iter().map(|(_, o)| o.as_str()).collect();
-
-    let (joined, matches) = match &j.dated {
-        None => {
-            // One reference row per key, with how many there were.
-            let group: Vec<Expr> = j
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, (_, k))| ident(k).alias(rk(i)))
-                .collect();
-            let mut aggs: Vec<Expr> = j
-                .pulled
-                .iter()
-                .enumerate()
-                .map(|(i, (p, _))| match &j.order {
-                    Some((o, true)) => last_value(ident(p), order_expr(false, o)).alias(rp(i)),
-                    Some((o, false)) => first_value(ident(p), order_expr(false, o)).alias(rp(i)),
-                    None => first_value(ident(p), vec![]).alias(rp(i)),
-                })
-                .collect();
-            aggs.push(count(lit(1)).alias("__ref_n"));
-            let reduced = reference.aggregate(group, aggs).map_err(plan_err)?;
-            let on: Vec<Expr> = j
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
-                .collect();
-            // The small reference on the build side: the stream is probed, never collected.
-            let joined = reduced.join_on(input, JoinType::Right, on).map_err(plan_err)?;
-            (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
-        }
-        Some((date, from, to)) => {
-            let segments = validity_segments(reference, j, from, to)?;
-            let mut on: Vec<Expr> = j
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
-                .collect();
-            // At most one segment holds a row's date: one output row per input row, and the
-            // small segment table on the build side.
-            let joined = match daily(&segments, date, &input).await? {
-                // Dates and few days in all: one row per day of each segment, joined on
-                // the day (an equality, no range test per candidate segment). Dates after
-                // the last bound belong to the open-ended segments, which reach it.
-                Some((days, last)) => {
-                    on.push(
-                        datafusion::functions::expr_fn::least(vec![date.clone(), lit(ScalarValue::Date32(Some(last)))])
-                            .eq(ident("__seg_day")),
-                    );
-                    days.join_on(input, JoinType::Right, on).map_err(plan_err)?
-                }
-                None => {
-                    on.push(date.clone().gt_eq(ident("__seg_start")));
-                    on.push(ident("__seg_end").is_null().or(date.clone().lt(ident("__seg_end"))));
-                    segments.join_on(input, JoinType::Right, on).map_err(plan_err)?
-                }
-            };
-            (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
-        }
-    };
-    let mut select: Vec<Expr> = input_names
-        .iter()
-        .filter(|n| !pulled_out.contains(&n.as_str()))
-        .map(ident)
-        .collect();
-    select.extend(j.pulled.iter().enumerate().map(|(i, (_, out))| ident(rp(i)).alias(out)));
-    select.push(matches.alias(MATCHES));
-    joined.select(select).map_err(plan_err)
-}
-
-/// The most rows a segment table may grow to when expanded to one row per day.
-const MAX_DAY_ROWS: i64 = 4_000_000;
-
-/// `segments` as one row per day (`__seg_day`) from each segment's start up to the last
-/// bound of all (the open-ended ones included), and that last bound; `None` unless the
-/// input's date and the bounds are dates and the table stays small. Reads the segments
-/// (they come from a reference, held in memory).
-async fn daily(segments: &DataFrame, date: &Expr, input: &DataFrame) -> Result<Option<(DataFrame, i32)>, StageError> {
-    use datafusion::functions_aggregate::expr_fn::{max, min};
-    use datafusion::logical_expr::ExprSchemable;
-    let is_date = |t: Result<DataType, _>| matches!(t, Ok(DataType::Date32));
-    let start_type = segments
-        .schema()
-        .field_with_unqualified_name("__seg_start")
-        .map(|f| f.data_type().clone());
-    if !is_date(date.get_type(input.schema())) || !is_date(start_type) {
-        return Ok(None);
-    }
-    let stats = segments
-        .clone()
-        .aggregate(
-            vec![],
-            vec![
-                min(ident("__seg_start")).alias("first"),
-                // The last bound of all: a closed segment ends at or before it, so a later
-                // date clamped to it never falls in one.
-                datafusion::functions::expr_fn::greatest(vec![max(ident("__seg_start")), max(ident("__seg_end"))])
-                    .alias("last"),
-                count(lit(1)).alias("n"),
-            ],
-        )
-        .map_err(plan_err)?
-        .collect()
-        .await
-        .map_err(plan_err)?;
-    let Some(b) = stats.iter().find(|b| b.num_rows() > 0) else {
-        return Ok(None);
-    };
-    use arrow::array::AsArray;
-    let first = b.column(0).as_primitive::<arrow::datatypes::Date32Type>();
-    let last = b.column(1).as_primitive::<arrow::datatypes::Date32Type>();
-    let n = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
-    if first.is_null(0) || last.is_null(0) {
-        return Ok(None);
-    }
-    let (first, last, n) = (first.value(0), last.value(0), n.value(0));
-    if n.saturating_mul(i64::from(last) - i64::from(first) + 1) > MAX_DAY_ROWS {
-        return Ok(None);
-    }
-    let one_day = lit(ScalarValue::IntervalMonthDayNano(Some(
-        arrow::datatypes::IntervalMonthDayNano::new(0, 1, 0),
-    )));
-    let end = coalesce(vec![ident("__seg_end"), lit(ScalarValue::Date32(Some(last + 1)))]);
-    let mut cols: Vec<Expr> = segments
-        .schema()
-        .fields()
-        .iter()
-        .filter(|f| !matches!(f.name().as_str(), "__seg_start" | "__seg_end"))
-        .map(|f| ident(f.name()))
-        .collect();
-    cols.push(datafusion::functions_nested::expr_fn::range(ident("__seg_start"), end, one_day).alias("__seg_day"));
-    let days = segments
-        .clone()
-        .select(cols)
-        .and_then(|d| d.unnest_columns(&["__seg_day"]))
-        .map_err(plan_err)?;
-    Ok(Some((days, last)))
-}
-
-/// An effective-dated reference as non-overlapping validity segments, per key: the dates
-/// where its rows start or end cut the time line; each piece covered by at least one row
-/// gets how many rows cover it (`__ref_n`) and the pulled values of the first (or last, by
-/// the order column) of them. Computed on the reference alone (small), so the stream is
-/// joined once, on the keys and the segment holding its date, with no per-row window.
-fn validity_segments(reference: DataFrame, j: &Join, from: &str, to: &str) -> Result<DataFrame, StageError> {
-    use datafusion::functions_window::expr_fn::lead;
-    let rk = |i: usize| format!("__ref_key_{i}");
-    let sk = |i: usize| format!("__seg_key_{i}");
-    let rp = |i: usize| format!("__ref_val_{i}");
-    let keys = j.keys.len();
-    let mut ref_cols: Vec<Expr> = j
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, (_, k))| ident(k).alias(rk(i)))
-        .collect();
-    ref_cols.extend(j.pulled.iter().enumerate().map(|(i, (p, _))| ident(p).alias(rp(i))));
-    ref_cols.push(ident(from).alias("__ref_from"));
-    ref_cols.push(ident(to).alias("__ref_to"));
-    let order_col = j.order.as_ref().map(|(o, _)| o.as_str()).unwrap_or(from);
-    ref_cols.push(ident(order_col).alias("__ref_order"));
-    let rows = reference.select(ref_cols).map_err(plan_err)?;
-
-    // Every date where a row of a key starts or ends.
-    let bound = |col: &str| -> Result<DataFrame, StageError> {
-        let mut cols: Vec<Expr> = (0..keys).map(|i| ident(rk(i)).alias(sk(i))).collect();
-        cols.push(ident(col).alias("__seg_start"));
-        rows.clone()
-            .filter(ident(col).is_not_null())
-            .and_then(|d| d.select(cols))
-            .map_err(plan_err)
-    };
-    let bounds = bound("__ref_from")?
-        .union(bound("__ref_to")?)
-        .and_then(|d| d.distinct())
-        .map_err(plan_err)?;
-    // Each bound up to the next one of its key (the last one is open-ended).
-    let segments = bounds
-        .window(vec![
-            lead(ident("__seg_start"), Some(1), None)
-                .partition_by((0..keys).map(|i| ident(sk(i))).collect())
-                .order_by(vec![ident("__seg_start").sort(true, false)])
-                .build()
-                .map_err(plan_err)?
-                .alias("__seg_end"),
-        ])
-        .map_err(plan_err)?;
-    // The rows covering each segment: valid at its start (bounds include every row's ends).
-    let mut on: Vec<Expr> = (0..keys).map(|i| ident(sk(i)).eq(ident(rk(i)))).collect();
-    on.push(ident("__ref_from").lt_eq(ident("__seg_start")));
-    on.push(
-        ident("__ref_to")
-            .is_null()
-            .or(ident("__seg_start").lt(ident("__ref_to"))),
-    );
-    let covered = segments.join_on(rows, JoinType::Inner, on).map_err(plan_err)?;
-    let last_wins = j.order.as_ref().map(|(_, l)| *l).unwrap_or(true);
-    let mut group: Vec<Expr> = (0..keys).map(|i| ident(sk(i)).alias(rk(i))).collect();
-    group.push(ident("__seg_start"));
-    group.push(ident("__seg_end"));
-    let mut aggs: Vec<Expr> = (0..j.pulled.len())
-        .map(|i| {
-            let order = vec![ident("__ref_order").sort(true, false)];
-            if last_wins {
-                last_value(ident(rp(i)), order).alias(rp(i))
-            } else {
-                first_value(ident(rp(i)), order).alias(rp(i))
-            }
-        })
-        .collect();
-    aggs.push(count(lit(1)).alias("__ref_n"));
-    covered.aggregate(group, aggs).map_err(plan_err)
-}
+use super::reference::{Join, MATCHES, join_reference, key_list};
 
 pub struct LookupKind;
 
@@ -311,29 +39,6 @@ pub struct LookupStage {
     on_missing: OnError,
     defaults: Vec<(String, String)>,
     on_multiple: Multiple,
-}
-
-/// Join keys: `[col]` (same name on both sides) or `[{ column, reference_column }]`.
-pub fn key_list(r: &mut Reader, node: &Node) -> Option<Vec<(Text, String)>> {
-    let items = r.sequence(node, "keys")?;
-    let mut out = Vec::new();
-    for item in items {
-        match item {
-            Node::Scalar(_) => {
-                let t = r.text(item, "key column")?;
-                let k = t.value.clone();
-                out.push((t, k));
-            }
-            _ => {
-                let mut f = r.mapping(item, "key")?;
-                let column = f.required_text(r, "column", "the stream's column");
-                let reference = f.required_text(r, "reference_column", "the reference's column");
-                f.finish(r, &["column", "reference_column"]);
-                out.push((column?, reference?.value));
-            }
-        }
-    }
-    Some(out)
 }
 
 fn pulled_list(r: &mut Reader, node: &Node) -> Option<Vec<(String, String)>> {
@@ -362,9 +67,6 @@ fn pulled_list(r: &mut Reader, node: &Node) -> Option<Vec<(String, String)>> {
 impl StageKind for LookupKind {
     fn name(&self) -> &'static str {
         "lookup"
-    }
-    fn summary(&self) -> &'static str {
-        "enrich rows from a reference table by key (optionally effective-dated)"
     }
     fn keys(&self) -> &'static [&'static str] {
         &[
@@ -398,7 +100,7 @@ impl StageKind for LookupKind {
             .map(|t| t.value)
             .unwrap_or_else(|| "valid_to".into());
         let order_by = f.text(r, "order_by").map(|t| t.value);
-        let on_missing = OnError::read(
+        let on_missing = super::settings::on_error(
             f,
             r,
             "on_missing",
@@ -488,16 +190,6 @@ impl Stage for LookupStage {
             cols.join(", ")
         )
     }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        format!(
-            "{} {:?} {:?} {:?} {:?}",
-            self.describe(),
-            self.order_by,
-            self.on_missing,
-            self.defaults,
-            self.on_multiple
-        )
-    }
     fn tables(&self) -> Vec<String> {
         vec![self.reference.value.clone()]
     }
@@ -554,7 +246,7 @@ impl Stage for LookupStage {
             Multiple::Reject => apply_policy(df, OnError::Reject, many, many_reason, env.stage, env.side),
             _ => Ok(df),
         }
-        .map_err(StageError::new)?;
+        .map_err(plan_err)?;
         // No match.
         let missing = matches.clone().eq(lit(0i64));
         let missing_reason = concat_ws(
@@ -573,7 +265,7 @@ impl Stage for LookupStage {
             env.stage,
             env.side,
         )
-        .map_err(StageError::new)?;
+        .map_err(plan_err)?;
         let mut select = all_but(&df, &[MATCHES]);
         if !self.defaults.is_empty() {
             let outs: Vec<&str> = self.defaults.iter().map(|(k, _)| k.as_str()).collect();

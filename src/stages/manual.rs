@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{CsvReadOptions, DataFrame};
 
-use super::args::plan_err;
+use super::settings::plan_err;
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind, TemplateVars};
 use crate::definition::{Fields, Reader, Text};
 
@@ -30,9 +30,6 @@ pub struct ManualStage {
 impl StageKind for ManualKind {
     fn name(&self) -> &'static str {
         "manual"
-    }
-    fn summary(&self) -> &'static str {
-        "a step done by hand: export the input, wait for the reviewed file, resume from it"
     }
     fn keys(&self) -> &'static [&'static str] {
         &["export", "resume", "instructions"]
@@ -52,7 +49,7 @@ impl StageKind for ManualKind {
         let (export, resume) = (export?, resume?);
         for t in [&export, &resume] {
             if let Err(e) = TemplateVars::check(&t.value) {
-                r.error(e, t.location.clone());
+                r.error(e.to_string(), t.location.clone());
                 return None;
             }
         }
@@ -69,7 +66,7 @@ impl ManualStage {
     fn path(&self, t: &Text, vars: &TemplateVars) -> Result<PathBuf, StageError> {
         let p = vars
             .expand(&t.value)
-            .map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
+            .map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
         Ok(self.dir.join(p))
     }
 }

@@ -3,6 +3,7 @@
 //! take a `default`, become NULL, go to the rejects file (`reject`) or fail the stream.
 
 use std::ops::Not;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,10 +11,10 @@ use datafusion::functions::expr_fn::concat_ws;
 use datafusion::logical_expr::{Expr, case, cast};
 use datafusion::prelude::{DataFrame, lit};
 
-use super::args::{all_but, existing, plan_err};
-use super::side::{OnError, apply_policy};
+use super::settings::{all_but, existing, plan_err};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::side::{OnError, apply_policy};
 
 pub struct MapValuesKind;
 
@@ -34,15 +35,29 @@ pub struct MapValuesStage {
     unmapped: Unmapped,
 }
 
-fn read_pairs_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// Why a mapping file cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum PairsFileError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: the first line must be `from,to`, found `{header}`", .path.display())]
+    Header { path: PathBuf, header: String },
+    #[error("{} line {line}: expected `from,to`, found `{text}`", .path.display())]
+    Line { path: PathBuf, line: usize, text: String },
+}
+
+fn read_pairs_file(path: &Path) -> Result<Vec<(String, String)>, PairsFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PairsFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut lines = text.lines();
     let header = lines.next().unwrap_or("").trim();
     if header != "from,to" {
-        return Err(format!(
-            "{}: the first line must be `from,to`, found `{header}`",
-            path.display()
-        ));
+        return Err(PairsFileError::Header {
+            path: path.to_path_buf(),
+            header: header.to_string(),
+        });
     }
     let mut out = Vec::new();
     for (i, line) in lines.enumerate() {
@@ -50,11 +65,11 @@ fn read_pairs_file(path: &std::path::Path) -> Result<Vec<(String, String)>, Stri
             continue;
         }
         let Some((from, to)) = line.split_once(',') else {
-            return Err(format!(
-                "{} line {}: expected `from,to`, found `{line}`",
-                path.display(),
-                i + 2
-            ));
+            return Err(PairsFileError::Line {
+                path: path.to_path_buf(),
+                line: i + 2,
+                text: line.to_string(),
+            });
         };
         out.push((from.to_string(), to.to_string()));
     }
@@ -64,9 +79,6 @@ fn read_pairs_file(path: &std::path::Path) -> Result<Vec<(String, String)>, Stri
 impl StageKind for MapValuesKind {
     fn name(&self) -> &'static str {
         "map_values"
-    }
-    fn summary(&self) -> &'static str {
-        "replace values by a from -> to table; unmapped values keep, default, null, reject or fail"
     }
     fn keys(&self) -> &'static [&'static str] {
         &["column", "output", "values", "file", "unmapped", "default"]
@@ -89,7 +101,7 @@ impl StageKind for MapValuesKind {
             match read_pairs_file(&ctx.pipeline_dir.join(&file.value)) {
                 Ok(p) => pairs.extend(p),
                 Err(e) => {
-                    r.error(e, file.location.clone());
+                    r.error(e.to_string(), file.location.clone());
                     return None;
                 }
             }
@@ -173,7 +185,7 @@ impl Stage for MapValuesStage {
             } else {
                 OnError::Fail
             };
-            df = apply_policy(df, policy, bad, reason, env.stage, env.side).map_err(StageError::new)?;
+            df = apply_policy(df, policy, bad, reason, env.stage, env.side).map_err(plan_err)?;
         }
         let mut c = case(as_text.clone());
         for (from, to) in &self.pairs {

@@ -13,13 +13,13 @@ use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 
-use super::args::{all_but, existing, plan_err};
-use super::convert_currency::{read_rounding, read_scale};
-use super::lookup::{Join, MATCHES, join_reference, key_list};
-use super::money::{RoundingMode, div_round, mul_round, round};
-use super::side::{OnError, apply_policy};
+use super::reference::{Join, MATCHES, join_reference, key_list};
+use super::settings::{all_but, existing, plan_err};
+use super::settings::{read_rounding, read_scale};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::money::{RoundingMode, div_round, mul_round, round};
+use crate::engine::side::{OnError, apply_policy};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pricing {
@@ -86,7 +86,7 @@ fn build(pricing: Pricing, f: &mut Fields, r: &mut Reader) -> Option<Arc<dyn Sta
     let rules = f.get("rules");
     let scale = read_scale(f, r, "scale", 4);
     let mode = read_rounding(f, r, "rounding");
-    let on_missing = OnError::read(
+    let on_missing = super::settings::on_error(
         f,
         r,
         "on_missing_rule",
@@ -161,13 +161,10 @@ fn build(pricing: Pricing, f: &mut Fields, r: &mut Reader) -> Option<Arc<dyn Sta
 }
 
 macro_rules! kind {
-    ($t:ty, $p:expr, $name:literal, $summary:literal) => {
+    ($t:ty, $p:expr, $name:literal) => {
         impl StageKind for $t {
             fn name(&self) -> &'static str {
                 $name
-            }
-            fn summary(&self) -> &'static str {
-                $summary
             }
             fn keys(&self) -> &'static [&'static str] {
                 &[
@@ -187,24 +184,9 @@ macro_rules! kind {
         }
     };
 }
-kind!(
-    MarkupKind,
-    Pricing::Markup,
-    "markup",
-    "price = cost x (1 + rate), or cost + amount; rate constant or from a rule table"
-);
-kind!(
-    DiscountKind,
-    Pricing::Discount,
-    "discount",
-    "price = cost x (1 - rate), or cost - amount; rate constant or from a rule table"
-);
-kind!(
-    MarginKind,
-    Pricing::Margin,
-    "margin",
-    "price = cost / (1 - margin): the price that earns a target margin"
-);
+kind!(MarkupKind, Pricing::Markup, "markup");
+kind!(DiscountKind, Pricing::Discount, "discount");
+kind!(MarginKind, Pricing::Margin, "margin");
 
 #[async_trait]
 impl Stage for PricingStage {
@@ -224,17 +206,6 @@ impl Stage for PricingStage {
             self.scale,
             self.mode.name()
         )
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        let keys = match &self.source {
-            Source::Rules { keys, .. } => keys
-                .iter()
-                .map(|(c, k)| format!("{}={k}", c.value))
-                .collect::<Vec<_>>()
-                .join(","),
-            _ => String::new(),
-        };
-        format!("{} {keys} {}", self.describe(), self.on_missing.name())
     }
     fn tables(&self) -> Vec<String> {
         match &self.source {
@@ -281,7 +252,7 @@ impl Stage for PricingStage {
                         lit(")"),
                     ],
                 );
-                let df = apply_policy(df, OnError::Fail, many, reason, env.stage, env.side).map_err(StageError::new)?;
+                let df = apply_policy(df, OnError::Fail, many, reason, env.stage, env.side).map_err(plan_err)?;
                 let missing = ident(MATCHES).eq(lit(0i64));
                 let reason = concat_ws(
                     lit(""),
@@ -295,8 +266,7 @@ impl Stage for PricingStage {
                         lit(")"),
                     ],
                 );
-                let df =
-                    apply_policy(df, self.on_missing, missing, reason, env.stage, env.side).map_err(StageError::new)?;
+                let df = apply_policy(df, self.on_missing, missing, reason, env.stage, env.side).map_err(plan_err)?;
                 // `skip`: no rule means no markup.
                 (
                     df,

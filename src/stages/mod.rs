@@ -4,28 +4,23 @@
 //! [`KINDS`].
 
 pub mod aggregate;
-pub mod args;
 pub mod convert_currency;
 pub mod copy_columns;
 pub mod filter;
 pub mod focus;
 pub mod formula;
-pub mod interop;
 pub mod lookup;
 pub mod manual;
 pub mod map_values;
 pub mod markup;
-pub mod money;
-mod operator;
 pub mod polars;
 pub mod prorate;
 pub mod rate;
-pub mod residue;
+pub mod reference;
 pub mod round;
-pub mod side;
+pub mod settings;
 pub mod split_column;
 pub mod sql;
-pub mod tap;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -73,8 +68,6 @@ pub const COMMON_KEYS: &[&str] = &["kind", "name", "description"];
 pub trait StageKind: Send + Sync {
     /// The `kind:` value in the pipeline file.
     fn name(&self) -> &'static str;
-    /// One line for `billflow explain` and the docs.
-    fn summary(&self) -> &'static str;
     /// The kind's own keys (besides [`COMMON_KEYS`]).
     fn keys(&self) -> &'static [&'static str];
     /// Read the settings; report problems through `r` (with locations) and return None.
@@ -94,7 +87,7 @@ pub struct StageEnv<'a> {
     /// The running stage's name (for rejects and error messages).
     pub stage: &'a str,
     /// Where stages leave refused rows and counts of removed rows.
-    pub side: &'a side::SideOutputs,
+    pub side: &'a crate::engine::side::SideOutputs,
     /// True when the plan will run (not just be checked or explained): a stage may then
     /// act outside the plan (e.g. `manual` exports its input).
     pub executing: bool,
@@ -125,31 +118,20 @@ impl TemplateVars {
     }
 
     /// Replace every `{{ name }}`; unknown names are an error naming them.
-    pub fn expand(&self, text: &str) -> Result<String, String> {
+    pub fn expand(&self, text: &str) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let Some(end) = after.find("}}") else {
-                return Err("`{{` without a closing `}}`".into());
+                return Err(TemplateError::Unclosed);
             };
             let name = after[..end].trim();
             match self.get(name) {
                 Some(v) => out.push_str(v),
-                None if Self::NAMES.contains(&name) => {
-                    return Err(format!(
-                        "`{{{{ {name} }}}}` has no single value in a `for_each` stream, which runs for \
-                         every organisation of its tier; read the organisation from its column instead \
-                         (e.g. a lookup keyed by it)"
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "unknown template variable `{{{{ {name} }}}}`; known: {}",
-                        Self::NAMES.join(", ")
-                    ));
-                }
+                None if Self::NAMES.contains(&name) => return Err(TemplateError::NoSingleValue(name.to_string())),
+                None => return Err(TemplateError::Unknown { name: name.to_string() }),
             }
             rest = &after[end + 2..];
         }
@@ -159,12 +141,26 @@ impl TemplateVars {
 
     /// Check names only (at build time, before values exist); gives the text with every
     /// variable replaced by a placeholder.
-    pub fn check(text: &str) -> Result<String, String> {
+    pub fn check(text: &str) -> Result<String, TemplateError> {
         let probe = TemplateVars {
             values: Self::NAMES.iter().map(|n| (n.to_string(), format!("_{n}_"))).collect(),
         };
         probe.expand(text)
     }
+}
+
+/// Why a `{{ ... }}` template does not expand.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`{{{{` without a closing `}}}}`")]
+    Unclosed,
+    #[error(
+        "`{{{{ {0} }}}}` has no single value in a `for_each` stream, which runs for every organisation of its \
+         tier; read the organisation from its column instead (e.g. a lookup keyed by it)"
+    )]
+    NoSingleValue(String),
+    #[error("unknown template variable `{{{{ {name} }}}}`; known: {known}", known = TemplateVars::NAMES.join(", "))]
+    Unknown { name: String },
 }
 
 /// Why a stage failed, with a location in the pipeline or query file when known.
@@ -192,6 +188,8 @@ impl StageError {
     }
 }
 
+impl std::error::Error for StageError {}
+
 impl std::fmt::Display for StageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)?;
@@ -212,9 +210,13 @@ pub trait Stage: Send + Sync + Debug {
     fn fuses(&self) -> bool {
         true
     }
-    /// Everything that decides the stage's output besides its input (e.g. the query text
-    /// read from a file): part of the batch id, so editing a query gives a new batch.
-    fn fingerprint(&self, vars: &TemplateVars) -> String;
+    /// What decides the stage's output besides its input and its settings (the stream's
+    /// definition, settings included, is part of the batch id already): the text of a query
+    /// file, a mapping file, a reviewed file. Part of the batch id, so editing such a file
+    /// gives a new batch.
+    fn fingerprint(&self, _vars: &TemplateVars) -> String {
+        String::new()
+    }
     /// Tables besides `input` the stage reads (reference names): edges of the DAG, and
     /// the references whose contents decide the stream's batch id.
     fn tables(&self) -> Vec<String> {

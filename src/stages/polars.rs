@@ -10,8 +10,9 @@ use datafusion::prelude::DataFrame;
 use marked_yaml::Node;
 use polars::prelude as pl;
 
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind, interop};
+use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::interop;
 
 pub struct PolarsKind;
 
@@ -20,9 +21,6 @@ const OPS: &[&str] = &["with_columns", "filter", "select", "group_by"];
 impl StageKind for PolarsKind {
     fn name(&self) -> &'static str {
         "polars"
-    }
-    fn summary(&self) -> &'static str {
-        "Polars lazy operations (with_columns, filter, select, group_by + agg)"
     }
     fn keys(&self) -> &'static [&'static str] {
         &["ops"]
@@ -182,9 +180,6 @@ impl Stage for PolarsStage {
     }
     fn fuses(&self) -> bool {
         false
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        self.describe()
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let schema = Arc::new(input.schema().as_arrow().clone());

@@ -12,11 +12,11 @@ use datafusion::functions::expr_fn::{coalesce, greatest, least};
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, lit};
 
-use super::args::{all_but, existing, plan_err};
-use super::convert_currency::{read_rounding, read_scale};
-use super::money::{RoundingMode, div_round};
+use super::settings::{all_but, existing, plan_err};
+use super::settings::{read_rounding, read_scale};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::money::{RoundingMode, div_round};
 
 pub struct ProrateKind;
 
@@ -35,9 +35,6 @@ pub struct ProrateStage {
 impl StageKind for ProrateKind {
     fn name(&self) -> &'static str {
         "prorate"
-    }
-    fn summary(&self) -> &'static str {
-        "a full-period charge prorated to the days (or seconds) a row was active in the period"
     }
     fn keys(&self) -> &'static [&'static str] {
         &[
@@ -98,9 +95,6 @@ impl Stage for ProrateStage {
             self.scale,
             self.mode.name()
         )
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        format!("{} {:?}", self.describe(), self.active_output)
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let day = |name: &str| -> Result<i64, StageError> {

@@ -11,11 +11,11 @@ use datafusion::functions::math::expr_fn::abs;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, ident};
 
-use super::args::{all_but, existing, plan_err};
-use super::convert_currency::{read_rounding, read_scale};
-use super::money::{RoundingMode, distribute_residue, round};
+use super::settings::{all_but, existing, plan_err};
+use super::settings::{read_rounding, read_scale};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::money::{RoundingMode, distribute_residue, round};
 
 pub struct RoundKind;
 
@@ -36,9 +36,6 @@ pub struct RoundStage {
 impl StageKind for RoundKind {
     fn name(&self) -> &'static str {
         "round"
-    }
-    fn summary(&self) -> &'static str {
-        "round money columns (scale, mode) with optional penny reconciliation per group"
     }
     fn keys(&self) -> &'static [&'static str] {
         &["columns", "scale", "mode", "reconcile"]
@@ -105,15 +102,6 @@ impl Stage for RoundStage {
             cols.join(", "),
             self.scale,
             self.mode.name()
-        )
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        format!(
-            "{} {:?}",
-            self.describe(),
-            self.reconcile
-                .as_ref()
-                .map(|r| r.order_by.iter().map(|o| o.value.clone()).collect::<Vec<_>>())
         )
     }
     async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {

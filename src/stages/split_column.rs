@@ -10,7 +10,7 @@ use datafusion::functions_nested::expr_fn::array_element;
 use datafusion::logical_expr::{cast, when};
 use datafusion::prelude::{DataFrame, lit};
 
-use super::args::{all_but, existing, plan_err};
+use super::settings::{all_but, existing, plan_err};
 use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 
@@ -27,9 +27,6 @@ pub struct SplitColumnStage {
 impl StageKind for SplitColumnKind {
     fn name(&self) -> &'static str {
         "split_column"
-    }
-    fn summary(&self) -> &'static str {
-        "regular expression from the start of a column; capture groups fill output columns"
     }
     fn keys(&self) -> &'static [&'static str] {
         &["column", "pattern", "outputs"]
@@ -105,9 +102,6 @@ impl Stage for SplitColumnStage {
             self.pattern,
             outs.join(", ")
         )
-    }
-    fn fingerprint(&self, _vars: &super::TemplateVars) -> String {
-        self.describe()
     }
     async fn apply(&self, input: DataFrame, _env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let column = cast(existing(&input, &self.column)?, arrow::datatypes::DataType::Utf8);

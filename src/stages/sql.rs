@@ -19,9 +19,6 @@ impl StageKind for SqlKind {
     fn name(&self) -> &'static str {
         "sql"
     }
-    fn summary(&self) -> &'static str {
-        "a DataFusion SQL query over `input` and the references"
-    }
     fn keys(&self) -> &'static [&'static str] {
         &["query", "file"]
     }
@@ -81,7 +78,7 @@ impl StageKind for SqlKind {
             Err(msg) => {
                 let line = text.lines().position(|l| l.contains("{{")).map(|i| i + 1).unwrap_or(1);
                 let at = origin.location(line, 1);
-                r.error(msg, at);
+                r.error(msg.to_string(), at);
                 return None;
             }
         };
@@ -216,7 +213,10 @@ impl Stage for SqlStage {
         self.text.clone()
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
-        let sql = env.vars.expand(&self.text).map_err(StageError::new)?;
+        let sql = env
+            .vars
+            .expand(&self.text)
+            .map_err(|e| StageError::new(e.to_string()))?;
         let ctx = env.ctx;
         ctx.deregister_table("input").map_err(|e| self.error(e))?;
         ctx.register_table("input", input.into_view())

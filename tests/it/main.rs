@@ -1,5 +1,6 @@
 //! One integration-test binary (each file under tests/ links the whole stack).
 
+mod cases;
 mod cli;
 mod common;
 mod errors;

@@ -1,0 +1,20 @@
+//! The engine layer: the DataFusion-level machinery that stage kinds and the execution of
+//! streams build on. It imports nothing else from billflow, so it reads (and could be
+//! reused) on its own:
+//!
+//! - [`session`]: the runtime (memory pool, spill) and the per-stream session: settings,
+//!   billflow's query planner (one extension planner per node type) and the exact money
+//!   functions registered for SQL;
+//! - [`operator`]: the one shape of billflow's physical operators (`BatchExec`);
+//! - [`tap`]: the counting checkpoint; [`residue`]: penny-residue assignment;
+//! - [`money`]: exact Decimal128 kernels and their UDFs;
+//! - [`side`]: refused rows and removed-row counts that stages leave beside their output;
+//! - [`interop`]: Arrow <-> Polars through the C Data Interface.
+
+pub mod interop;
+pub mod money;
+pub mod operator;
+pub mod residue;
+pub mod session;
+pub mod side;
+pub mod tap;

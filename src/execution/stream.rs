@@ -1,0 +1,513 @@
+//! Running one stream for one period, as a sequence of named phases: resolve its input,
+//! identify its batch (reuse it when it is already there), build its plan, execute it
+//! into a staging batch, write what was refused, commit, report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::prelude::DataFrame;
+
+use super::stream_plan::{self, Inputs, PlanError, StreamPlan, for_each_organizations, template_vars};
+use super::{Engine, Progress, RunOptions, Status, StreamError, StreamReport, empty_report, inputs, write};
+use crate::batches::{
+    self, Committed, InputInfo, Manifest, OrganizationPart, PeriodInfo, Staging, Store, StreamLocation,
+};
+use crate::definition::{InputRef, Location, StreamDef, arrow_schema};
+use crate::engine::tap::Tap;
+use crate::plan::{Period, Plan, PlannedStream};
+
+/// What ended a stream before its batch was committed.
+pub(super) struct Stop {
+    status: Status,
+    stage: Option<String>,
+    message: String,
+    location: Option<Location>,
+    hint: Option<String>,
+}
+
+impl Stop {
+    fn failed(message: impl Into<String>) -> Self {
+        Stop {
+            status: Status::Failed,
+            stage: None,
+            message: message.into(),
+            location: None,
+            hint: None,
+        }
+    }
+    fn at(mut self, location: Option<Location>) -> Self {
+        self.location = location;
+        self
+    }
+    fn in_stage(mut self, stage: Option<String>) -> Self {
+        self.stage = stage;
+        self
+    }
+}
+
+impl From<PlanError> for Stop {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Input { message, location } => Stop::failed(message).at(location),
+            PlanError::Stage { stage, location, error } => {
+                let error = *error;
+                Stop {
+                    status: if error.waiting { Status::Waiting } else { Status::Failed },
+                    stage: Some(stage),
+                    message: error.message,
+                    location: error.location.or(Some(location)),
+                    hint: error.hint,
+                }
+            }
+            PlanError::Contract { stage, problems } => {
+                let first = problems.into_iter().next();
+                let (message, location, hint) = first
+                    .map(|d| (d.message, d.location, d.hint))
+                    .unwrap_or_else(|| ("the stream's contract is not met".into(), None, None));
+                Stop {
+                    hint,
+                    ..Stop::failed(message).at(location).in_stage(Some(stage))
+                }
+            }
+            e @ PlanError::Plan { .. } => Stop::failed(e.to_string()),
+        }
+    }
+}
+
+/// The batch a run of the stream produces: its id, what decided it, and where it goes.
+struct BatchIdentity {
+    batch_id: String,
+    definition: String,
+    inputs: Vec<InputInfo>,
+    at: StreamLocation,
+}
+
+/// What the run refused and removed, and the rows that came in.
+struct Tally {
+    rows_in: u64,
+    rejected: u64,
+    samples: Vec<String>,
+    removed: Vec<(String, String, u64)>,
+}
+
+impl Engine {
+    /// Run stream `i` of `plan` for the period, given the reports of the streams it reads.
+    pub(super) async fn run_stream(
+        &self,
+        plan: &Plan,
+        i: usize,
+        upstream: &[Option<Arc<StreamReport>>],
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> StreamReport {
+        let started = Instant::now();
+        let ps = &plan.streams[i];
+        let s = plan.def(ps);
+        let mut report = empty_report(s, ps);
+        if let Err(stop) = self
+            .produce_batch(plan, ps, upstream, options, progress, &mut report)
+            .await
+        {
+            report.status = stop.status;
+            report.error = Some(StreamError {
+                pipeline: plan.pipeline.id.value.clone(),
+                stream: s.id.value.clone(),
+                stage: stop.stage,
+                message: stop.message,
+                location: stop.location,
+                hint: stop.hint,
+            });
+        }
+        report.elapsed = started.elapsed();
+        tracing::debug!(stream = %s.id.value, status = ?report.status, elapsed = ?report.elapsed, "stream ended");
+        report
+    }
+
+    async fn produce_batch(
+        &self,
+        plan: &Plan,
+        ps: &PlannedStream,
+        upstream: &[Option<Arc<StreamReport>>],
+        options: &RunOptions,
+        progress: &dyn Progress,
+        report: &mut StreamReport,
+    ) -> Result<(), Stop> {
+        let s = plan.def(ps);
+        let mut phase = Phases::new(&s.id.value);
+        let upstream = upstream_batch(upstream)?;
+        progress.started(&s.id.value, ps.stages.len());
+        let id = identify(plan, ps, upstream.as_deref(), &options.period)?;
+        phase.done("identify the batch");
+        let store = Store::new(&options.warehouse);
+        report.batch_id = Some(id.batch_id.clone());
+        report.batch_dir = Some(store.batch_dir(&id.at, &id.batch_id));
+        if let Some(m) = store.committed(&id.at, &id.batch_id) {
+            report.status = Status::Reused;
+            report.rows_in = m.rows_in;
+            report.rows_out = m.rows;
+            report.rows_rejected = m.rows_rejected;
+            report.control_totals = m.control_totals;
+            return Ok(());
+        }
+
+        let ctx = self.session();
+        let on_stage = |k: usize, name: &str| progress.stage(&s.id.value, k, name);
+        let upstream_dir = upstream.as_ref().and_then(|u| u.batch_dir.clone());
+        let inputs = Inputs::Read {
+            upstream_batch: upstream_dir.as_deref(),
+        };
+        let sp = stream_plan::build(&ctx, plan, ps, &options.period, inputs, true, &on_stage).await?;
+        phase.done("build the plan");
+
+        progress.writing(&s.id.value);
+        let staging = store
+            .begin(&id.at, &id.batch_id)
+            .map_err(|e| Stop::failed(format!("cannot create the batch directory: {e}")))?;
+        let (written, organizations) = self.execute_and_write(plan, ps, &sp.output, &staging).await?;
+        phase.done("execute and write");
+        let tally = write_refusals(sp, &staging).await?;
+        phase.done("write refused rows");
+
+        report.rows_in = tally.rows_in;
+        report.rows_out = written.rows;
+        report.rows_rejected = tally.rejected;
+        report.reject_samples = tally.samples;
+        report.removed = tally.removed;
+        report.control_totals = written.totals_as_text();
+        let manifest = manifest(plan, ps, &options.period, id, report, &staging, organizations);
+        let (status, dir) = match staging.commit(&manifest) {
+            Ok(Committed::New(dir)) => (Status::Written, dir),
+            Ok(Committed::AlreadyThere(dir)) => (Status::Reused, dir),
+            Err(e) => return Err(Stop::failed(format!("committing the batch: {e}"))),
+        };
+        phase.done("commit");
+        report.status = status;
+        report.batch_dir = Some(dir);
+        Ok(())
+    }
+
+    /// Execute the plan straight into the staging batch's data files: one file per
+    /// partition, or (a `for_each` stream) each organisation's rows under its own folder.
+    async fn execute_and_write(
+        &self,
+        plan: &Plan,
+        ps: &PlannedStream,
+        output: &DataFrame,
+        staging: &Staging,
+    ) -> Result<(write::Written, BTreeMap<String, OrganizationPart>), Stop> {
+        let s = plan.def(ps);
+        let each = for_each_organizations(plan, s);
+        // A `for_each` batch: each organisation's rows to one writer (one file each, not
+        // one per writer), unless a declared order must be kept as sorted.
+        let executable = write::Executable::new(output.clone())
+            .await
+            .and_then(|x| match &each {
+                Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
+                    x.partitioned_by(column, self.partitions)
+                }
+                _ => Ok(x),
+            })
+            .map_err(|e| Stop::failed(format!("planning: {e}")))?;
+        let out_schema = Arc::new(arrow_schema(&s.columns, true));
+        let mut organizations = BTreeMap::new();
+        let written = match &each {
+            Some((column, orgs)) => {
+                write::write_parquet_per_organization(&executable, &staging.data_dir(), out_schema, column)
+                    .await
+                    .map(|w| {
+                        let empty = write::Written::default();
+                        for org in orgs {
+                            let part = w.parts.get(org).unwrap_or(&empty);
+                            let part = OrganizationPart {
+                                rows: part.rows,
+                                control_totals: part.totals_as_text(),
+                            };
+                            organizations.insert(org.clone(), part);
+                        }
+                        w.total
+                    })
+            }
+            None => write::write_parquet(&executable, &staging.data_dir(), out_schema).await,
+        };
+        // BILLFLOW_PLANS=DIR: each stream's physical plan as run, with its metrics.
+        if let Some(dir) = std::env::var_os("BILLFLOW_PLANS") {
+            let path = PathBuf::from(dir).join(format!("{}.txt", s.id.value));
+            let _ = std::fs::write(path, executable.with_metrics());
+        }
+        let written = written.map_err(|e| {
+            let stages: Vec<&str> = ps.stages.iter().map(|st| st.name.as_str()).collect();
+            let stage = (!stages.is_empty()).then(|| stages.join(", "));
+            Stop::failed(format!("while executing: {e}")).in_stage(stage)
+        })?;
+        Ok((written, organizations))
+    }
+}
+
+/// Debug-level timings of a stream's phases (`RUST_LOG=billflow=debug`).
+struct Phases<'a> {
+    stream: &'a str,
+    last: Instant,
+}
+
+impl<'a> Phases<'a> {
+    fn new(stream: &'a str) -> Self {
+        Phases {
+            stream,
+            last: Instant::now(),
+        }
+    }
+    fn done(&mut self, phase: &str) {
+        let now = Instant::now();
+        let took = now - std::mem::replace(&mut self.last, now);
+        tracing::debug!(stream = self.stream, phase, ?took, "phase done");
+    }
+}
+
+/// The batch of the stream this one reads, if it reads one; a failed or skipped
+/// upstream skips this stream.
+fn upstream_batch(upstream: &[Option<Arc<StreamReport>>]) -> Result<Option<Arc<StreamReport>>, Stop> {
+    let mut batch = None;
+    for u in upstream {
+        match u {
+            Some(r) if matches!(r.status, Status::Written | Status::Reused) => batch = Some(r.clone()),
+            Some(r) => {
+                return Err(Stop {
+                    status: Status::Skipped,
+                    ..Stop::failed(format!(
+                        "not run: its input stream `{}` did not produce a batch",
+                        r.stream
+                    ))
+                });
+            }
+            None => return Err(Stop::failed("its input stream did not report")),
+        }
+    }
+    Ok(batch)
+}
+
+/// Everything that decides the stream's output goes into its batch id: its definition
+/// and stage texts, its input (file contents or upstream batch id), the references its
+/// stages read, the period and billflow's version.
+fn identify(
+    plan: &Plan,
+    ps: &PlannedStream,
+    upstream: Option<&StreamReport>,
+    period: &Period,
+) -> Result<BatchIdentity, Stop> {
+    let p = &plan.pipeline;
+    let s = plan.def(ps);
+    let inputs = input_fingerprints(plan, ps, upstream)?;
+    let vars = template_vars(plan, ps, period);
+    let stage_prints: Vec<String> = ps
+        .stages
+        .iter()
+        .map(|st| format!("{}:{}", st.kind, st.stage.fingerprint(&vars)))
+        .collect();
+    let definition = batches::fingerprint(&[("stream", &s.canonical), ("stages", &stage_prints.join("\u{1f}"))]);
+    let inputs_text: Vec<String> = inputs
+        .iter()
+        .map(|i| format!("{}:{}:{}", i.kind, i.name, i.fingerprint))
+        .collect();
+    let id_print = batches::fingerprint(&[
+        ("format", &batches::FORMAT_VERSION.to_string()),
+        // A new billflow may compute differently (a fixed bug): its batches are new ones.
+        ("engine", env!("CARGO_PKG_VERSION")),
+        ("pipeline", &p.id.value),
+        ("stream", &s.id.value),
+        ("owner", &s.owner.value),
+        ("definition", &definition),
+        ("period", &format!("{}..{}", period.start, period.end)),
+        ("inputs", &inputs_text.join("\u{1f}")),
+    ]);
+    let at = StreamLocation {
+        tier: ps.tier.clone(),
+        organization: if s.for_each.is_some() {
+            batches::EACH.to_string()
+        } else {
+            s.owner.value.clone()
+        },
+        stream: s.id.value.clone(),
+    };
+    Ok(BatchIdentity {
+        batch_id: batches::batch_id(&period.label, &id_print),
+        definition,
+        inputs,
+        at,
+    })
+}
+
+/// The stream's input and the references its stages read, each with its fingerprint.
+fn input_fingerprints(
+    plan: &Plan,
+    ps: &PlannedStream,
+    upstream: Option<&StreamReport>,
+) -> Result<Vec<InputInfo>, Stop> {
+    let p = &plan.pipeline;
+    let s = plan.def(ps);
+    let mut infos = Vec::new();
+    match &s.input {
+        InputRef::Source(name) => {
+            let t = p.source(&name.value).ok_or_else(|| {
+                Stop::failed(format!("unknown source `{}`", name.value)).at(Some(name.location.clone()))
+            })?;
+            let info = inputs::fingerprint_table("source", p, t)
+                .map_err(|e| Stop::failed(e.to_string()).at(Some(t.url.location.clone())))?;
+            infos.push(info);
+        }
+        InputRef::Stream(name) => {
+            let id = upstream.and_then(|u| u.batch_id.clone()).unwrap_or_default();
+            infos.push(InputInfo {
+                kind: "stream".into(),
+                name: name.value.clone(),
+                fingerprint: id.clone(),
+                files: vec![],
+                batch_id: Some(id),
+            });
+        }
+    }
+    let read: Vec<String> = ps.stages.iter().flat_map(|st| st.stage.tables()).collect();
+    for r in p.references.iter().filter(|r| read.contains(&r.name.value)) {
+        let info = inputs::fingerprint_table("reference", p, r)
+            .map_err(|e| Stop::failed(format!("reference `{}`: {e}", r.name.value)).at(Some(r.url.location.clone())))?;
+        infos.push(info);
+    }
+    Ok(infos)
+}
+
+/// Write the rows refused along the way, one file per origin (the input, each stage with
+/// `on_error: reject`, the contract, the organisation check), and count what came in and
+/// what stages removed. The taps are read first: writing the rejects runs parts of the
+/// plan again. A rejects file is computed only where its tap saw a refusal, or where no
+/// read was complete (a tap that cannot tell).
+async fn write_refusals(sp: StreamPlan, staging: &Staging) -> Result<Tally, Stop> {
+    let refused_by = |t: &Tap| t.complete().map(|c| c.flagged);
+    let maybe = |flagged: Option<u64>| flagged.is_none_or(|n| n > 0);
+    let input_rows = sp.input.rows_in();
+    let counts: Vec<_> = sp
+        .side
+        .take_counts()
+        .into_iter()
+        .map(|c| (refused_by(&c.tap), c))
+        .collect();
+    // (file, stage, rows)
+    let mut refused: Vec<(String, Option<String>, DataFrame)> = Vec::new();
+    if maybe(refused_by(&sp.input.tap))
+        && let Some(rows) = sp.input.rejects.clone()
+    {
+        refused.push(("input.parquet".into(), None, rows));
+    }
+    for r in sp.side.take_rejects() {
+        if maybe(refused_by(&r.tap)) {
+            let file = format!(
+                "stage-{}.parquet",
+                r.stage
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")
+            );
+            refused.push((file, Some(r.stage), r.rows));
+        }
+    }
+    for r in sp.refusals {
+        if maybe(refused_by(&r.tap)) {
+            refused.push((r.file.into(), None, r.rows));
+        }
+    }
+
+    let mut tally = Tally {
+        rows_in: 0,
+        rejected: 0,
+        samples: Vec::new(),
+        removed: Vec::new(),
+    };
+    let mut input_refused = 0;
+    for (file, stage, rows) in refused {
+        let (n, samples) = write::write_rejects(rows, &staging.rejects_dir().join(&file))
+            .await
+            .map_err(|e| Stop::failed(format!("writing refused rows to {file}: {e}")).in_stage(stage))?;
+        tally.rejected += n;
+        if file == "input.parquet" {
+            input_refused = n;
+        }
+        tally.samples.extend(samples);
+    }
+    // Rows in: the input tap's count when the plan read the input once; otherwise (a
+    // stage that reads its input twice, or materialises it) count again, exactly.
+    tally.rows_in = match input_rows {
+        Some(n) => n,
+        None => {
+            let n = sp
+                .input
+                .df
+                .clone()
+                .count()
+                .await
+                .map_err(|e| Stop::failed(format!("counting input rows: {}", e.strip_backtrace())))?;
+            n as u64 + input_refused
+        }
+    };
+    for (flagged, c) in counts {
+        let n = match flagged {
+            Some(n) => n,
+            None => {
+                let failed = |e: datafusion::error::DataFusionError| {
+                    Stop::failed(format!("counting removed rows: {}", e.strip_backtrace()))
+                        .in_stage(Some(c.stage.clone()))
+                };
+                let before = c.before.count().await.map_err(failed)?;
+                let after = c.after.count().await.map_err(failed)?;
+                (before - after) as u64
+            }
+        };
+        tally.removed.push((c.stage, c.what, n));
+    }
+    Ok(tally)
+}
+
+/// The batch's manifest, from what the run found and wrote.
+fn manifest(
+    plan: &Plan,
+    ps: &PlannedStream,
+    period: &Period,
+    id: BatchIdentity,
+    report: &StreamReport,
+    staging: &Staging,
+    organizations: BTreeMap<String, OrganizationPart>,
+) -> Manifest {
+    let p = &plan.pipeline;
+    let s: &StreamDef = plan.def(ps);
+    Manifest {
+        format: batches::FORMAT_VERSION,
+        batch_id: id.batch_id,
+        status: "committed".into(),
+        pipeline: p.id.value.clone(),
+        stream: s.id.value.clone(),
+        kind: s.kind.name().into(),
+        organization: s.owner.value.clone(),
+        tier: ps.tier.clone(),
+        period: PeriodInfo {
+            label: period.label.clone(),
+            start: period.start.to_string(),
+            end: period.end.to_string(),
+        },
+        inputs: id.inputs,
+        definition_fingerprint: id.definition,
+        schema: s
+            .output_columns()
+            .map(|c| batches::ColumnInfo {
+                name: c.name.value.clone(),
+                ty: c.ty.to_string(),
+                nullable: c.nullable,
+            })
+            .collect(),
+        rows: report.rows_out,
+        rows_in: report.rows_in,
+        rows_rejected: report.rows_rejected,
+        control_totals: report.control_totals.clone(),
+        files: staging.files(batches::DATA_DIR).unwrap_or_default(),
+        rejects: staging.files(batches::REJECTS_DIR).unwrap_or_default(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        billflow_version: env!("CARGO_PKG_VERSION").into(),
+        organizations,
+    }
+}

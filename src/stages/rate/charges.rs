@@ -1,0 +1,223 @@
+//! Phase 4 of rating: each group joins the bands of its plan (and version); each band
+//! contributes to the group's charge by the plan's model; the contributions add up to the
+//! charge, clamped to the plan's minimum and maximum and rounded once.
+
+use arrow::datatypes::DataType;
+use datafusion::common::JoinType;
+use datafusion::functions::expr_fn::{coalesce, concat_ws, greatest, least};
+use datafusion::functions_aggregate::expr_fn::{max, sum};
+use datafusion::logical_expr::{Expr, case, cast, when};
+use datafusion::prelude::{DataFrame, ident, lit};
+use datafusion::scalar::ScalarValue;
+
+use super::{Grouping, MODELS, ROLES, RateStage, dec, has_column, same};
+use crate::engine::money::{RoundingMode, round};
+use crate::engine::side::{OnError, apply_policy};
+use crate::stages::settings::plan_err;
+use crate::stages::{StageEnv, StageError};
+
+impl RateStage {
+    /// One row per group: its keys (the group names suffixed `c`), `__bf_charge`,
+    /// `__bf_commit`, `__bf_w`, `__bf_n` and its top line's sort keys. Held in memory:
+    /// both places that join it back would otherwise each aggregate the whole input again.
+    pub(super) async fn charges(
+        &self,
+        groups: DataFrame,
+        plans: &DataFrame,
+        g: &Grouping,
+        env: &StageEnv<'_>,
+    ) -> Result<DataFrame, StageError> {
+        let priced = self.join_bands(groups, plans, g)?;
+        let priced = priced
+            .select({
+                let mut c: Vec<Expr> = g.names.iter().map(ident).collect();
+                c.push(contribution(g.has_base)?.alias("__bf_contribution"));
+                c.extend(
+                    [
+                        "__bf_min_charge",
+                        "__bf_max_charge",
+                        "__bf_commitment",
+                        "__bf_model",
+                        "__bf_w",
+                        "__bf_n",
+                    ]
+                    .map(ident),
+                );
+                c.extend(g.tops.iter().map(ident));
+                c
+            })
+            .map_err(plan_err)?;
+        let unknown_model = ident("__bf_model")
+            .is_null()
+            .or(ident("__bf_model").in_list(MODELS.iter().map(|m| lit(*m)).collect(), true));
+        let model_reason = concat_ws(
+            lit(""),
+            vec![
+                lit("unknown pricing model '"),
+                coalesce(vec![ident("__bf_model"), lit("NULL")]),
+                lit(format!(
+                    "' in `{}` (known: {})",
+                    self.price_list.value,
+                    MODELS.join(", ")
+                )),
+            ],
+        );
+        let priced =
+            apply_policy(priced, OnError::Fail, unknown_model, model_reason, env.stage, env.side).map_err(plan_err)?;
+        let charges = self.sum_contributions(priced, g)?;
+        // (This read of the input is a complete one: the checkpoints in it count exactly.)
+        charges.cache().await.map_err(plan_err)
+    }
+
+    /// Each group with every band of its plan and version, under `__bf_<role>` names.
+    fn join_bands(&self, groups: DataFrame, plans: &DataFrame, g: &Grouping) -> Result<DataFrame, StageError> {
+        let dated = self.dated();
+        let price_column = |role: &str| -> Expr {
+            let c = self.col(role);
+            if has_column(plans, c) {
+                ident(c)
+            } else {
+                lit(ScalarValue::Null)
+            }
+        };
+        let mut band_cols: Vec<Expr> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, (_, k))| ident(k).alias(format!("__bf_pk{i}")))
+            .collect();
+        let version = if dated {
+            ident(self.col("valid_from"))
+        } else {
+            lit(ScalarValue::Null)
+        };
+        band_cols.push(version.alias("__bf_pv"));
+        let model = match &self.model {
+            Some(m) => lit(m.clone()),
+            None => cast(price_column("model"), DataType::Utf8),
+        };
+        band_cols.push(model.alias("__bf_model"));
+        for role in ROLES
+            .iter()
+            .copied()
+            .filter(|r| !matches!(*r, "model" | "valid_from" | "valid_to"))
+        {
+            band_cols.push(price_column(role).alias(format!("__bf_{role}")));
+        }
+        let bands = plans.clone().select(band_cols).map_err(plan_err)?;
+        let nk = self.group_by.len();
+        let mut on: Vec<Expr> = (0..self.keys.len())
+            .map(|i| ident(&g.names[nk + i]).eq(ident(format!("__bf_pk{i}"))))
+            .collect();
+        if dated {
+            on.push(same(ident(&g.names[g.names.len() - 1]), ident("__bf_pv")));
+        }
+        groups.join_on(bands, JoinType::Inner, on).map_err(plan_err)
+    }
+
+    /// The groups' charges: contributions summed, clamped and rounded.
+    fn sum_contributions(&self, priced: DataFrame, g: &Grouping) -> Result<DataFrame, StageError> {
+        let charges = priced
+            .aggregate(
+                g.names.iter().map(ident).collect(),
+                vec![
+                    sum(ident("__bf_contribution")).alias("__bf_raw"),
+                    max(ident("__bf_min_charge")).alias("__bf_min"),
+                    max(ident("__bf_max_charge")).alias("__bf_max"),
+                    max(ident("__bf_commitment")).alias("__bf_commit"),
+                    // Constant within the group: its weight and line count, for allocation.
+                    max(ident("__bf_w")).alias("__bf_gw"),
+                    max(ident("__bf_n")).alias("__bf_gn"),
+                ]
+                .into_iter()
+                // Aliased apart from the input's name (DataFusion refuses `max(x) AS x`
+                // here as a duplicate field), and named back below.
+                .chain(g.tops.iter().map(|t| max(ident(t)).alias(format!("{t}m"))))
+                .collect(),
+            )
+            .map_err(plan_err)?;
+        let low = greatest(vec![
+            ident("__bf_raw"),
+            coalesce(vec![ident("__bf_min"), ident("__bf_raw")]),
+        ]);
+        let clamped = least(vec![low.clone(), coalesce(vec![ident("__bf_max"), low])]);
+        charges
+            .select({
+                let mut c: Vec<Expr> = g.names.iter().map(|n| ident(n).alias(format!("{n}c"))).collect();
+                c.push(round(clamped, self.scale, self.mode).alias("__bf_charge"));
+                c.push(ident("__bf_commit"));
+                c.push(ident("__bf_gw").alias("__bf_w"));
+                c.push(ident("__bf_gn").alias("__bf_n"));
+                c.extend(g.tops.iter().map(|t| ident(format!("{t}m")).alias(t)));
+                c
+            })
+            .map_err(plan_err)
+    }
+}
+
+/// What one band adds to its group's charge, by the plan's model, over the group's
+/// quantity `__bf_q` (or base amount `__bf_a`, with `has_base`).
+fn contribution(has_base: bool) -> Result<Expr, StageError> {
+    let zero = dec(0, 0);
+    let from = coalesce(vec![ident("__bf_band_from"), zero.clone()]);
+    let to = ident("__bf_band_to");
+    let free = coalesce(vec![ident("__bf_free_units"), zero.clone()]);
+    let price = coalesce(vec![ident("__bf_unit_price"), zero.clone()]);
+    let fee = coalesce(vec![ident("__bf_flat_fee"), zero.clone()]);
+    let qv = ident("__bf_q");
+    // Free units come off the top; a net credit (negative quantity) keeps its sign.
+    let billable = when(qv.clone().lt(zero.clone()), qv.clone())
+        .when(qv.clone().gt(free.clone()), qv.clone() - free.clone())
+        .otherwise(zero.clone())
+        .map_err(plan_err)?;
+    let in_band = |x: Expr| {
+        least(vec![
+            greatest(vec![x.clone() - from.clone(), zero.clone()]),
+            // An open-ended top band holds everything above its start.
+            coalesce(vec![
+                to.clone() - from.clone(),
+                greatest(vec![x - from.clone(), zero.clone()]),
+            ]),
+        ])
+    };
+    let reached = |x: Expr| {
+        x.clone()
+            .gt_eq(from.clone())
+            .and(to.clone().is_null().or(x.lt(to.clone())))
+    };
+    let otherwise_zero = |cond: Expr, then: Expr| when(cond, then).otherwise(zero.clone()).map_err(plan_err);
+    let block = ident("__bf_block_size");
+    // Started blocks of a positive quantity; a net credit buys no blocks.
+    let blocks = {
+        let billable = greatest(vec![billable.clone(), zero.clone()]);
+        let whole = round(billable.clone() / block.clone(), 0, RoundingMode::Down);
+        whole.clone() + otherwise_zero((whole * block).lt(billable), dec(1, 0))?
+    };
+    let amount = coalesce(vec![ident(if has_base { "__bf_a" } else { "__bf_q" }), zero.clone()]);
+    let pct = coalesce(vec![ident("__bf_percent"), zero.clone()]);
+    // A negative base (a refund) is credited at the first band's percent.
+    let percentage = when(
+        amount.clone().lt(zero.clone()),
+        otherwise_zero(from.clone().eq(zero.clone()), amount.clone() * pct.clone())?,
+    )
+    .otherwise(in_band(amount.clone()) * pct + otherwise_zero(amount.gt(from.clone()), fee.clone())?)
+    .map_err(plan_err)?;
+    case(ident("__bf_model"))
+        .when(lit("flat"), fee.clone())
+        .when(lit("per_unit"), billable.clone() * price.clone() + fee.clone())
+        .when(
+            lit("tiered"),
+            in_band(billable.clone()) * price.clone() + otherwise_zero(billable.clone().gt(from.clone()), fee.clone())?,
+        )
+        .when(
+            lit("volume"),
+            otherwise_zero(
+                reached(billable.clone()),
+                billable.clone() * price.clone() + fee.clone(),
+            )?,
+        )
+        .when(lit("package"), blocks * price + fee)
+        .when(lit("percentage"), percentage)
+        .end()
+        .map_err(plan_err)
+}
