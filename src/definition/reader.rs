@@ -251,6 +251,11 @@ impl<'n> Fields<'n> {
         }
     }
 
+    /// The keys read so far.
+    pub fn used(&self) -> impl Iterator<Item = &str> {
+        self.used.iter().map(String::as_str)
+    }
+
     /// Report every key not read and not in `also_allowed`, suggesting the closest valid key.
     pub fn finish(self, r: &mut Reader, also_allowed: &[&str]) {
         let mut valid: Vec<&str> = self.used.iter().map(|s| s.as_str()).collect();

@@ -181,7 +181,14 @@ fn build_stage(def: &StageDef, r: &mut Reader, ctx: &BuildContext) -> Option<Pla
     let _ = f.get("description");
     let stage = kind.build(&mut f, r, ctx);
     let mut allowed: Vec<&str> = stages::COMMON_KEYS.to_vec();
-    allowed.extend_from_slice(kind.keys());
+    allowed.extend(kind.keys());
+    // A kind reads only the keys it declares: its declaration is what the docs show and
+    // what the reader accepts. (A key read but not declared is a bug in the kind.)
+    debug_assert!(
+        f.used().all(|k| allowed.contains(&k)),
+        "stage kind `{}` read an undeclared key (declared: {allowed:?})",
+        kind.name()
+    );
     f.finish(r, &allowed);
     Some(PlannedStage {
         name: def.name.clone(),

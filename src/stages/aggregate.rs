@@ -9,8 +9,33 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::DataFrame;
 
 use super::settings::{existing, plan_err};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+
+/// The settings of `kind: aggregate`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["group_by"],
+        ty: "list of column names",
+        required: "yes",
+        default: "",
+        doc: "the columns that identify a billing line",
+    },
+    Setting {
+        keys: &["sum"],
+        ty: "list of column names",
+        required: "one of `sum` / `aggregations` (or both)",
+        default: "",
+        doc: "sum each column into a column of the same name",
+    },
+    Setting {
+        keys: &["aggregations"],
+        ty: "list of `{ function, column, as }`",
+        required: "one of `sum` / `aggregations`",
+        default: "",
+        doc: "`function`: `sum`, `count`, `count_distinct`, `min`, `max`; `as`: the output column",
+    },
+];
 
 pub struct AggregateKind;
 
@@ -33,8 +58,8 @@ impl StageKind for AggregateKind {
     fn name(&self) -> &'static str {
         "aggregate"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["group_by", "sum", "aggregations"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let group_by = f

@@ -16,10 +16,98 @@ use datafusion::scalar::ScalarValue;
 
 use super::reference::{Join, MATCHES, join_reference};
 use super::settings::{all_but, existing, plan_err, read_rounding, read_scale};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::{RoundingMode, mul_round};
 use crate::engine::side::{OnError, apply_policy};
+
+/// The settings of `kind: convert_currency`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["amount"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the decimal amount",
+    },
+    Setting {
+        keys: &["from", "from_column"],
+        ty: "currency code / column name",
+        required: "exactly one",
+        default: "",
+        doc: "the source currency: a fixed code (upper-cased) or a column holding it",
+    },
+    Setting {
+        keys: &["to", "to_column"],
+        ty: "currency code / column name",
+        required: "exactly one",
+        default: "",
+        doc: "the target currency",
+    },
+    Setting {
+        keys: &["rates"],
+        ty: "reference name",
+        required: "yes",
+        default: "",
+        doc: "the exchange-rate reference",
+    },
+    Setting {
+        keys: &["rate_columns"],
+        ty: "mapping",
+        required: "no",
+        default: "`from_currency`, `to_currency`, `rate`, `valid_from`, `valid_to`",
+        doc: "the reference's column names, under those keys",
+    },
+    Setting {
+        keys: &["date"],
+        ty: "column name",
+        required: "one of `date` / `rate_date`",
+        default: "",
+        doc: "the rate valid on each row's date",
+    },
+    Setting {
+        keys: &["rate_date"],
+        ty: "`period_end`",
+        required: "one of `date` / `rate_date`",
+        default: "",
+        doc: "the closing rate: valid on the period's last day (the day before `{{ period_end }}`)",
+    },
+    Setting {
+        keys: &["output"],
+        ty: "column name",
+        required: "no",
+        default: "`amount` (replaced)",
+        doc: "the converted amount",
+    },
+    Setting {
+        keys: &["rate_output"],
+        ty: "column name",
+        required: "no",
+        default: "none",
+        doc: "also write the rate used",
+    },
+    Setting {
+        keys: &["scale"],
+        ty: "0-38",
+        required: "no",
+        default: "`5`",
+        doc: "decimal places of the result",
+    },
+    Setting {
+        keys: &["rounding"],
+        ty: "rounding mode",
+        required: "no",
+        default: "`half_even`",
+        doc: "see [Money and rounding](#money-and-rounding)",
+    },
+    Setting {
+        keys: &["on_missing_rate"],
+        ty: "`fail`, `reject`",
+        required: "no",
+        default: "`fail`",
+        doc: "a non-NULL amount with no rate for its pair and date",
+    },
+];
 
 pub struct ConvertCurrencyKind;
 
@@ -73,23 +161,8 @@ impl StageKind for ConvertCurrencyKind {
     fn name(&self) -> &'static str {
         "convert_currency"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &[
-            "amount",
-            "from",
-            "from_column",
-            "to",
-            "to_column",
-            "rates",
-            "rate_columns",
-            "date",
-            "rate_date",
-            "output",
-            "rate_output",
-            "scale",
-            "rounding",
-            "on_missing_rate",
-        ]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let amount = f.required_text(r, "amount", "the column holding the amount to convert");

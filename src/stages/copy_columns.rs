@@ -11,9 +11,34 @@ use datafusion::logical_expr::{cast, try_cast, when};
 use datafusion::prelude::{DataFrame, lit};
 
 use super::settings::{all_but, column_type, existing, plan_err};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{ColumnType, Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy};
+
+/// The settings of `kind: copy_columns`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["columns"],
+        ty: "list of `{ from, to, type }`",
+        required: "yes",
+        default: "",
+        doc: "`from`: an existing column; `to`: the new name; `type` (optional): the column type to convert to",
+    },
+    Setting {
+        keys: &["rename"],
+        ty: "boolean",
+        required: "no",
+        default: "`false`",
+        doc: "move instead of copy",
+    },
+    Setting {
+        keys: &["on_error"],
+        ty: "`fail`, `reject`, `null`",
+        required: "no",
+        default: "`fail`",
+        doc: "a non-NULL value that does not convert to `type`",
+    },
+];
 
 pub struct CopyColumnsKind;
 
@@ -35,8 +60,8 @@ impl StageKind for CopyColumnsKind {
     fn name(&self) -> &'static str {
         "copy_columns"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["columns", "rename", "on_error"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let rename = f.bool_or(r, "rename", false);

@@ -9,9 +9,48 @@ use datafusion::prelude::{DataFrame, lit};
 use marked_yaml::Node;
 
 use super::settings::{existing, plan_err, sql_expr};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::side::remove_rows;
+
+/// The settings of `kind: filter`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["condition"],
+        ty: "SQL predicate",
+        required: "one of `condition` / `column`",
+        default: "",
+        doc: "keep the rows where it is true; when given, column tests are not read",
+    },
+    Setting {
+        keys: &["column"],
+        ty: "column name",
+        required: "one of `condition` / `column`",
+        default: "",
+        doc: "the column tested; needs exactly one test below",
+    },
+    Setting {
+        keys: &["equals", "not_equals"],
+        ty: "value",
+        required: "one test",
+        default: "",
+        doc: "`column = value`, `column <> value`",
+    },
+    Setting {
+        keys: &["in", "not_in"],
+        ty: "list of values",
+        required: "one test",
+        default: "",
+        doc: "`column IN (...)`, `column NOT IN (...)`",
+    },
+    Setting {
+        keys: &["gt", "gte", "lt", "lte"],
+        ty: "value",
+        required: "one test",
+        default: "",
+        doc: "`>`, `>=`, `<`, `<=`",
+    },
+];
 
 pub struct FilterKind;
 
@@ -50,19 +89,8 @@ impl StageKind for FilterKind {
     fn name(&self) -> &'static str {
         "filter"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &[
-            "condition",
-            "column",
-            "equals",
-            "in",
-            "not_in",
-            "gt",
-            "gte",
-            "lt",
-            "lte",
-            "not_equals",
-        ]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         if let Some(c) = f.text(r, "condition") {

@@ -19,9 +19,34 @@ use datafusion::scalar::ScalarValue;
 use marked_yaml::Node;
 
 use super::settings::{existing, plan_err};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind, TemplateVars};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind, TemplateVars};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy};
+
+/// The settings of `kind: focus`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["columns"],
+        ty: "mapping FOCUS column -> column name or `{ value: <constant> }`",
+        required: "yes",
+        default: "",
+        doc: "must map `BilledCost`, `BillingCurrency` and `BillingAccountId`; a key that is not one of the columns below is an error",
+    },
+    Setting {
+        keys: &["keep"],
+        ty: "list of column names",
+        required: "no",
+        default: "`[]`",
+        doc: "stream columns also published, each as `x_<name>` after the FOCUS columns",
+    },
+    Setting {
+        keys: &["on_error"],
+        ty: "`fail`, `reject`",
+        required: "no",
+        default: "`fail`",
+        doc: "a row that breaks a FOCUS rule",
+    },
+];
 
 pub struct FocusKind;
 
@@ -109,8 +134,8 @@ impl StageKind for FocusKind {
     fn name(&self) -> &'static str {
         "focus"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["columns", "keep", "on_error"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let on_error = super::settings::on_error(f, r, "on_error", &[OnError::Fail, OnError::Reject], OnError::Fail);

@@ -12,9 +12,55 @@ use datafusion::logical_expr::{cast, try_cast, when};
 use datafusion::prelude::{DataFrame, lit};
 
 use super::settings::{all_but, column_type, plan_err, sql_expr};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{ColumnType, Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy, remove_rows};
+
+/// The settings of `kind: formula`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["outputs"],
+        ty: "list",
+        required: "one of `outputs` / `drop_when` (or both)",
+        default: "",
+        doc: "the computed columns",
+    },
+    Setting {
+        keys: &["outputs[].name"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the output column",
+    },
+    Setting {
+        keys: &["outputs[].type"],
+        ty: "column type",
+        required: "yes",
+        default: "",
+        doc: r#"e.g. `"decimal(18,4)"`, `string`, `boolean`"#,
+    },
+    Setting {
+        keys: &["outputs[].expr"],
+        ty: "SQL expression",
+        required: "yes",
+        default: "",
+        doc: "e.g. `quantity * unit_price`",
+    },
+    Setting {
+        keys: &["outputs[].on_error"],
+        ty: "`fail`, `reject`, `null`",
+        required: "no",
+        default: "`fail`",
+        doc: "the value does not convert to `type`",
+    },
+    Setting {
+        keys: &["drop_when"],
+        ty: "SQL predicate",
+        required: "one of `outputs` / `drop_when`",
+        default: "",
+        doc: "rows where it is true are removed (counted); NULL keeps the row",
+    },
+];
 
 pub struct FormulaKind;
 
@@ -36,8 +82,8 @@ impl StageKind for FormulaKind {
     fn name(&self) -> &'static str {
         "formula"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["outputs", "drop_when"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let drop_when = f.text(r, "drop_when");

@@ -13,11 +13,85 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use marked_yaml::Node;
 
 use super::settings::{all_but, existing, plan_err};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy};
 
 use super::reference::{Join, MATCHES, join_reference, key_list};
+
+/// The settings of `kind: lookup`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["reference"],
+        ty: "reference name",
+        required: "yes",
+        default: "",
+        doc: "the reference table",
+    },
+    Setting {
+        keys: &["keys"],
+        ty: "list",
+        required: "yes",
+        default: "",
+        doc: "each a column name present in both, or `{ column, reference_column }`",
+    },
+    Setting {
+        keys: &["columns"],
+        ty: "list",
+        required: "yes",
+        default: "",
+        doc: "reference columns to add: a name, or `{ column, as }`; an added column replaces a stream column of the same name",
+    },
+    Setting {
+        keys: &["date"],
+        ty: "column name",
+        required: "no",
+        default: "none: not dated",
+        doc: "the row's date; makes the lookup effective-dated",
+    },
+    Setting {
+        keys: &["valid_from"],
+        ty: "reference column",
+        required: "no",
+        default: "`valid_from`",
+        doc: "inclusive start of validity",
+    },
+    Setting {
+        keys: &["valid_to"],
+        ty: "reference column",
+        required: "no",
+        default: "`valid_to`",
+        doc: "exclusive end; NULL = still valid",
+    },
+    Setting {
+        keys: &["order_by"],
+        ty: "reference column",
+        required: "for `first`/`last` without `date`",
+        default: "`valid_from` with `date`",
+        doc: "decides `first` (smallest) and `last` (largest)",
+    },
+    Setting {
+        keys: &["on_missing"],
+        ty: "`fail`, `null`, `reject`",
+        required: "no",
+        default: "`fail`; with `defaults`: fill them in",
+        doc: "no reference row matches",
+    },
+    Setting {
+        keys: &["defaults"],
+        ty: "mapping added column -> value",
+        required: "no",
+        default: "",
+        doc: "values for rows that match nothing; each names an added column, cast to its type",
+    },
+    Setting {
+        keys: &["on_multiple"],
+        ty: "`fail`, `reject`, `first`, `last`",
+        required: "no",
+        default: "`fail`",
+        doc: "several reference rows match",
+    },
+];
 
 pub struct LookupKind;
 
@@ -68,19 +142,8 @@ impl StageKind for LookupKind {
     fn name(&self) -> &'static str {
         "lookup"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &[
-            "reference",
-            "keys",
-            "columns",
-            "date",
-            "valid_from",
-            "valid_to",
-            "order_by",
-            "on_missing",
-            "defaults",
-            "on_multiple",
-        ]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let reference = f.required_text(r, "reference", "the name of a reference table");

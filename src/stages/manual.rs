@@ -14,8 +14,33 @@ use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{CsvReadOptions, DataFrame};
 
 use super::settings::plan_err;
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind, TemplateVars};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind, TemplateVars};
 use crate::definition::{Fields, Reader, Text};
+
+/// The settings of `kind: manual`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["export"],
+        ty: "path",
+        required: "yes",
+        default: "",
+        doc: "where to write the rows to review, e.g. `manual/{{ stream }}-{{ period }}-to-review.csv`",
+    },
+    Setting {
+        keys: &["resume"],
+        ty: "path",
+        required: "yes",
+        default: "",
+        doc: "where the reviewed rows will be, e.g. `manual/{{ stream }}-{{ period }}-reviewed.csv`",
+    },
+    Setting {
+        keys: &["instructions"],
+        ty: "string",
+        required: "no",
+        default: "none",
+        doc: "added to the waiting message",
+    },
+];
 
 pub struct ManualKind;
 
@@ -31,8 +56,8 @@ impl StageKind for ManualKind {
     fn name(&self) -> &'static str {
         "manual"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["export", "resume", "instructions"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let export = f.required_text(

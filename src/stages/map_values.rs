@@ -12,9 +12,55 @@ use datafusion::logical_expr::{Expr, case, cast};
 use datafusion::prelude::{DataFrame, lit};
 
 use super::settings::{all_but, existing, plan_err};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy};
+
+/// The settings of `kind: map_values`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["column"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the column whose values are mapped",
+    },
+    Setting {
+        keys: &["output"],
+        ty: "column name",
+        required: "no",
+        default: "`column` (replaced)",
+        doc: "where the mapped value goes",
+    },
+    Setting {
+        keys: &["values"],
+        ty: "mapping from -> to",
+        required: "one of `values` / `file` (or both)",
+        default: "",
+        doc: "inline pairs",
+    },
+    Setting {
+        keys: &["file"],
+        ty: "path",
+        required: "one of `values` / `file`",
+        default: "",
+        doc: "a CSV relative to the pipeline file: first line exactly `from,to`, each line split at its first comma (no quoting), blank lines skipped; read at `validate`, and part of the batch id",
+    },
+    Setting {
+        keys: &["unmapped"],
+        ty: "`keep`, `default`, `null`, `reject`, `fail`",
+        required: "no",
+        default: "`keep`, or `default` when `default` is given",
+        doc: "what an unmapped value becomes",
+    },
+    Setting {
+        keys: &["default"],
+        ty: "string",
+        required: "with `unmapped: default`",
+        default: "",
+        doc: "the value for unmapped values",
+    },
+];
 
 pub struct MapValuesKind;
 
@@ -80,8 +126,8 @@ impl StageKind for MapValuesKind {
     fn name(&self) -> &'static str {
         "map_values"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["column", "output", "values", "file", "unmapped", "default"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let column = f.required_text(r, "column", "the column whose values are mapped");

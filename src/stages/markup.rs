@@ -16,10 +16,70 @@ use datafusion::scalar::ScalarValue;
 use super::reference::{Join, MATCHES, join_reference, key_list};
 use super::settings::{all_but, existing, plan_err};
 use super::settings::{read_rounding, read_scale};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::{RoundingMode, div_round, mul_round, round};
 use crate::engine::side::{OnError, apply_policy};
+
+/// The settings shared by `markup`, `discount` and `margin`, as their docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["column"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the cost (decimal or integer)",
+    },
+    Setting {
+        keys: &["output"],
+        ty: "column name",
+        required: "no",
+        default: "`column` (replaced)",
+        doc: "the price",
+    },
+    Setting {
+        keys: &["rate"],
+        ty: "decimal text",
+        required: "exactly one of `rate` / `amount` / `rules`",
+        default: "",
+        doc: "a fraction, e.g. `0.12`; read as an exact decimal. For `margin`: from 0 up to, not including, 1",
+    },
+    Setting {
+        keys: &["amount"],
+        ty: "decimal text",
+        required: "exactly one",
+        default: "",
+        doc: "a fixed amount added (`markup`) or taken off (`discount`); not for `margin`",
+    },
+    Setting {
+        keys: &["rules"],
+        ty: "`{ reference, keys, rate_column }`",
+        required: "exactly one",
+        default: "",
+        doc: "the rule table, its keys (a name, or `{ column, reference_column }`) and the column holding the rate",
+    },
+    Setting {
+        keys: &["scale"],
+        ty: "0-38",
+        required: "no",
+        default: "`4`",
+        doc: "decimal places of the price",
+    },
+    Setting {
+        keys: &["rounding"],
+        ty: "rounding mode",
+        required: "no",
+        default: "`half_even`",
+        doc: "see [Money and rounding](#money-and-rounding)",
+    },
+    Setting {
+        keys: &["on_missing_rule"],
+        ty: "`fail`, `reject`, `skip`",
+        required: "no",
+        default: "`fail`",
+        doc: "with `rules`: no rule row matches the row's keys",
+    },
+];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pricing {
@@ -166,17 +226,8 @@ macro_rules! kind {
             fn name(&self) -> &'static str {
                 $name
             }
-            fn keys(&self) -> &'static [&'static str] {
-                &[
-                    "column",
-                    "output",
-                    "rate",
-                    "amount",
-                    "rules",
-                    "scale",
-                    "rounding",
-                    "on_missing_rule",
-                ]
+            fn settings(&self) -> &'static [Setting] {
+                SETTINGS
             }
             fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
                 build($p, f, r)

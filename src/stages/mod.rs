@@ -64,12 +64,57 @@ pub fn kind_names() -> Vec<&'static str> {
 /// Keys every stage accepts, whatever its kind.
 pub const COMMON_KEYS: &[&str] = &["kind", "name", "description"];
 
-/// A kind of stage: parses its settings and builds the stage.
+/// One setting of a stage kind, declared once: the keys it names (keys that share a row
+/// of the docs, such as `gt`, `gte`, `lt`, `lte`), their type, whether they are required,
+/// the default and the meaning. The pipeline reader accepts exactly the declared keys
+/// (plus [`COMMON_KEYS`]); the kind's table in the docs is rendered from the declaration
+/// ([`settings_table`]) and a test keeps the two equal. A key written as a path, such as
+/// `outputs[].name` or `reconcile.group_by`, documents a key inside another setting's value:
+/// it is shown in the table but is not a key of the stage ([`StageKind::keys`] leaves it out).
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    pub keys: &'static [&'static str],
+    pub ty: &'static str,
+    /// `yes`, empty, or a condition such as ``one of `query` / `file` ``.
+    pub required: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// A kind's settings as the Markdown table its docs section shows.
+pub fn settings_table(settings: &[Setting]) -> String {
+    let mut out = String::from("| key | type | required | default | meaning |\n|---|---|---|---|---|\n");
+    for s in settings {
+        let keys: Vec<String> = s.keys.iter().map(|k| format!("`{k}`")).collect();
+        let keys = keys.join(", ");
+        for cell in [keys.as_str(), s.ty, s.required, s.default, s.doc] {
+            // `| text ` per cell; an empty one is `| ` (so `| |`), as the docs write it.
+            out.push_str("| ");
+            if !cell.is_empty() {
+                out.push_str(cell);
+                out.push(' ');
+            }
+        }
+        out.push_str("|\n");
+    }
+    out
+}
+
+/// A kind of stage: declares its settings, reads them and builds the stage.
 pub trait StageKind: Send + Sync {
     /// The `kind:` value in the pipeline file.
     fn name(&self) -> &'static str;
-    /// The kind's own keys (besides [`COMMON_KEYS`]).
-    fn keys(&self) -> &'static [&'static str];
+    /// The kind's own settings (besides [`COMMON_KEYS`]): the one declaration of its keys.
+    fn settings(&self) -> &'static [Setting];
+    /// The keys the settings name (not the keys inside a setting's value, such as
+    /// `reconcile.group_by`).
+    fn keys(&self) -> Vec<&'static str> {
+        self.settings()
+            .iter()
+            .flat_map(|s| s.keys.iter().copied())
+            .filter(|k| !k.contains(['.', '[']))
+            .collect()
+    }
     /// Read the settings; report problems through `r` (with locations) and return None.
     fn build(&self, settings: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>>;
 }

@@ -10,9 +10,18 @@ use datafusion::prelude::DataFrame;
 use marked_yaml::Node;
 use polars::prelude as pl;
 
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::interop;
+
+/// The settings of `kind: polars`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[Setting {
+    keys: &["ops"],
+    ty: "list",
+    required: "yes",
+    default: "",
+    doc: "Polars lazy operations, run in order; at least one",
+}];
 
 pub struct PolarsKind;
 
@@ -22,8 +31,8 @@ impl StageKind for PolarsKind {
     fn name(&self) -> &'static str {
         "polars"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["ops"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let ops_node = f.require(r, "ops", "a list of operations such as `- filter: \"quantity > 0\"`")?;

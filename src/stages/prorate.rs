@@ -14,9 +14,69 @@ use datafusion::prelude::{DataFrame, lit};
 
 use super::settings::{all_but, existing, plan_err};
 use super::settings::{read_rounding, read_scale};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::{RoundingMode, div_round};
+
+/// The settings of `kind: prorate`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["amount"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the full-period charge (a decimal column)",
+    },
+    Setting {
+        keys: &["start"],
+        ty: "column name",
+        required: "one of `start` / `end` (or both)",
+        default: "none: the period's start",
+        doc: "when the row became active, inclusive; NULL = the period's start",
+    },
+    Setting {
+        keys: &["end"],
+        ty: "column name",
+        required: "one of `start` / `end`",
+        default: "none: the period's end",
+        doc: "when it stopped, exclusive; NULL = the period's end",
+    },
+    Setting {
+        keys: &["by"],
+        ty: "`days`, `seconds`",
+        required: "no",
+        default: "`days`",
+        doc: "the unit of `active` and `length`",
+    },
+    Setting {
+        keys: &["output"],
+        ty: "column name",
+        required: "no",
+        default: "`amount` (replaced)",
+        doc: "the prorated charge",
+    },
+    Setting {
+        keys: &["active_output"],
+        ty: "column name",
+        required: "no",
+        default: "none",
+        doc: "also write the active days (or seconds)",
+    },
+    Setting {
+        keys: &["scale"],
+        ty: "0-38",
+        required: "no",
+        default: "`4`",
+        doc: "decimal places of the result",
+    },
+    Setting {
+        keys: &["rounding"],
+        ty: "rounding mode",
+        required: "no",
+        default: "`half_even`",
+        doc: "see [Money and rounding](#money-and-rounding)",
+    },
+];
 
 pub struct ProrateKind;
 
@@ -36,17 +96,8 @@ impl StageKind for ProrateKind {
     fn name(&self) -> &'static str {
         "prorate"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &[
-            "amount",
-            "start",
-            "end",
-            "by",
-            "output",
-            "active_output",
-            "scale",
-            "rounding",
-        ]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let amount = f.required_text(r, "amount", "the full-period charge column");

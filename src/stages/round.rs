@@ -13,9 +13,55 @@ use datafusion::prelude::{DataFrame, ident};
 
 use super::settings::{all_but, existing, plan_err};
 use super::settings::{read_rounding, read_scale};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::{RoundingMode, distribute_residue, round};
+
+/// The settings of `kind: round`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["columns"],
+        ty: "list of column names",
+        required: "yes",
+        default: "",
+        doc: "`Decimal128` or integer columns; any other type is an error at `validate`",
+    },
+    Setting {
+        keys: &["scale"],
+        ty: "0-38",
+        required: "yes",
+        default: "",
+        doc: "decimal places; no default, since money rounding is a contract decision",
+    },
+    Setting {
+        keys: &["mode"],
+        ty: "rounding mode",
+        required: "no",
+        default: "`half_even`",
+        doc: "see [Money and rounding](#money-and-rounding)",
+    },
+    Setting {
+        keys: &["reconcile"],
+        ty: "mapping",
+        required: "no",
+        default: "none: each value rounded alone",
+        doc: "penny reconciliation",
+    },
+    Setting {
+        keys: &["reconcile.group_by"],
+        ty: "list of column names",
+        required: "no",
+        default: "`[]`: the whole table is one group",
+        doc: "the groups whose totals are kept",
+    },
+    Setting {
+        keys: &["reconcile.order_by"],
+        ty: "list of column names",
+        required: "no",
+        default: "`[]`",
+        doc: "tie-break between lines of equal absolute amount",
+    },
+];
 
 pub struct RoundKind;
 
@@ -37,8 +83,8 @@ impl StageKind for RoundKind {
     fn name(&self) -> &'static str {
         "round"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["columns", "scale", "mode", "reconcile"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let columns = f

@@ -11,8 +11,33 @@ use datafusion::logical_expr::{cast, when};
 use datafusion::prelude::{DataFrame, lit};
 
 use super::settings::{all_but, existing, plan_err};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+
+/// The settings of `kind: split_column`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["column"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the column to split (cast to text)",
+    },
+    Setting {
+        keys: &["pattern"],
+        ty: "regular expression",
+        required: "yes",
+        default: "",
+        doc: "with capture groups, numbered or named `(?P<name>...)`",
+    },
+    Setting {
+        keys: &["outputs"],
+        ty: "list of column names",
+        required: "no",
+        default: "the named groups, each into a column of its name",
+        doc: "the n-th name takes capture group n; more names than groups is an error",
+    },
+];
 
 pub struct SplitColumnKind;
 
@@ -28,8 +53,8 @@ impl StageKind for SplitColumnKind {
     fn name(&self) -> &'static str {
         "split_column"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["column", "pattern", "outputs"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let column = f.required_text(r, "column", "the column to split");

@@ -10,8 +10,26 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::DataFrame;
 
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Location, Reader, SourceFile};
+
+/// The settings of `kind: sql`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["query"],
+        ty: "string",
+        required: "one of `query`/`file`",
+        default: "",
+        doc: r#"the SQL text, inline (block scalars `query: \|` are fine)"#,
+    },
+    Setting {
+        keys: &["file"],
+        ty: "path",
+        required: "one of `query`/`file`",
+        default: "",
+        doc: "a file holding the SQL, relative to the pipeline file",
+    },
+];
 
 pub struct SqlKind;
 
@@ -19,8 +37,8 @@ impl StageKind for SqlKind {
     fn name(&self) -> &'static str {
         "sql"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &["query", "file"]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let query = f.text(r, "query");

@@ -235,3 +235,79 @@ fn every_stage_kind_has_a_docs_section_and_a_case() {
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
+
+/// Each `kind:` section's settings table, from the first `| key |` line to the end of the
+/// table: (doc file, kinds the heading names, first line, line after the table).
+fn settings_tables(doc: &str, text: &str) -> Vec<(String, Vec<String>, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let heading = line.trim_start_matches('#');
+        let Some(names) = (heading.len() < line.len())
+            .then(|| heading.trim().strip_prefix("kind:"))
+            .flatten()
+        else {
+            continue;
+        };
+        let kinds: Vec<String> = names.split(',').map(|n| n.trim().to_string()).collect();
+        let section_end = (i + 1..lines.len())
+            .find(|j| lines[*j].starts_with('#'))
+            .unwrap_or(lines.len());
+        let Some(start) = (i + 1..section_end).find(|j| lines[*j].starts_with("| key |")) else {
+            out.push((doc.to_string(), kinds, section_end, section_end));
+            continue;
+        };
+        let end = (start..section_end)
+            .find(|j| !lines[*j].starts_with('|'))
+            .unwrap_or(section_end);
+        out.push((doc.to_string(), kinds, start, end));
+    }
+    out
+}
+
+#[test]
+fn every_kind_documents_the_settings_it_declares() {
+    let bless = std::env::var_os("BILLFLOW_BLESS").is_some();
+    let mut problems = Vec::new();
+    for doc in ["docs/transformations.md", "docs/pipeline-reference.md"] {
+        let path = repo().join(doc);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        // From the last section up, so earlier line numbers stay valid while rewriting.
+        for (doc, kinds, start, end) in settings_tables(doc, &text).into_iter().rev() {
+            let tables: Vec<String> = kinds
+                .iter()
+                .filter_map(|k| billflow::stages::kind(k))
+                .map(|k| billflow::stages::settings_table(k.settings()))
+                .collect();
+            let Some(want) = tables.first() else { continue };
+            if tables.iter().any(|t| t != want) {
+                problems.push(format!(
+                    "{doc}: the kinds {kinds:?} share a section but not their settings"
+                ));
+                continue;
+            }
+            let got: String = lines[start..end].iter().map(|l| format!("{l}\n")).collect();
+            if &got != want {
+                if bless {
+                    lines.splice(start..end, want.lines().map(str::to_string));
+                } else {
+                    problems.push(format!(
+                        "{doc}:{}: the settings table of {kinds:?} differs from their declaration \
+                         (BILLFLOW_BLESS=1 rewrites it):\n{}",
+                        start + 1,
+                        first_difference(want, &got)
+                    ));
+                }
+            }
+        }
+        if bless {
+            let mut new = lines.join("\n");
+            new.push('\n');
+            if new != text {
+                std::fs::write(&path, new).unwrap();
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

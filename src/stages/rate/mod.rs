@@ -37,10 +37,140 @@ mod versions;
 
 use super::reference::reference_table;
 use super::settings::{existing, read_rounding, read_scale};
-use super::{BuildContext, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::RoundingMode;
 use crate::engine::side::OnError;
+
+/// The settings of `kind: rate`, as its docs table shows them.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        keys: &["price_list"],
+        ty: "reference name",
+        required: "yes",
+        default: "",
+        doc: "the price list",
+    },
+    Setting {
+        keys: &["keys"],
+        ty: "list of column names",
+        required: "yes",
+        default: "",
+        doc: "the columns that pick a plan, e.g. `[sku]` or `[sku, region]`; present under the same names in the stream and the price list",
+    },
+    Setting {
+        keys: &["quantity"],
+        ty: "column name",
+        required: "yes",
+        default: "",
+        doc: "the usage quantity (for `count_distinct`: the column whose distinct values are counted)",
+    },
+    Setting {
+        keys: &["date"],
+        ty: "column name",
+        required: "no",
+        default: "none: not dated",
+        doc: "the line's date; picks the price version valid on it. Needs the price list's `valid_from`/`valid_to` columns",
+    },
+    Setting {
+        keys: &["group_by"],
+        ty: "list of column names",
+        required: "no",
+        default: "`[]`",
+        doc: "what a charge is per, besides the keys and the version, e.g. `[subscription_id]`",
+    },
+    Setting {
+        keys: &["aggregation"],
+        ty: "`sum`, `count`, `count_distinct`, `max`, `latest`, `time_weighted`",
+        required: "no",
+        default: "`sum`",
+        doc: "how a group's quantity is measured, see below",
+    },
+    Setting {
+        keys: &["duration"],
+        ty: "column name",
+        required: "with `time_weighted`",
+        default: "",
+        doc: "each line's duration (e.g. hours): quantity × duration is summed",
+    },
+    Setting {
+        keys: &["latest_by"],
+        ty: "column name",
+        required: "no",
+        default: "`date`",
+        doc: "with `aggregation: latest`: the column that orders a group's lines; the group's quantity is the last line's. `latest` needs `latest_by` or `date`",
+    },
+    Setting {
+        keys: &["base_amount"],
+        ty: "column name",
+        required: "no",
+        default: "none",
+        doc: "the amount `percentage` pricing applies to (summed per group); also the allocation weight",
+    },
+    Setting {
+        keys: &["model"],
+        ty: "`flat`, `per_unit`, `tiered`, `volume`, `package`, `percentage`",
+        required: "no",
+        default: "the price list's `model` column",
+        doc: "one model for every plan; without it each band row says its model",
+    },
+    Setting {
+        keys: &["output"],
+        ty: "column name",
+        required: "no",
+        default: "`amount`",
+        doc: "the line's share of the charge; replaces a column of the same name",
+    },
+    Setting {
+        keys: &["scale"],
+        ty: "0-38",
+        required: "no",
+        default: "`4`",
+        doc: "decimal places of the charge and of the shares",
+    },
+    Setting {
+        keys: &["rounding"],
+        ty: "rounding mode",
+        required: "no",
+        default: "`half_even`",
+        doc: "see [Money and rounding](#money-and-rounding)",
+    },
+    Setting {
+        keys: &["allocation"],
+        ty: "`proportional`, `equal`",
+        required: "no",
+        default: "`proportional`",
+        doc: "how a group's charge is shared between its lines",
+    },
+    Setting {
+        keys: &["order_by"],
+        ty: "list of column names",
+        required: "no",
+        default: "`[]`",
+        doc: "tie-break (ascending) for the line that takes the rounding residue",
+    },
+    Setting {
+        keys: &["line_type"],
+        ty: "column name",
+        required: "no",
+        default: "`line_type`",
+        doc: "the column added when the price list has a `commitment` column: `usage` on the rated lines, `true_up` on the true-up lines",
+    },
+    Setting {
+        keys: &["columns"],
+        ty: "mapping role -> column name",
+        required: "no",
+        default: "each role's own name",
+        doc: "the price list's column names, for the roles `model`, `band_from`, `band_to`, `unit_price`, `flat_fee`, `block_size`, `percent`, `min_charge`, `max_charge`, `free_units`, `commitment`, `valid_from`, `valid_to`",
+    },
+    Setting {
+        keys: &["on_missing_price"],
+        ty: "`fail`, `reject`",
+        required: "no",
+        default: "`fail`",
+        doc: "a line whose keys have no price version valid on its date",
+    },
+];
 
 pub struct RateKind;
 
@@ -90,27 +220,8 @@ impl StageKind for RateKind {
     fn name(&self) -> &'static str {
         "rate"
     }
-    fn keys(&self) -> &'static [&'static str] {
-        &[
-            "price_list",
-            "line_type",
-            "keys",
-            "latest_by",
-            "quantity",
-            "date",
-            "group_by",
-            "aggregation",
-            "duration",
-            "base_amount",
-            "model",
-            "output",
-            "scale",
-            "rounding",
-            "allocation",
-            "order_by",
-            "columns",
-            "on_missing_price",
-        ]
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
     }
     fn build(&self, f: &mut Fields, r: &mut Reader, _ctx: &BuildContext) -> Option<Arc<dyn Stage>> {
         let price_list = f.required_text(r, "price_list", "the price list reference");
