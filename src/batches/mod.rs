@@ -121,6 +121,10 @@ pub fn batch_id(period_label: &str, fingerprint: &str) -> String {
     format!("{period_label}-{}", &fingerprint[..16])
 }
 
+/// How long a killed run's staging directory of another batch is left alone before a run
+/// of the same stream removes it.
+pub const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The warehouse: where every stream's batches live.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -167,20 +171,31 @@ impl Store {
         out
     }
 
-    /// Start writing a batch: a fresh hidden directory next to where it will live. Stale
-    /// staging directories of the same batch left by a killed run are removed first.
+    /// Start writing a batch: a fresh hidden directory next to where it will live. Staging
+    /// directories left by killed runs are removed first: those of the same batch at once,
+    /// those of other batches of the stream (left before an input changed) once they are
+    /// older than [`STAGING_GRACE`]. Either only when the process that wrote it is gone.
     pub fn begin(&self, at: &StreamLocation, batch_id: &str) -> std::io::Result<Staging> {
         let dir = self.stream_dir(at);
         fs::create_dir_all(&dir)?;
         let prefix = format!(".staging-{batch_id}-");
         for e in fs::read_dir(&dir)?.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(rest) = name.strip_prefix(&prefix) {
-                let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-                let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
-                if !alive {
-                    let _ = fs::remove_dir_all(e.path());
-                }
+            let Some(rest) = name.strip_prefix(".staging-") else {
+                continue;
+            };
+            let same_batch = name.starts_with(&prefix);
+            // `<batch id>-<pid>-<nanos>`: the pid is the second field from the end.
+            let pid: Option<u32> = rest.rsplit('-').nth(1).and_then(|p| p.parse().ok());
+            let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STAGING_GRACE);
+            if !alive && (same_batch || old) {
+                let _ = fs::remove_dir_all(e.path());
             }
         }
         let nanos = std::time::SystemTime::now()
@@ -292,17 +307,28 @@ impl Staging {
             f.sync_all()?;
         }
         fs::rename(&tmp, self.dir.join(MANIFEST))?;
-        if self.target.join(MANIFEST).exists() {
-            // Same id, same inputs: the existing batch is the same batch.
-            let _ = fs::remove_dir_all(&self.dir);
-            self.committed = true;
-            return Ok(Committed::AlreadyThere(self.target.clone()));
+        // No-replace: a committed batch is never removed or replaced. Renaming a directory
+        // onto a non-empty one fails, so of two runs committing the same batch at once
+        // exactly one wins; the other finds the winner's manifest and discards its copy.
+        if let Err(e) = fs::rename(&self.dir, &self.target) {
+            if self.target.join(MANIFEST).exists() {
+                // Same id, same inputs: the existing batch is the same batch.
+                let _ = fs::remove_dir_all(&self.dir);
+                self.committed = true;
+                return Ok(Committed::AlreadyThere(self.target.clone()));
+            }
+            if self.target.exists() {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} exists and is not a batch (it has no {MANIFEST}); billflow does not replace \
+                         what it did not write: move it away",
+                        self.target.display()
+                    ),
+                ));
+            }
+            return Err(e);
         }
-        if self.target.exists() {
-            // A directory without a manifest is not a batch (e.g. copied by hand half-way).
-            fs::remove_dir_all(&self.target)?;
-        }
-        fs::rename(&self.dir, &self.target)?;
         if let Some(parent) = self.target.parent() {
             fs::File::open(parent)?.sync_all()?;
         }
@@ -385,6 +411,104 @@ mod tests {
         ));
         assert_eq!(store.list(&at).len(), 1);
         assert_eq!(fs::read_dir(store.stream_dir(&at)).unwrap().count(), 1);
+    }
+
+    /// A staging directory of its own for each run (as separate processes have).
+    fn staging(store: &Store, at: &StreamLocation, batch_id: &str, run: usize) -> Staging {
+        let dir = store.stream_dir(at).join(format!(".staging-{batch_id}-run{run}"));
+        fs::create_dir_all(dir.join(DATA_DIR)).unwrap();
+        fs::write(dir.join(DATA_DIR).join("part-00000.parquet"), format!("run {run}")).unwrap();
+        Staging {
+            dir,
+            target: store.batch_dir(at, batch_id),
+            committed: false,
+        }
+    }
+
+    #[test]
+    fn runs_committing_one_batch_at_once_leave_exactly_one_and_never_replace_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let at = StreamLocation {
+            tier: "vendor".into(),
+            organization: "o".into(),
+            stream: "s".into(),
+        };
+        for round in 0..20 {
+            let id = format!("2026-10-{round:04}");
+            let runs: Vec<Staging> = (0..8).map(|run| staging(&store, &at, &id, run)).collect();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(runs.len()));
+            let outcomes: Vec<std::io::Result<Committed>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = runs
+                    .into_iter()
+                    .map(|st| {
+                        let (barrier, m) = (barrier.clone(), manifest(&id));
+                        scope.spawn(move || {
+                            barrier.wait();
+                            st.commit(&m)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let new: Vec<&Committed> = outcomes
+                .iter()
+                .map(|o| o.as_ref().expect("no run fails"))
+                .filter(|c| matches!(c, Committed::New(_)))
+                .collect();
+            assert_eq!(new.len(), 1, "round {round}: exactly one run commits the batch");
+            // The winner's batch is whole: its manifest and its one data file.
+            let data = fs::read_to_string(store.batch_dir(&at, &id).join(DATA_DIR).join("part-00000.parquet"));
+            assert!(data.unwrap().starts_with("run "), "round {round}");
+            assert!(store.committed(&at, &id).is_some(), "round {round}");
+        }
+        // Nothing left behind: 20 batches, no staging.
+        assert_eq!(fs::read_dir(store.stream_dir(&at)).unwrap().count(), 20);
+    }
+
+    #[test]
+    fn a_directory_billflow_did_not_write_is_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let at = StreamLocation {
+            tier: "vendor".into(),
+            organization: "o".into(),
+            stream: "s".into(),
+        };
+        let id = "2026-10-abc";
+        let target = store.batch_dir(&at, id);
+        fs::create_dir_all(&target).unwrap();
+        fs::write(target.join("notes.txt"), "mine").unwrap();
+        let e = staging(&store, &at, id, 0).commit(&manifest(id)).unwrap_err();
+        assert!(e.to_string().contains("is not a batch"), "{e}");
+        assert_eq!(fs::read_to_string(target.join("notes.txt")).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_killed_runs_staging_of_another_batch_is_collected_after_the_grace_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let at = StreamLocation {
+            tier: "vendor".into(),
+            organization: "o".into(),
+            stream: "s".into(),
+        };
+        let dir = store.stream_dir(&at);
+        // Left by killed runs of an earlier version of the batch (pid 4194304 is above
+        // Linux's pid limit: no such process).
+        let orphan = |name: &str, age: std::time::Duration| {
+            let p = dir.join(name);
+            fs::create_dir_all(p.join(DATA_DIR)).unwrap();
+            let when = std::time::SystemTime::now() - age;
+            fs::File::open(&p).unwrap().set_modified(when).unwrap();
+            p
+        };
+        let stale = orphan(".staging-2026-10-old1-4194304-1", STAGING_GRACE * 2);
+        let recent = orphan(".staging-2026-10-old2-4194304-2", STAGING_GRACE / 2);
+        let staging = store.begin(&at, "2026-10-new").unwrap();
+        assert!(!stale.exists(), "an orphan older than the grace period is removed");
+        assert!(recent.exists(), "a recent one may still be written: it stays");
+        drop(staging);
     }
 
     #[test]
