@@ -176,6 +176,21 @@ impl Store {
     /// those of other batches of the stream (left before an input changed) once they are
     /// older than [`STAGING_GRACE`]. Either only when the process that wrote it is gone.
     pub fn begin(&self, at: &StreamLocation, batch_id: &str) -> std::io::Result<Staging> {
+        // Every directory billflow writes lies inside the warehouse: each part of a batch's
+        // path is one plain name (the definition checks them as identifiers already).
+        for part in [at.tier.as_str(), &at.organization, &at.stream, batch_id] {
+            let plain = !part.is_empty()
+                && part != "."
+                && part != ".."
+                && !part.contains(['/', '\\', '\0'])
+                && !part.starts_with('.');
+            if !plain {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("`{part}` cannot name a directory of the warehouse"),
+                ));
+            }
+        }
         let dir = self.stream_dir(at);
         fs::create_dir_all(&dir)?;
         let prefix = format!(".staging-{batch_id}-");
@@ -509,6 +524,30 @@ mod tests {
         assert!(!stale.exists(), "an orphan older than the grace period is removed");
         assert!(recent.exists(), "a recent one may still be written: it stays");
         drop(staging);
+    }
+
+    #[test]
+    fn a_batch_is_never_written_outside_the_warehouse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("wh"));
+        for (tier, org, stream) in [
+            ("../x", "o", "s"),
+            ("vendor", "/abs", "s"),
+            ("vendor", "o", ".."),
+            ("", "o", "s"),
+        ] {
+            let at = StreamLocation {
+                tier: tier.into(),
+                organization: org.into(),
+                stream: stream.into(),
+            };
+            let e = store.begin(&at, "2026-10-abc").unwrap_err();
+            assert!(
+                e.to_string().contains("cannot name a directory of the warehouse"),
+                "{e}"
+            );
+        }
+        assert!(!tmp.path().join("x").exists());
     }
 
     #[test]

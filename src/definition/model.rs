@@ -283,6 +283,12 @@ pub struct StageDef {
     pub location: Location,
 }
 
+/// A stage name as a file name (`rejects/stage-<this>.parquet`): letters, digits, `-` and
+/// `_` stay, anything else becomes `_`.
+pub fn stage_file_name(name: &str) -> String {
+    name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")
+}
+
 #[derive(Clone, Debug)]
 pub struct SampleDef {
     pub input: Text,

@@ -161,7 +161,10 @@ fn parse_org(r: &mut Reader, node: &Node) -> Option<Organization> {
         .require(r, "id", "a unique organisation id")
         .and_then(|n| r.identifier(n, "organisation id"));
     let name = f.text(r, "name");
-    let tier = f.required_text(r, "tier", "`vendor`, `distributor`, `reseller` or a deeper tier's name");
+    // A tier names the first directory of its organisations' batches: an identifier.
+    let tier = f
+        .require(r, "tier", "`vendor`, `distributor`, `reseller` or a deeper tier's name")
+        .and_then(|n| r.identifier(n, "tier name"));
     let upstream = f.text(r, "upstream");
     let currency = f.text(r, "currency");
     f.finish(r, ORG_KEYS);
@@ -355,11 +358,13 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
     let owner = f.text(r, "owner");
     let for_each = f.get("for_each").and_then(|n| {
         let mut e = r.mapping(n, "for_each")?;
-        let tier = e.required_text(
-            r,
-            "tier",
-            "the tier whose organisations each get a partition, e.g. `reseller`",
-        );
+        let tier = e
+            .require(
+                r,
+                "tier",
+                "the tier whose organisations each get a partition, e.g. `reseller`",
+            )
+            .and_then(|n| r.identifier(n, "tier name"));
         let column = e.required_text(r, "column", "the column naming each row's organisation");
         e.finish(r, &["tier", "column"]);
         Some(ForEach {
@@ -460,10 +465,36 @@ fn parse_stages(r: &mut Reader, node: &Node) -> Option<Vec<StageDef>> {
         let Some(kind) = f.required_text(r, "kind", "the stage kind, e.g. `sql` or `polars`") else {
             continue;
         };
-        let name = f
-            .text(r, "name")
-            .map(|t| t.value)
+        let named = f.text(r, "name");
+        let name = named
+            .as_ref()
+            .map(|t| t.value.clone())
             .unwrap_or_else(|| format!("{}-{}", kind.value, i + 1));
+        // A stage's name names its rejects file: two stages whose names are equal, or
+        // equal once made a file name, would write the same file.
+        if let Some(other) = out
+            .iter()
+            .find(|o: &&StageDef| stage_file_name(&o.name) == stage_file_name(&name))
+        {
+            let at = named
+                .as_ref()
+                .map(|t| t.location.clone())
+                .unwrap_or_else(|| location.clone());
+            let what = if other.name == name {
+                format!("stage name `{name}` is used twice in this stream")
+            } else {
+                format!(
+                    "stage names `{}` and `{name}` are the same once made a file name (`stage-{}.parquet`)",
+                    other.name,
+                    stage_file_name(&name)
+                )
+            };
+            let d = r.error(what, at);
+            d.expected = Some("a name of its own for each stage of the stream".into());
+            d.hint = Some(format!(
+                "rename one of them, e.g. `{name}-2`; a stage's refused rows go to `rejects/stage-<name>.parquet`"
+            ));
+        }
         // The stage kind reads (and checks) its own keys when the plan is built.
         out.push(StageDef {
             name,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::logical_expr::{Expr, cast, try_cast};
+use datafusion::logical_expr::{Expr, cast, try_cast, when};
 use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext, ident, lit};
 use datafusion::scalar::ScalarValue;
 
@@ -260,19 +260,7 @@ pub async fn read_source_files(
     let tap = Tap::new("input");
     let Some(cols) = &t.schema else {
         let df = read_files(ctx, files, t.format, None).await?;
-        let keep = match period {
-            Some(sel) => {
-                let field = df
-                    .schema()
-                    .field_with_unqualified_name(sel.column)
-                    .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?
-                    .clone();
-                in_period(ident(sel.column), field.data_type(), sel.period)
-            }
-            None => lit(true),
-        };
-        let df = count_period_rows(df, keep, &tap)?;
-        return Ok(StreamInput { df, rejects: None, tap });
+        return select_period(df, period, &format!("source {}", t.name.value));
     };
     let declared = arrow_schema(cols, false);
     let raw = match t.format {
@@ -317,16 +305,22 @@ pub async fn read_source_files(
                 try_cast(ident(sel.column), target.clone())
             };
             let inside = in_period(value.clone(), &target, sel.period);
-            (inside.clone(), checks.bad.clone().and(inside.or(value.is_null())))
+            // A row whose period value is missing (or does not convert) is in no period:
+            // it is refused with the reason, never dropped without a word.
+            (inside.clone(), value.is_null().or(checks.bad.clone().and(inside)))
         }
         None => (lit(true), checks.bad.clone()),
+    };
+    let reason = match period {
+        Some(sel) => when(checks.bad.clone(), checks.reason.clone()).otherwise(lit(no_period_reason(sel.column)))?,
+        None => checks.reason.clone(),
     };
     let keep = checks.bad.clone().not().and(keep_period);
     let typed = contract::output_projection(&raw_schema, cols);
     let df = tap
         .apply(raw.clone(), refused_here.clone(), keep)
         .and_then(|d| d.select(typed))?;
-    let rejects = reject_rows(raw, refused_here, checks.reason, &format!("source {}", t.name.value))?;
+    let rejects = reject_rows(raw, refused_here, reason, &format!("source {}", t.name.value))?;
     Ok(StreamInput {
         df,
         rejects: Some(rejects),
@@ -343,26 +337,45 @@ pub async fn read_stream_batch(
     organizations: Option<&[String]>,
 ) -> Result<StreamInput, InputError> {
     let df = read_batch(ctx, batch_dir, schema, organizations).await?;
-    let keep = match period {
-        Some(sel) => {
-            let field = df
-                .schema()
-                .field_with_unqualified_name(sel.column)
-                .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?
-                .clone();
-            in_period(ident(sel.column), field.data_type(), sel.period)
-        }
-        None => lit(true),
-    };
+    select_period(df, period, "upstream batch")
+}
+
+fn no_period_reason(column: &str) -> String {
+    format!("`{column}` is NULL: the row belongs to no period")
+}
+
+/// The rows of the period of an input whose columns are typed already (a source read
+/// without a declared schema, an upstream batch), counted by the input tap; a row whose
+/// period value is NULL is refused (into the rejects) with the reason.
+fn select_period(df: DataFrame, period: Option<PeriodSelection<'_>>, origin: &str) -> Result<StreamInput, InputError> {
     let tap = Tap::new("input");
-    let df = count_period_rows(df, keep, &tap)?;
-    Ok(StreamInput { df, rejects: None, tap })
+    let Some(sel) = period else {
+        let df = count_period_rows(df, lit(true), lit(false), &tap)?;
+        return Ok(StreamInput { df, rejects: None, tap });
+    };
+    let field = df
+        .schema()
+        .field_with_unqualified_name(sel.column)
+        .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?
+        .clone();
+    let missing = ident(sel.column).is_null();
+    let keep = in_period(ident(sel.column), field.data_type(), sel.period);
+    let rejects = reject_rows(df.clone(), missing.clone(), lit(no_period_reason(sel.column)), origin)?;
+    let df = count_period_rows(df, keep, missing, &tap)?;
+    Ok(StreamInput {
+        df,
+        rejects: Some(rejects),
+        tap,
+    })
 }
 
 /// The rows of the period, counted: an ordinary filter (so the scan can prune row groups
-/// and pages with it), then a checkpoint that counts what it let through.
-fn count_period_rows(df: DataFrame, keep: Expr, tap: &Tap) -> Result<DataFrame, InputError> {
-    Ok(df.filter(keep).and_then(|d| tap.apply(d, lit(false), lit(true)))?)
+/// and pages with it) that also lets the `refused` rows through, then a checkpoint that
+/// counts them and keeps the period's rows.
+fn count_period_rows(df: DataFrame, keep: Expr, refused: Expr, tap: &Tap) -> Result<DataFrame, InputError> {
+    Ok(df
+        .filter(keep.clone().or(refused.clone()))
+        .and_then(|d| tap.apply(d, refused, keep))?)
 }
 
 pub use crate::engine::side::reject_rows;

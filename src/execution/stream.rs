@@ -14,7 +14,7 @@ use super::{Engine, Progress, RunOptions, Status, StreamError, StreamReport, emp
 use crate::batches::{
     self, Committed, InputInfo, Manifest, OrganizationPart, PeriodInfo, Staging, Store, StreamLocation,
 };
-use crate::definition::{InputRef, Location, StreamDef, arrow_schema};
+use crate::definition::{InputRef, Location, StreamDef, arrow_schema, stage_file_name};
 use crate::engine::tap::Tap;
 use crate::plan::{Period, Plan, PlannedStream};
 
@@ -400,11 +400,7 @@ async fn write_refusals(sp: StreamPlan, staging: &Staging) -> Result<Tally, Stop
     }
     for r in sp.side.take_rejects() {
         if maybe(refused_by(&r.tap)) {
-            let file = format!(
-                "stage-{}.parquet",
-                r.stage
-                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")
-            );
+            let file = format!("stage-{}.parquet", stage_file_name(&r.stage));
             refused.push((file, Some(r.stage), r.rows));
         }
     }
@@ -421,7 +417,13 @@ async fn write_refusals(sp: StreamPlan, staging: &Staging) -> Result<Tally, Stop
         removed: Vec::new(),
     };
     let mut input_refused = 0;
+    // Stage names are unique per stream as files (validate checks it); a rejects file is
+    // still never written twice.
+    let mut files = std::collections::HashSet::new();
     for (file, stage, rows) in refused {
+        if !files.insert(file.clone()) {
+            return Err(Stop::failed(format!("two sets of refused rows would both go to {file}")).in_stage(stage));
+        }
         let (n, samples) = write::write_rejects(rows, &staging.rejects_dir().join(&file))
             .await
             .map_err(|e| Stop::failed(format!("writing refused rows to {file}: {e}")).in_stage(stage))?;

@@ -441,3 +441,53 @@ async fn e25_all_problems_are_reported_together_in_file_order() {
     assert!(rendered.contains("pipeline.yaml:"), "{rendered}");
     assert!(rendered.contains("errors found"), "{rendered}");
 }
+
+/// Found in review: two stages with one name (or names equal once made a file name, `chk
+/// a` and `chk_a`) wrote the same rejects file, the second truncating the first.
+#[tokio::test]
+async fn e26_stage_names_are_unique_in_a_stream_even_as_file_names() {
+    let y = edit(&base(), "      - name: subscriber", "      - name: normalise-sku");
+    let d = problems(&y).await;
+    let (line, col) = position(&y, "name: normalise-sku\n        kind: lookup");
+    let e = expect(
+        &d,
+        "stage name `normalise-sku` is used twice in this stream",
+        (line, col + "name: ".len()),
+    );
+    assert!(hint(&e).contains("rejects/stage-<name>.parquet"), "{}", hint(&e));
+
+    let y = edit(&base(), "      - name: subscriber", "      - name: \"normalise sku\"");
+    let y = edit(&y, "      - name: normalise-sku", "      - name: normalise_sku");
+    let d = problems(&y).await;
+    let (line, col) = position(&y, "name: \"normalise sku\"");
+    expect(
+        &d,
+        "stage names `normalise_sku` and `normalise sku` are the same once made a file name (`stage-normalise_sku.parquet`)",
+        (line, col + "name: ".len()),
+    );
+}
+
+/// Found in review: below the reseller level a tier was free text, and it names the first
+/// directory of the organisation's batches: `tier: '../../../x'` passed validate and the
+/// run wrote outside the warehouse.
+#[tokio::test]
+async fn e27_a_tier_is_an_identifier_because_it_names_a_directory() {
+    let y = edit(
+        &base(),
+        "organizations:\n",
+        "organizations:\n  - { id: shop, name: Shop, tier: \"../../../x\", upstream: alpha-it }\n",
+    );
+    let d = problems(&y).await;
+    let (line, col) = position(&y, "\"../../../x\"");
+    let e = expect(&d, "`../../../x` is not a valid tier name", (line, col));
+    assert!(hint(&e).contains("directories in the warehouse"), "{}", hint(&e));
+
+    let y = edit(
+        &base(),
+        "    owner: alpha-it\n",
+        "    for_each: { tier: \"/tmp/x\", column: reseller_id }\n",
+    );
+    let d = problems(&y).await;
+    let (line, col) = position(&y, "\"/tmp/x\"");
+    expect(&d, "`/tmp/x` is not a valid tier name", (line, col));
+}

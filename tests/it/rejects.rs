@@ -105,3 +105,65 @@ async fn a_csv_whose_header_does_not_match_the_schema_is_refused_before_running(
         "points at the source's url"
     );
 }
+
+/// Found in review: a row whose period value was NULL (an empty CSV field, a missing
+/// NDJSON key, a NULL in an upstream batch) was in no period, in no rejects file and not
+/// in `rows_in`. It is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_without_a_period_value_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("usage.csv"),
+        "id,day,qty\n1,2026-10-05,10\n2,,20\n3,2026-10-20,30\n4,2026-09-30,40\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("usage.ndjson"),
+        "{\"id\": 1, \"day\": \"2026-10-05\", \"qty\": 10}\n{\"id\": 2, \"qty\": 20}\n{\"id\": 3, \"day\": null, \"qty\": 30}\n",
+    )
+    .unwrap();
+    let columns = "    columns:\n      - { name: id, type: integer, nullable: false }\n      - { name: day, type: date }\n      - { name: qty, type: integer }\n";
+    let schema = "    schema:\n      - { name: id, type: integer, nullable: false }\n      - { name: day, type: date }\n      - { name: qty, type: integer }\n";
+    let stream = |id: &str, input: &str, period: bool| {
+        format!(
+            "  - id: {id}\n    kind: usage\n    owner: v\n    input: {input}\n{}{columns}",
+            if period { "    period: day\n" } else { "" }
+        )
+    };
+    let yaml = format!(
+        "pipeline: t\norganizations:\n  - {{ id: v, name: V, tier: vendor }}\nsources:\n  csv_usage:\n    url: usage.csv\n{schema}  json_usage:\n    url: usage.ndjson\n{schema}streams:\n{}{}{}{}",
+        stream("from_csv", "{ source: csv_usage }", true),
+        stream("from_json", "{ source: json_usage }", true),
+        stream("all_days", "{ source: csv_usage }", false),
+        stream("below", "{ stream: all_days }", true),
+    );
+    let pipeline = dir.join("p.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let report = run(&pipeline, "2026-10", &dir.join("wh")).await;
+    assert!(report.ok(), "{report:?}");
+    let reason = "`day` is NULL: the row belongs to no period";
+    // (stream, rows in, rows out, refused ids): ids 1 and 3 are in October, 4 in
+    // September; id 2 (and in the NDJSON, id 3) has no day.
+    for (id, rows_in, rows_out, refused) in [
+        ("from_csv", 3, 2, vec!["2"]),
+        ("from_json", 3, 1, vec!["2", "3"]),
+        ("below", 3, 2, vec!["2"]),
+    ] {
+        let s = report.stream(id).unwrap();
+        assert_eq!(
+            (s.rows_in, s.rows_out, s.rows_rejected),
+            (rows_in, rows_out, refused.len() as u64),
+            "{id}"
+        );
+        let (_, rejects) = parquet_rows(&s.batch_dir.clone().unwrap().join("rejects/input.parquet")).await;
+        // The id cell, wherever the input put the column (NDJSON infers its own order).
+        let ids: Vec<&str> = rejects
+            .iter()
+            .filter_map(|r| r.split(", ").find_map(|cell| cell.strip_prefix("id=")))
+            .collect();
+        assert_eq!(ids, refused, "{id}: {rejects:#?}");
+        assert!(rejects.iter().all(|r| r.contains(reason)), "{id}: {rejects:#?}");
+    }
+    assert_eq!(report.stream("all_days").unwrap().rows_out, 4);
+}
