@@ -192,6 +192,22 @@ impl fmt::Display for Rendered<'_> {
 }
 impl std::error::Error for Rendered<'_> {}
 
+/// Lines longer than this are not drawn as a snippet (the message still names the file,
+/// line and column): a machine-written one-line file would fill the screen, and miette
+/// cannot draw past column 65,535.
+const SNIPPET_LINE_LIMIT: usize = 1_000;
+
+impl Rendered<'_> {
+    /// The location, when its line is short enough to draw.
+    fn snippet(&self) -> Option<&Location> {
+        let loc = self.0.location.as_ref()?;
+        let text = &loc.file.text;
+        let start = text[..loc.offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        (end - start <= SNIPPET_LINE_LIMIT).then_some(loc)
+    }
+}
+
 impl miette::Diagnostic for Rendered<'_> {
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
         let d = self.0;
@@ -204,13 +220,10 @@ impl miette::Diagnostic for Rendered<'_> {
         Some(Box::new(text))
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.0
-            .location
-            .as_ref()
-            .map(|l| &l.file.text as &dyn miette::SourceCode)
+        self.snippet().map(|l| &l.file.text as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let loc = self.0.location.as_ref()?;
+        let loc = self.snippet()?;
         let span = SourceSpan::new(loc.offset.into(), loc.len);
         Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
             Some("here".to_string()),
@@ -218,6 +231,9 @@ impl miette::Diagnostic for Rendered<'_> {
         ))))
     }
 }
+
+/// How many problems a report draws; the rest are counted.
+pub const SHOWN_AT_MOST: usize = 50;
 
 /// Everything wrong with a definition, in file order. Parsing and validation collect into
 /// one of these so a user sees all problems at once, not just the first.
@@ -254,11 +270,18 @@ impl Diagnostics {
         });
         self
     }
+    /// The first [`SHOWN_AT_MOST`] problems drawn, the rest counted.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for d in &self.list {
+        for d in self.list.iter().take(SHOWN_AT_MOST) {
             out.push_str(&d.render());
             out.push('\n');
+        }
+        if self.list.len() > SHOWN_AT_MOST {
+            out.push_str(&format!(
+                "... and {} more, not shown (fix these first: later ones often follow from them)\n",
+                self.list.len() - SHOWN_AT_MOST
+            ));
         }
         out.push_str(&format!(
             "{} error{} found\n",
@@ -319,5 +342,29 @@ mod tests {
         assert_eq!(text.byte_offset(4), 7);
         assert_eq!(text.byte_offset(6), 9);
         assert_eq!(text.byte_offset(7), text.text.len());
+    }
+
+    /// Found in review: a machine-written one-line pipeline over 64 KiB with an error past
+    /// column 65,535 made the renderer panic, and 40k errors took 20 s to render.
+    #[test]
+    fn an_error_far_along_a_long_line_renders_and_long_reports_are_capped() {
+        let text = format!("{}bad", "x".repeat(70_000));
+        let file = SourceFile::new("long.yaml", text);
+        let at = Location::at_line_column(&file, 1, 70_001);
+        let one = Diagnostic::new("something is wrong here", Some(at.clone())).render();
+        assert!(one.contains("something is wrong here"), "{one}");
+        assert!(one.contains("long.yaml:1:70001"), "{one}");
+
+        let mut many = Diagnostics::default();
+        for i in 0..10_000 {
+            many.push(Diagnostic::new(format!("problem {i}"), Some(at.clone())));
+        }
+        let report = many.render();
+        assert_eq!(report.matches("problem ").count(), SHOWN_AT_MOST);
+        assert!(
+            report.contains(&format!("... and {} more", 10_000 - SHOWN_AT_MOST)),
+            "{report}"
+        );
+        assert!(report.ends_with("10000 errors found\n"), "{report}");
     }
 }

@@ -41,6 +41,17 @@ const STREAM_KEYS: &[&str] = &[
 /// every problem found on the way.
 pub fn parse(file: Arc<SourceFile>) -> (Option<Pipeline>, Diagnostics) {
     let mut diags = Diagnostics::default();
+    // The YAML parser recurses per level of nesting: a hostile file 25,000 levels deep
+    // would overflow the stack, so the depth is checked on the text first.
+    if let Some((line, column)) = nesting_beyond(&file.text, MAX_NESTING) {
+        let d = diags.error(
+            format!("the file nests deeper than {MAX_NESTING} levels"),
+            Some(Location::at_line_column(&file, line, column)),
+        );
+        d.expected = Some("a pipeline nests a few levels deep (streams, stages, their settings)".into());
+        d.hint = Some("this is not a pipeline file, or it was generated wrongly".into());
+        return (None, diags);
+    }
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let root = match marked_yaml::parse_yaml_with_options(0, &file.text, options) {
         Ok(root) => root,
@@ -54,6 +65,57 @@ pub fn parse(file: Arc<SourceFile>) -> (Option<Pipeline>, Diagnostics) {
         parse_root(&mut r, &root)
     };
     (p, diags)
+}
+
+/// How deep a pipeline file may nest: far more than any pipeline needs, far less than
+/// what overflows the parser's stack.
+const MAX_NESTING: usize = 100;
+
+/// Where the text first nests deeper than `limit` (1-based line and column), counting
+/// block levels by indentation, each `- ` or `? ` that opens a collection on a line, and
+/// open flow brackets. An over-estimate is fine: it only has to stay below the parser's
+/// real depth for files that are pipelines, and above it for none.
+fn nesting_beyond(text: &str, limit: usize) -> Option<(usize, usize)> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let rest = &line[indent..];
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        if flow == 0 {
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        let mut depth = indents.len() + flow;
+        let mut quote: Option<char> = None;
+        let mut chars = rest.char_indices().peekable();
+        let mut leading = true;
+        while let Some((at, c)) = chars.next() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if at == 0 || rest[..at].ends_with(' ') => break,
+                (None, '[' | '{') => flow += 1,
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                (None, '-' | '?') if leading && chars.peek().is_none_or(|(_, n)| *n == ' ') => depth += 1,
+                (None, ' ') => {}
+                _ => leading = false,
+            }
+            if c != ' ' && !matches!(c, '-' | '?') {
+                leading = false;
+            }
+            if depth + flow > limit {
+                let column = line[..indent + at].chars().count() + 1;
+                return Some((i + 1, column));
+            }
+        }
+    }
+    None
 }
 
 fn load_error(file: &Arc<SourceFile>, e: marked_yaml::LoadError) -> super::diagnostics::Diagnostic {

@@ -491,3 +491,21 @@ async fn e27_a_tier_is_an_identifier_because_it_names_a_directory() {
     let (line, col) = position(&y, "\"/tmp/x\"");
     expect(&d, "`/tmp/x` is not a valid tier name", (line, col));
 }
+
+/// Found in review: 25,000 nested block sequences (60 KB) overflowed the YAML parser's
+/// stack and aborted every command. The depth is checked on the text first.
+#[tokio::test]
+async fn e28_a_file_nested_absurdly_deep_is_refused_before_parsing() {
+    for text in [
+        "- ".repeat(25_000) + "x\n",
+        "k: ".to_string() + &"[".repeat(25_000) + "\n",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("deep.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let d = billflow::check(&engine(), &path).await.unwrap_err();
+        let e = &d.list[0];
+        assert!(e.message.contains("nests deeper than 100 levels"), "{}", d.render());
+        assert_eq!(e.location.as_ref().map(|l| l.line), Some(1));
+    }
+}
