@@ -183,7 +183,7 @@ impl Stage for FilterStage {
             Condition::Sql(t) => {
                 let expanded = env
                     .vars
-                    .expand(&t.value)
+                    .expand_sql(&t.value)
                     .map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
                 sql_expr(
                     &input,

@@ -162,35 +162,101 @@ impl TemplateVars {
         self.values.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// Replace every `{{ name }}`; unknown names are an error naming them.
+    /// The value of `name`, or why it has none.
+    fn value_of(&self, name: &str) -> Result<&str, TemplateError> {
+        match self.get(name) {
+            Some(v) => Ok(v),
+            None if Self::NAMES.contains(&name) => Err(TemplateError::NoSingleValue(name.to_string())),
+            None => Err(TemplateError::Unknown { name: name.to_string() }),
+        }
+    }
+
+    /// Replace every `{{ name }}` by its value as plain text (file paths, filter values,
+    /// messages); unknown names are an error naming them.
     pub fn expand(&self, text: &str) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                return Err(TemplateError::Unclosed);
-            };
-            let name = after[..end].trim();
-            match self.get(name) {
-                Some(v) => out.push_str(v),
-                None if Self::NAMES.contains(&name) => return Err(TemplateError::NoSingleValue(name.to_string())),
-                None => return Err(TemplateError::Unknown { name: name.to_string() }),
-            }
+            let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
+            out.push_str(self.value_of(after[..end].trim())?);
             rest = &after[end + 2..];
         }
         out.push_str(rest);
         Ok(out)
     }
 
+    /// Replace every `{{ name }}` in SQL text by its value as SQL data, never as SQL code:
+    /// outside quotes, a quoted string literal (`{{ owner }}` -> `'alpha-it'`); inside a
+    /// string literal (`'{{ owner_name }}'`), the value with its quotes doubled; inside a
+    /// quoted identifier, the value with its double quotes doubled; inside a comment, the
+    /// value on one line. An organisation named `nobody' OR '1'='1` stays a name.
+    pub fn expand_sql(&self, text: &str) -> Result<String, TemplateError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum At {
+            Code,
+            Text,
+            Identifier,
+            LineComment,
+            BlockComment,
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = At::Code;
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if let Some(after) = rest.strip_prefix("{{") {
+                let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
+                let value = self.value_of(after[..end].trim())?;
+                match at {
+                    At::Code => out.push_str(&format!("'{}'", value.replace('\'', "''"))),
+                    At::Text => out.push_str(&value.replace('\'', "''")),
+                    At::Identifier => out.push_str(&value.replace('"', "\"\"")),
+                    At::LineComment | At::BlockComment => {
+                        out.push_str(&value.replace(['\n', '\r'], " ").replace("*/", "* /"))
+                    }
+                }
+                rest = &after[end + 2..];
+                continue;
+            }
+            let two = |s: &str| rest.starts_with(s);
+            at = match (at, c) {
+                (At::Code, '\'') => At::Text,
+                (At::Text, '\'') => At::Code,
+                (At::Code, '"') => At::Identifier,
+                (At::Identifier, '"') => At::Code,
+                (At::Code, '-') if two("--") => At::LineComment,
+                (At::LineComment, '\n') => At::Code,
+                (At::Code, '/') if two("/*") => At::BlockComment,
+                (At::BlockComment, '*') if two("*/") => {
+                    out.push_str("*/");
+                    rest = &rest[2..];
+                    at = At::Code;
+                    continue;
+                }
+                (at, _) => at,
+            };
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        Ok(out)
+    }
+
     /// Check names only (at build time, before values exist); gives the text with every
     /// variable replaced by a placeholder.
     pub fn check(text: &str) -> Result<String, TemplateError> {
-        let probe = TemplateVars {
+        Self::probe().expand(text)
+    }
+
+    /// [`check`](Self::check) for SQL text: placeholders go in as [`expand_sql`](Self::expand_sql) puts values.
+    pub fn check_sql(text: &str) -> Result<String, TemplateError> {
+        Self::probe().expand_sql(text)
+    }
+
+    fn probe() -> TemplateVars {
+        TemplateVars {
             values: Self::NAMES.iter().map(|n| (n.to_string(), format!("_{n}_"))).collect(),
-        };
-        probe.expand(text)
+        }
     }
 }
 
@@ -270,4 +336,28 @@ pub trait Stage: Send + Sync + Debug {
     /// Transform the stream's current table. Stays lazy where the stage allows; the
     /// engine also calls this on an empty table to infer schemas before any data is read.
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TemplateVars;
+
+    #[test]
+    fn template_values_in_sql_are_data_wherever_they_stand() {
+        let vars = TemplateVars {
+            values: vec![("owner_name".into(), "x' OR 1=1 --\n\"*/ y".into())],
+        };
+        let sql = vars
+            .expand_sql("SELECT {{ owner_name }}, '{{ owner_name }}', \"{{owner_name}}\" -- {{ owner_name }}\n/* {{ owner_name }} */ FROM t")
+            .unwrap();
+        assert_eq!(
+            sql,
+            "SELECT 'x'' OR 1=1 --\n\"*/ y', 'x'' OR 1=1 --\n\"*/ y', \"x' OR 1=1 --\n\"\"*/ y\" -- x' OR 1=1 -- \"* / y\n/* x' OR 1=1 -- \"* / y */ FROM t"
+        );
+        // An escaped quote inside a literal does not end it.
+        assert_eq!(
+            vars.expand_sql("'it''s {{ owner_name }}'").unwrap(),
+            "'it''s x'' OR 1=1 --\n\"*/ y'"
+        );
+    }
 }

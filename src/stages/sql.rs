@@ -91,7 +91,7 @@ impl StageKind for SqlKind {
             r.error("sql stage has an empty query", at).expected = Some("a SELECT statement".into());
             return None;
         }
-        let probe = match super::TemplateVars::check(&text) {
+        let probe = match super::TemplateVars::check_sql(&text) {
             Ok(probe) => probe,
             Err(msg) => {
                 let line = text.lines().position(|l| l.contains("{{")).map(|i| i + 1).unwrap_or(1);
@@ -233,7 +233,7 @@ impl Stage for SqlStage {
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let sql = env
             .vars
-            .expand(&self.text)
+            .expand_sql(&self.text)
             .map_err(|e| StageError::new(e.to_string()))?;
         let ctx = env.ctx;
         ctx.deregister_table("input").map_err(|e| self.error(e))?;
