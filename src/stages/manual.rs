@@ -6,7 +6,7 @@
 //! id, so a corrected file gives a new batch. Paths may use `{{ stream }}`, `{{ period }}`...
 //! and are relative to the pipeline file.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -73,8 +73,13 @@ impl StageKind for ManualKind {
         let instructions = f.text(r, "instructions").map(|t| t.value);
         let (export, resume) = (export?, resume?);
         for t in [&export, &resume] {
-            if let Err(e) = TemplateVars::check(&t.value) {
-                r.error(e.to_string(), t.location.clone());
+            let checked = TemplateVars::check(&t.value)
+                .map_err(|e| e.to_string())
+                .and_then(|probe| confined(&probe).map(|_| ()));
+            if let Err(e) = checked {
+                let d = r.error(e, t.location.clone());
+                d.hint =
+                    Some("manual files live beside the pipeline file, e.g. `manual/{{ stream }}-to-review.csv`".into());
                 return None;
             }
         }
@@ -87,12 +92,70 @@ impl StageKind for ManualKind {
     }
 }
 
+/// A manual path stays inside the pipeline's folder: relative, with no `..`.
+fn confined(path: &str) -> Result<&Path, String> {
+    let p = Path::new(path);
+    let escapes = p
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if escapes || path.is_empty() {
+        return Err(format!(
+            "`{path}` is not a path inside the pipeline's folder: manual files are relative to the pipeline file, without `..`"
+        ));
+    }
+    Ok(p)
+}
+
+/// Beside an export, the SHA-256 of what billflow wrote there: an existing file is
+/// replaced only when it is still exactly that.
+fn export_mark(export: &Path) -> PathBuf {
+    let mut name = export.file_name().unwrap_or_default().to_os_string();
+    name.push(".billflow-export");
+    export.with_file_name(name)
+}
+
 impl ManualStage {
     fn path(&self, t: &Text, vars: &TemplateVars) -> Result<PathBuf, StageError> {
         let p = vars
             .expand(&t.value)
             .map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
+        let p = confined(&p).map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
         Ok(self.dir.join(p))
+    }
+
+    /// Write the rows to review to `export`, never replacing a file billflow did not write
+    /// (or that was changed since).
+    async fn export(&self, input: DataFrame, export: &Path) -> Result<(), StageError> {
+        let io = |p: &Path, e: std::io::Error| StageError::new(format!("{}: {e}", p.display()));
+        let mark = export_mark(export);
+        if export.exists() {
+            let ours = std::fs::read_to_string(&mark).ok();
+            let now = crate::batches::file_fingerprint(export).map_err(|e| io(export, e))?;
+            if ours.as_deref().map(str::trim) != Some(now.as_str()) {
+                let mut e = StageError::new(format!(
+                    "{} exists and billflow did not write it (or it was changed since): it is not replaced",
+                    export.display()
+                ))
+                .at(Some(self.export.location.clone()));
+                e.hint = Some("move the file away, or choose another `export` path".into());
+                return Err(e);
+            }
+        }
+        if let Some(parent) = export.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        let tmp = export.with_extension("csv.tmp");
+        input
+            .write_csv(
+                &tmp.to_string_lossy(),
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .map_err(plan_err)?;
+        let written = crate::batches::file_fingerprint(&tmp).map_err(|e| io(&tmp, e))?;
+        std::fs::write(&mark, written).map_err(|e| io(&mark, e))?;
+        std::fs::rename(&tmp, export).map_err(|e| io(export, e))
     }
 }
 
@@ -117,7 +180,9 @@ impl Stage for ManualStage {
         format!("{} {content}", self.describe())
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        // Both paths are checked with the stream's values, when checking too.
         let resume = self.path(&self.resume, env.vars)?;
+        let export = self.path(&self.export, env.vars)?;
         let schema = input.schema().as_arrow().clone();
         if resume.is_file() {
             let df = env
@@ -144,20 +209,7 @@ impl Stage for ManualStage {
             // Checking or explaining: the reviewed rows will have the input's columns.
             return Ok(input);
         }
-        let export = self.path(&self.export, env.vars)?;
-        if let Some(parent) = export.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StageError::new(format!("{}: {e}", parent.display())))?;
-        }
-        let tmp = export.with_extension("csv.tmp");
-        input
-            .write_csv(
-                &tmp.to_string_lossy(),
-                DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
-            )
-            .await
-            .map_err(plan_err)?;
-        std::fs::rename(&tmp, &export).map_err(|e| StageError::new(format!("{}: {e}", export.display())))?;
+        self.export(input, &export).await?;
         let mut e = StageError::new(format!(
             "waiting for a manual step: its input is in {}; put the reviewed rows (same columns) in {} and run again{}",
             export.display(),

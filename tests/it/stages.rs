@@ -220,3 +220,78 @@ async fn a_stream_publishes_its_rows_in_the_declared_order() {
     );
     assert!(d.list[0].hint.as_deref().unwrap_or("").contains("did you mean `org`?"));
 }
+
+/// Found in review: a `manual` stage's `export` path was used as given (absolute, `..`, or
+/// from a template) and replaced an existing file without a check; it overwrote the
+/// stream's own input. It stays inside the pipeline's folder and replaces only a file
+/// billflow wrote there, unchanged since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_export_stays_in_the_pipelines_folder_and_replaces_no_file_it_did_not_write() {
+    let manual = |export: &str| {
+        format!("- {{ kind: manual, export: \"{export}\", resume: \"manual/{{{{ stream }}}}-reviewed.csv\" }}")
+    };
+    for export in ["../outside.csv", "/tmp/billflow-outside.csv", "manual/../../x.csv"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let stages = manual(export);
+        let case = Case {
+            input: COSTS,
+            schema: COSTS_SCHEMA,
+            references: &[],
+            stages: &stages,
+            columns: COSTS_SCHEMA,
+        };
+        let pipeline = write_case(tmp.path(), &case);
+        let d = billflow::check(&engine(), &pipeline).await.unwrap_err();
+        assert!(
+            d.render().contains("is not a path inside the pipeline's folder"),
+            "{export}: {}",
+            d.render()
+        );
+    }
+
+    // Onto the stream's own input: refused, the input untouched.
+    let tmp = tempfile::tempdir().unwrap();
+    let stages = manual("input.csv");
+    let case = Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages: &stages,
+        columns: COSTS_SCHEMA,
+    };
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Failed);
+    let e = s.error.unwrap().to_string();
+    assert!(e.contains("exists and billflow did not write it"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("input.csv")).unwrap(),
+        COSTS.trim_start()
+    );
+
+    // Its own earlier export, unchanged, is replaced when the input changes; one edited by
+    // hand is not.
+    let tmp = tempfile::tempdir().unwrap();
+    let stages = manual("manual/to-review.csv");
+    let case = Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages: &stages,
+        columns: COSTS_SCHEMA,
+    };
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Waiting, "{:?}", s.error);
+    let export = tmp.path().join("manual/to-review.csv");
+    let more = format!("{}5,alpha-it,1.0000\n", COSTS.trim_start());
+    let case = Case { input: &more, ..case };
+    let (s, _, _) = run_case(tmp.path(), &case).await;
+    assert_eq!(s.status, Status::Waiting, "{:?}", s.error);
+    assert!(std::fs::read_to_string(&export).unwrap().contains("5,alpha-it,1.0000"));
+    std::fs::write(&export, "id,org,cost\n1,alpha-it,0.0000\n").unwrap();
+    let (s, _, _) = run_case(tmp.path(), &Case { input: COSTS, ..case }).await;
+    assert_eq!(s.status, Status::Failed);
+    assert_eq!(
+        std::fs::read_to_string(&export).unwrap(),
+        "id,org,cost\n1,alpha-it,0.0000\n"
+    );
+}
