@@ -124,6 +124,18 @@ pub fn row_checks(raw: &SchemaRef, declared: &[ColumnDef]) -> RowChecks {
             flags.push(f);
         }
         if field.data_type() != &target && field.data_type() != &DataType::Null {
+            if let Some((f, why)) = text_check(&column, field.data_type(), c) {
+                let message = concat_ws(
+                    lit(""),
+                    vec![
+                        lit(format!("{}: '", c.name.value)),
+                        cast(column.clone(), DataType::Utf8),
+                        lit(format!("' {why}")),
+                    ],
+                );
+                reasons.push(when(f.clone(), message).end().unwrap_or(lit("")));
+                flags.push(f);
+            }
             let f = column
                 .clone()
                 .is_not_null()
@@ -142,12 +154,45 @@ pub fn row_checks(raw: &SchemaRef, declared: &[ColumnDef]) -> RowChecks {
         }
     }
     let bad = flags.into_iter().reduce(Expr::or).unwrap_or(lit(false));
-    let reason = if reasons.is_empty() {
-        lit("")
-    } else {
-        concat_ws(lit("; "), reasons)
+    // concat_ws takes two arguments or more.
+    let reason = match reasons.len() {
+        0 => lit(""),
+        1 => reasons.remove(0),
+        _ => concat_ws(lit("; "), reasons),
     };
     RowChecks { bad, reason }
+}
+
+/// What a cast from text would let through silently: a decimal with more places than its
+/// column (the cast rounds it, half away from zero), a date not written `YYYY-MM-DD` (the
+/// cast reads `20261001` and `2026-10-1`, and drops a time of day). Such text is refused
+/// with the reason instead: a flag and the reason's tail.
+fn text_check(column: &Expr, raw: &DataType, c: &ColumnDef) -> Option<(Expr, String)> {
+    if !matches!(raw, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        return None;
+    }
+    let text = datafusion::functions::expr_fn::btrim(vec![column.clone()]);
+    let (pattern, why) = match c.ty {
+        ColumnType::Decimal { scale, .. } => (
+            // A digit other than 0 past the declared places.
+            format!(r"\.[0-9]{{{scale}}}[0-9]*[1-9]"),
+            format!(
+                "has more than {scale} decimal places ({}): it would be rounded; declare more places and round it with a `round` stage",
+                c.ty
+            ),
+        ),
+        ColumnType::Date => (
+            "^(?:[0-9]{4}-[0-9]{2}-[0-9]{2})$".to_string(),
+            "is not a date written YYYY-MM-DD".to_string(),
+        ),
+        _ => return None,
+    };
+    let matches = datafusion::functions::expr_fn::regexp_like(text, lit(pattern), None);
+    let flag = match c.ty {
+        ColumnType::Date => matches.is_not_true(),
+        _ => matches.is_true(),
+    };
+    Some((column.clone().is_not_null().and(flag), why))
 }
 
 /// The published projection: declared output columns, in order, cast to declared types.

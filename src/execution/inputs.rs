@@ -37,6 +37,17 @@ pub enum InputError {
     MissingColumn { source_name: String, column: String },
     #[error("no period column `{0}`")]
     NoPeriodColumn(String),
+    #[error(
+        "column `{column}` of source `{source_name}` is declared {declared} but its files hold {found} values: \
+         a float cannot be read as exact money; write the files with a decimal column, or declare it `double` \
+         and convert it in a stage"
+    )]
+    FloatAsDecimal {
+        source_name: String,
+        column: String,
+        declared: String,
+        found: DataType,
+    },
     #[error("reference `{name}`: {cause}")]
     Reference { name: String, cause: Box<InputError> },
     #[error("{}", .0.strip_backtrace())]
@@ -264,8 +275,12 @@ pub async fn read_source_files(
     };
     let declared = arrow_schema(cols, false);
     let raw = match t.format {
-        // Typed formats: read as they are, then convert what differs from the declaration.
-        TableFormat::Parquet | TableFormat::Ndjson => read_files(ctx, files, t.format, None).await?,
+        // Parquet: read as stored, then convert what differs from the declaration.
+        TableFormat::Parquet => read_files(ctx, files, t.format, None).await?,
+        // NDJSON: decoded straight into the declared types (a number's text into a
+        // Decimal128, exactly, never through a float; a missing key is NULL, refused below
+        // where the column is required).
+        TableFormat::Ndjson => read_files(ctx, files, t.format, Some(&arrow_schema(cols, true))).await?,
         _ => {
             // Everything as text first; the declared types are applied below.
             let text = Schema::new(
@@ -280,10 +295,24 @@ pub async fn read_source_files(
     };
     let raw_schema: SchemaRef = Arc::new(raw.schema().as_arrow().clone());
     for c in cols {
-        if raw_schema.field_with_name(&c.name.value).is_err() {
+        let Ok(field) = raw_schema.field_with_name(&c.name.value) else {
             return Err(InputError::MissingColumn {
                 source_name: t.name.value.clone(),
                 column: c.name.value.clone(),
+            });
+        };
+        // Money never passes through a float: a float column is not read as a decimal.
+        if c.ty.is_decimal()
+            && matches!(
+                field.data_type(),
+                DataType::Float16 | DataType::Float32 | DataType::Float64
+            )
+        {
+            return Err(InputError::FloatAsDecimal {
+                source_name: t.name.value.clone(),
+                column: c.name.value.clone(),
+                declared: c.ty.to_string(),
+                found: field.data_type().clone(),
             });
         }
     }

@@ -101,3 +101,109 @@ streams:
     );
     assert_eq!(s.control_totals["amount"], "8.0000");
 }
+
+/// Found in review: money changed on the way in. A CSV `1.23456` in a decimal(18,4)
+/// column became 1.2346; NDJSON numbers went through a float (12345678901234.5678 became
+/// ...4.5680); a Parquet float column declared decimal was read through the float. Dates
+/// such as `20261001` were read, and a time of day dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_and_dates_arrive_exactly_or_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("in.csv"),
+        "id,day,amount\n1,2026-10-01,1.2345\n2,2026-10-02,1.23456\n3,20261003,2.0000\n4,2026-10-04T12:00:00,3.5\n5,2026-10-05,1.234500\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("in.ndjson"),
+        "{\"id\": 1, \"day\": \"2026-10-01\", \"amount\": 12345678901234.5678}\n{\"id\": 2, \"day\": \"2026-10-02\", \"amount\": 0.1}\n",
+    )
+    .unwrap();
+    let schema = "    schema:\n      - { name: id, type: integer }\n      - { name: day, type: date }\n      - { name: amount, type: \"decimal(18,4)\" }\n";
+    let columns = "    columns:\n      - { name: id, type: integer }\n      - { name: day, type: date }\n      - { name: amount, type: \"decimal(18,4)\" }\n";
+    let yaml = format!(
+        "pipeline: t\norganizations:\n  - {{ id: v, name: V, tier: vendor }}\nsources:\n  csv:\n    url: in.csv\n{schema}  json:\n    url: in.ndjson\n{schema}streams:\n  - id: from_csv\n    kind: billing\n    owner: v\n    input: {{ source: csv }}\n{columns}  - id: from_json\n    kind: billing\n    owner: v\n    input: {{ source: json }}\n{columns}"
+    );
+    let pipeline = dir.join("p.yaml");
+    std::fs::write(&pipeline, &yaml).unwrap();
+    let report = run(&pipeline, "2026-10", &dir.join("wh")).await;
+    assert!(report.ok(), "{report:?}");
+
+    // CSV: 1 and 5 (1.234500 is 1.2345 with zeros) are read; 2 has a fifth place, 3 and
+    // 4 are no YYYY-MM-DD dates: refused, nothing rounded or cut.
+    let csv = report.stream("from_csv").unwrap();
+    let at = csv.batch_dir.clone().unwrap();
+    let (_, rows) = parquet_rows(&at.join("data")).await;
+    assert_eq!(
+        rows,
+        vec![
+            "id=1, day=2026-10-01, amount=1.2345",
+            "id=5, day=2026-10-05, amount=1.2345"
+        ]
+    );
+    let (_, refused) = parquet_rows(&at.join("rejects/input.parquet")).await;
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+    let reason = |id: &str| {
+        refused
+            .iter()
+            .find(|r| r.starts_with(&format!("id={id},")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        reason("2").contains("amount: '1.23456' has more than 4 decimal places"),
+        "{}",
+        reason("2")
+    );
+    assert!(
+        reason("3").contains("day: '20261003' is not a date written YYYY-MM-DD"),
+        "{}",
+        reason("3")
+    );
+    assert!(
+        reason("4").contains("day: '2026-10-04T12:00:00' is not a date written YYYY-MM-DD"),
+        "{}",
+        reason("4")
+    );
+
+    // NDJSON: the number's text, exactly.
+    let json = report.stream("from_json").unwrap();
+    let (_, rows) = parquet_rows(&json.batch_dir.clone().unwrap().join("data")).await;
+    assert_eq!(
+        rows,
+        vec![
+            "id=1, day=2026-10-01, amount=12345678901234.5678",
+            "id=2, day=2026-10-02, amount=0.1000"
+        ]
+    );
+    assert_eq!(json.control_totals["amount"], "12345678901234.6678");
+
+    // Parquet: a float column declared decimal is an error at validate, naming it.
+    let floats = arrow::record_batch::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("day", arrow::datatypes::DataType::Date32, false),
+            arrow::datatypes::Field::new("amount", arrow::datatypes::DataType::Float64, false),
+        ])),
+        vec![
+            std::sync::Arc::new(arrow::array::Int64Array::from(vec![1])),
+            std::sync::Arc::new(arrow::array::Date32Array::from(vec![20_362])),
+            std::sync::Arc::new(arrow::array::Float64Array::from(vec![0.1])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(dir.join("in.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, floats.schema(), None).unwrap();
+    w.write(&floats).unwrap();
+    w.close().unwrap();
+    std::fs::write(&pipeline, yaml.replace("url: in.ndjson", "url: in.parquet")).unwrap();
+    let d = billflow::check(&engine(), &pipeline).await.unwrap_err();
+    assert!(
+        d.list.iter().any(|e| e
+            .message
+            .contains("column `amount` of source `json` is declared decimal(18,4) but its files hold Float64 values")),
+        "{}",
+        d.render()
+    );
+}
