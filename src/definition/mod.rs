@@ -26,6 +26,11 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
 
 /// Parse and validate pipeline text as if read from `path` (relative paths resolve there).
 pub fn load_str(path: &Path, text: String) -> Result<Pipeline, Diagnostics> {
+    // A byte-order mark is not part of the first key.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
     let file = SourceFile::new(path, text);
     let (pipeline, mut diags) = parse::parse(file);
     match pipeline {

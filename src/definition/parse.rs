@@ -43,6 +43,11 @@ pub fn parse(file: Arc<SourceFile>) -> (Option<Pipeline>, Diagnostics) {
     let mut diags = Diagnostics::default();
     // The YAML parser recurses per level of nesting: a hostile file 25,000 levels deep
     // would overflow the stack, so the depth is checked on the text first.
+    if let Some((line, column, message, hint)) = not_one_text_document(&file.text) {
+        let d = diags.error(message, Some(Location::at_line_column(&file, line, column)));
+        d.hint = Some(hint.into());
+        return (None, diags);
+    }
     if let Some((line, column)) = nesting_beyond(&file.text, MAX_NESTING) {
         let d = diags.error(
             format!("the file nests deeper than {MAX_NESTING} levels"),
@@ -65,6 +70,39 @@ pub fn parse(file: Arc<SourceFile>) -> (Option<Pipeline>, Diagnostics) {
         parse_root(&mut r, &root)
     };
     (p, diags)
+}
+
+/// A pipeline file is one YAML document of text: a NUL byte (the parser would stop there)
+/// or a second document (it would be ignored) is an error where it starts.
+fn not_one_text_document(text: &str) -> Option<(usize, usize, String, &'static str)> {
+    let mut content = false;
+    let mut ended = false;
+    for (i, line) in text.split('\n').enumerate() {
+        if let Some(at) = line.find('\0') {
+            return Some((
+                i + 1,
+                line[..at].chars().count() + 1,
+                "the file holds a NUL byte: it is not a text file".into(),
+                "a pipeline file is YAML text (UTF-8)",
+            ));
+        }
+        let line = line.trim_end();
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if (marker && content) || (ended && !line.is_empty() && !line.starts_with('#')) {
+            return Some((
+                i + 1,
+                1,
+                "a second YAML document starts here; a pipeline file holds one".into(),
+                "put everything in one document, or split the pipelines into files of their own",
+            ));
+        }
+        if line == "..." {
+            ended = true;
+        } else if !marker && !line.is_empty() && !line.starts_with('#') {
+            content = true;
+        }
+    }
+    None
 }
 
 /// How deep a pipeline file may nest: far more than any pipeline needs, far less than

@@ -233,8 +233,12 @@ impl Engine {
         };
         // BILLFLOW_PLANS=DIR: each stream's physical plan as run, with its metrics.
         if let Some(dir) = std::env::var_os("BILLFLOW_PLANS") {
-            let path = PathBuf::from(dir).join(format!("{}.txt", s.id.value));
-            let _ = std::fs::write(path, executable.with_metrics());
+            let dir = PathBuf::from(dir);
+            let path = dir.join(format!("{}.txt", s.id.value));
+            let wrote = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, executable.with_metrics()));
+            if let Err(e) = wrote {
+                tracing::error!("BILLFLOW_PLANS: cannot write {}: {e}", path.display());
+            }
         }
         let written = written.map_err(|e| {
             let stages: Vec<&str> = ps.stages.iter().map(|st| st.name.as_str()).collect();

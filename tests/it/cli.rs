@@ -197,3 +197,21 @@ fn a_failing_stage_stops_its_branch_and_the_others_finish() {
     let leftovers = std::fs::read_dir(&brit).map(|d| d.count()).unwrap_or(0);
     assert_eq!(leftovers, 0, "its staging directory is removed");
 }
+
+/// Found in review: `BILLFLOW_PLANS=DIR` with a DIR that did not exist wrote nothing and
+/// said nothing. The folder is made.
+#[test]
+fn billflow_plans_makes_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plans = tmp.path().join("not/yet/there");
+    let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
+        .args(["run", "--period", "2026-10", "--quiet", "--warehouse"])
+        .arg(tmp.path().join("wh"))
+        .env("BILLFLOW_PLANS", &plans)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = std::fs::read_to_string(plans.join("nimbus-rated-usage.txt")).unwrap();
+    assert!(plan.contains("metrics=["), "{plan}");
+}

@@ -509,3 +509,28 @@ async fn e28_a_file_nested_absurdly_deep_is_refused_before_parsing() {
         assert_eq!(e.location.as_ref().map(|l| l.line), Some(1));
     }
 }
+
+/// Found in review: a UTF-8 byte-order mark was read as part of the first key, a second
+/// YAML document was ignored without a word, and a NUL byte ended the document.
+#[tokio::test]
+async fn e29_a_pipeline_file_is_one_document_of_text() {
+    // With a byte-order mark right before the first key, the sample is still valid.
+    let (tmp, path) = sample_copy();
+    let text = base();
+    let from_first_key = &text[text.find("pipeline:").unwrap()..];
+    std::fs::write(&path, format!("\u{feff}{from_first_key}")).unwrap();
+    billflow::check(&engine(), &path)
+        .await
+        .unwrap_or_else(|d| panic!("{}", d.render()));
+    drop(tmp);
+
+    let y = format!("{}---\npipeline: other\n", base());
+    let d = problems(&y).await;
+    let line = y.lines().position(|l| l == "---").unwrap() + 1;
+    expect(&d, "a second YAML document starts here", (line, 1));
+
+    let y = edit(&base(), "pipeline: cloud-reseller", "pipeline: cloud-re\0seller");
+    let d = problems(&y).await;
+    let (line, col) = position(&y, "\0");
+    expect(&d, "the file holds a NUL byte", (line, col));
+}
