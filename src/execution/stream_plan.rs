@@ -327,6 +327,8 @@ async fn apply_stages(
     on_stage: &(dyn Fn(usize, &str) + Sync),
 ) -> Result<DataFrame, PlanError> {
     let mut df = input;
+    // Checking (not running), the plan after each stage, to name the stage that fails.
+    let mut after: Vec<DataFrame> = Vec::new();
     for (k, st) in ps.stages.iter().enumerate() {
         on_stage(k, &st.name);
         let env = StageEnv {
@@ -336,13 +338,36 @@ async fn apply_stages(
             side,
             executing,
         };
-        df = st.stage.apply(df, &env).await.map_err(|error| PlanError::Stage {
-            stage: st.name.clone(),
-            location: st.def.location.clone(),
-            error: Box::new(error),
-        })?;
+        df = st
+            .stage
+            .apply(df, &env)
+            .await
+            .map_err(|error| stage_error(ps, k, error))?;
+        if !executing {
+            after.push(df.clone());
+        }
+    }
+    // Checking: type-check and optimise the plan, so what only shows there (a literal that
+    // does not cast, a predicate that is no boolean) is found at validate, named by the
+    // first stage whose plan fails, rather than at run. Once for the whole stream; stage by
+    // stage only when it fails.
+    if !executing && df.clone().into_optimized_plan().is_err() {
+        for (k, stage_df) in after.into_iter().enumerate() {
+            if let Err(e) = stage_df.into_optimized_plan() {
+                return Err(stage_error(ps, k, StageError::new(e.strip_backtrace())));
+            }
+        }
     }
     Ok(df)
+}
+
+fn stage_error(ps: &PlannedStream, k: usize, error: StageError) -> PlanError {
+    let st = &ps.stages[k];
+    PlanError::Stage {
+        stage: st.name.clone(),
+        location: st.def.location.clone(),
+        error: Box::new(error),
+    }
 }
 
 /// The contract: the last stage's output must fit the declared columns; rows that break

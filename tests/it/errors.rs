@@ -534,3 +534,32 @@ async fn e29_a_pipeline_file_is_one_document_of_text() {
     let (line, col) = position(&y, "\0");
     expect(&d, "the file holds a NUL byte", (line, col));
 }
+
+/// Found in review: a filter literal that does not cast to its column's type, and a
+/// condition that is no boolean, passed validate and failed at run without a location.
+/// Validate optimises each stream's plan stage by stage and names the stage.
+#[tokio::test]
+async fn e30_a_filter_that_cannot_run_is_found_at_validate_at_its_stage() {
+    for (filter, wrong) in [
+        ("        column: quantity\n        equals: abc\n", "abc"),
+        ("        condition: \"quantity + 1\"\n", "quantity + 1"),
+    ] {
+        let y = edit(
+            &base(),
+            "        column: distributor_id\n        equals: \"{{ owner }}\"\n",
+            filter,
+        );
+        let d = problems(&y).await;
+        let (line, col) = position(&y, "      - name: own-customers");
+        let e = expect(
+            &d,
+            "stage `own-customers` of stream `eurodist-usage`",
+            (line, col + "      - ".len()),
+        );
+        assert!(
+            e.message.contains(wrong) || e.message.to_lowercase().contains("boolean"),
+            "{}",
+            e.message
+        );
+    }
+}
