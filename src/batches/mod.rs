@@ -364,6 +364,14 @@ impl Drop for Staging {
 mod tests {
     use super::*;
 
+    fn location() -> StreamLocation {
+        StreamLocation {
+            tier: "vendor".into(),
+            organization: "o".into(),
+            stream: "s".into(),
+        }
+    }
+
     fn manifest(id: &str) -> Manifest {
         Manifest {
             format: FORMAT_VERSION,
@@ -398,11 +406,7 @@ mod tests {
     fn staging_is_invisible_until_commit_and_dropped_staging_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        let at = StreamLocation {
-            tier: "vendor".into(),
-            organization: "o".into(),
-            stream: "s".into(),
-        };
+        let at = location();
         let staging = store.begin(&at, "2026-10-abc").unwrap();
         fs::write(staging.data_dir().join("part-0.parquet"), b"x").unwrap();
         assert!(store.list(&at).is_empty(), "a staging batch must not be listed");
@@ -444,11 +448,7 @@ mod tests {
     fn runs_committing_one_batch_at_once_leave_exactly_one_and_never_replace_it() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        let at = StreamLocation {
-            tier: "vendor".into(),
-            organization: "o".into(),
-            stream: "s".into(),
-        };
+        let at = location();
         for round in 0..20 {
             let id = format!("2026-10-{round:04}");
             let runs: Vec<Staging> = (0..8).map(|run| staging(&store, &at, &id, run)).collect();
@@ -485,11 +485,7 @@ mod tests {
     fn a_directory_billflow_did_not_write_is_not_replaced() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        let at = StreamLocation {
-            tier: "vendor".into(),
-            organization: "o".into(),
-            stream: "s".into(),
-        };
+        let at = location();
         let id = "2026-10-abc";
         let target = store.batch_dir(&at, id);
         fs::create_dir_all(&target).unwrap();
@@ -503,11 +499,7 @@ mod tests {
     fn a_killed_runs_staging_of_another_batch_is_collected_after_the_grace_period() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        let at = StreamLocation {
-            tier: "vendor".into(),
-            organization: "o".into(),
-            stream: "s".into(),
-        };
+        let at = location();
         let dir = store.stream_dir(&at);
         // Left by killed runs of an earlier version of the batch (pid 4194304 is above
         // Linux's pid limit: no such process).

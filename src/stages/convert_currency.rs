@@ -15,7 +15,7 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 
 use super::reference::{Join, MATCHES, join_reference};
-use super::settings::{all_but, existing, plan_err, read_rounding, read_scale};
+use super::settings::{ROUNDING, all_but, existing, plan_err, read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::{RoundingMode, mul_round};
@@ -93,13 +93,7 @@ const SETTINGS: &[Setting] = &[
         default: "`5`",
         doc: "decimal places of the result",
     },
-    Setting {
-        keys: &["rounding"],
-        ty: "rounding mode",
-        required: "no",
-        default: "`half_even`",
-        doc: "see [Money and rounding](#money-and-rounding)",
-    },
+    ROUNDING,
     Setting {
         keys: &["on_missing_rate"],
         ty: "`fail`, `reject`",

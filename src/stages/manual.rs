@@ -75,7 +75,7 @@ impl StageKind for ManualKind {
         for t in [&export, &resume] {
             let checked = TemplateVars::check(&t.value)
                 .map_err(|e| e.to_string())
-                .and_then(|probe| confined(&probe).map(|_| ()));
+                .and_then(|probe| confined(&probe).map(|_| ()).map_err(|e| e.to_string()));
             if let Err(e) = checked {
                 let d = r.error(e, t.location.clone());
                 d.hint =
@@ -92,16 +92,21 @@ impl StageKind for ManualKind {
     }
 }
 
+/// A manual path that would leave the pipeline's folder.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a path inside the pipeline's folder: manual files are relative to the pipeline file, without `..`"
+)]
+struct OutsideThePipeline(String);
+
 /// A manual path stays inside the pipeline's folder: relative, with no `..`.
-fn confined(path: &str) -> Result<&Path, String> {
+fn confined(path: &str) -> Result<&Path, OutsideThePipeline> {
     let p = Path::new(path);
     let escapes = p
         .components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     if escapes || path.is_empty() {
-        return Err(format!(
-            "`{path}` is not a path inside the pipeline's folder: manual files are relative to the pipeline file, without `..`"
-        ));
+        return Err(OutsideThePipeline(path.to_string()));
     }
     Ok(p)
 }
@@ -119,7 +124,7 @@ impl ManualStage {
         let p = vars
             .expand(&t.value)
             .map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
-        let p = confined(&p).map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
+        let p = confined(&p).map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
         Ok(self.dir.join(p))
     }
 

@@ -14,7 +14,7 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 
 use super::reference::{Join, MATCHES, join_reference, key_list};
-use super::settings::{all_but, existing, plan_err};
+use super::settings::{ROUNDING, all_but, existing, plan_err};
 use super::settings::{read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -65,13 +65,7 @@ const SETTINGS: &[Setting] = &[
         default: "`4`",
         doc: "decimal places of the price",
     },
-    Setting {
-        keys: &["rounding"],
-        ty: "rounding mode",
-        required: "no",
-        default: "`half_even`",
-        doc: "see [Money and rounding](#money-and-rounding)",
-    },
+    ROUNDING,
     Setting {
         keys: &["on_missing_rule"],
         ty: "`fail`, `reject`, `skip`",

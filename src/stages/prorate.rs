@@ -12,7 +12,7 @@ use datafusion::functions::expr_fn::{coalesce, greatest, least};
 use datafusion::logical_expr::{Expr, cast};
 use datafusion::prelude::{DataFrame, lit};
 
-use super::settings::{all_but, existing, plan_err};
+use super::settings::{ROUNDING, all_but, existing, plan_err};
 use super::settings::{read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -69,13 +69,7 @@ const SETTINGS: &[Setting] = &[
         default: "`4`",
         doc: "decimal places of the result",
     },
-    Setting {
-        keys: &["rounding"],
-        ty: "rounding mode",
-        required: "no",
-        default: "`half_even`",
-        doc: "see [Money and rounding](#money-and-rounding)",
-    },
+    ROUNDING,
 ];
 
 pub struct ProrateKind;

@@ -5,7 +5,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::DataFrame;
 use marked_yaml::Node;
 
-use super::StageError;
+use super::{Setting, StageError};
 use crate::definition::{ColumnType, Fields, Reader, Text};
 use crate::engine::money::RoundingMode;
 use crate::engine::side::OnError;
@@ -69,6 +69,15 @@ pub fn all_but(df: &DataFrame, except: &[&str]) -> Vec<Expr> {
 pub fn plan_err(e: datafusion::error::DataFusionError) -> StageError {
     StageError::new(e.strip_backtrace())
 }
+
+/// The `rounding` setting of the kinds that round money.
+pub const ROUNDING: Setting = Setting {
+    keys: &["rounding"],
+    ty: "rounding mode",
+    required: "no",
+    default: "`half_even`",
+    doc: "see [Money and rounding](#money-and-rounding)",
+};
 
 /// A rounding mode (default `half_even`).
 pub fn read_rounding(f: &mut Fields, r: &mut Reader, key: &str) -> Option<RoundingMode> {

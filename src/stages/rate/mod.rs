@@ -36,7 +36,7 @@ mod groups;
 mod versions;
 
 use super::reference::reference_table;
-use super::settings::{existing, read_rounding, read_scale};
+use super::settings::{ROUNDING, existing, read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::money::RoundingMode;
@@ -128,13 +128,7 @@ const SETTINGS: &[Setting] = &[
         default: "`4`",
         doc: "decimal places of the charge and of the shares",
     },
-    Setting {
-        keys: &["rounding"],
-        ty: "rounding mode",
-        required: "no",
-        default: "`half_even`",
-        doc: "see [Money and rounding](#money-and-rounding)",
-    },
+    ROUNDING,
     Setting {
         keys: &["allocation"],
         ty: "`proportional`, `equal`",
