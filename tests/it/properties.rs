@@ -131,3 +131,118 @@ async fn converting_there_and_back_stays_within_rounding() {
         assert!((back - original).abs() <= bound, "id {id}: {original} -> {back}");
     }
 }
+
+/// Nothing is lost: for random rows with random faults (unreadable or over-precise
+/// amounts, missing required values, missing, malformed or other-period dates, unknown
+/// SKUs, rows a filter removes), every stream accounts for each row that came in: rows in
+/// = rows out + refused + removed by filters. Rows in are the period's rows plus those
+/// whose period cannot be told (they are refused in every period's batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_that_comes_in_is_published_refused_or_counted_as_removed() {
+    for seed in 0..4u64 {
+        let mut rng = Rng::new(20261203, seed);
+        let mut csv = String::from("id,day,sku,qty\n");
+        let mut expected_in = 0u64;
+        for id in 0..300 {
+            let (mut day, mut sku, mut qty) = (
+                format!("2026-10-{:02}", 1 + rng.below(31)),
+                "A".to_string(),
+                format!("{}.{:04}", rng.below(50), rng.below(10_000)),
+            );
+            let mut in_period = true;
+            match rng.below(10) {
+                0 => qty = "abc".into(),
+                1 => qty = "1.23456".into(),
+                2 => sku = String::new(),
+                3 => day = String::new(),
+                4 => day = "20261001".into(),
+                5 => {
+                    day = format!("2026-09-{:02}", 1 + rng.below(30));
+                    in_period = false;
+                }
+                6 => sku = "NOPRICE".into(),
+                7 => qty = format!("-{qty}"),
+                _ => {}
+            }
+            if rng.below(2) == 0 && sku == "A" {
+                sku = "B".into();
+            }
+            expected_in += in_period as u64;
+            csv.push_str(&format!("{id},{day},{sku},{qty}\n"));
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("usage.csv"), &csv).unwrap();
+        std::fs::write(dir.join("prices.csv"), "sku,price\nA,1.5000\nB,0.2500\n").unwrap();
+        let yaml = r#"pipeline: t
+organizations:
+  - { id: v, name: V, tier: vendor }
+sources:
+  usage:
+    url: usage.csv
+    schema:
+      - { name: id, type: integer, nullable: false }
+      - { name: day, type: date }
+      - { name: sku, type: string, nullable: false }
+      - { name: qty, type: "decimal(18,4)" }
+references:
+  prices:
+    url: prices.csv
+    schema:
+      - { name: sku, type: string }
+      - { name: price, type: "decimal(18,4)" }
+streams:
+  - id: priced
+    kind: usage
+    owner: v
+    input: { source: usage }
+    period: day
+    stages:
+      - { name: credits-out, kind: filter, condition: "qty >= 0" }
+      - { name: price, kind: lookup, reference: prices, keys: [sku], columns: [price], on_missing: reject }
+    columns:
+      - { name: id, type: integer, nullable: false }
+      - { name: day, type: date }
+      - { name: sku, type: string, nullable: false }
+      - { name: qty, type: "decimal(18,4)" }
+      - { name: price, type: "decimal(18,4)", nullable: false }
+  - id: large
+    kind: usage
+    owner: v
+    input: { stream: priced }
+    period: day
+    stages:
+      - { name: small-out, kind: filter, condition: "qty > 10" }
+    columns:
+      - { name: id, type: integer, nullable: false }
+      - { name: day, type: date }
+      - { name: sku, type: string, nullable: false }
+      - { name: qty, type: "decimal(18,4)" }
+      - { name: price, type: "decimal(18,4)", nullable: false }
+"#;
+        let pipeline = dir.join("p.yaml");
+        std::fs::write(&pipeline, yaml).unwrap();
+        let report = crate::common::run(&pipeline, "2026-10", &dir.join("wh")).await;
+        assert!(report.ok(), "seed {seed}: {report:?}");
+        for s in &report.streams {
+            let removed: u64 = s.removed.iter().map(|(_, _, n)| n).sum();
+            assert_eq!(
+                s.rows_in,
+                s.rows_out + s.rows_rejected + removed,
+                "seed {seed}, stream {}: {} in, {} out, {} refused, {} removed",
+                s.stream,
+                s.rows_in,
+                s.rows_out,
+                s.rows_rejected,
+                removed
+            );
+        }
+        let priced = report.stream("priced").unwrap();
+        assert_eq!(priced.rows_in, expected_in, "seed {seed}");
+        assert!(
+            priced.rows_rejected > 0 && priced.removed.iter().any(|(_, _, n)| *n > 0),
+            "seed {seed}: the faults happen"
+        );
+        assert_eq!(report.stream("large").unwrap().rows_in, priced.rows_out, "seed {seed}");
+    }
+}
