@@ -55,18 +55,49 @@ pub async fn reference_table(ctx: &SessionContext, name: &Text) -> Result<DataFr
     })
 }
 
+/// The reference has every column the join names, and a dated join names two bounds.
+fn check_columns(reference: &DataFrame, j: &Join) -> Result<(), StageError> {
+    let located = |message: String| StageError::new(message).at(Some(j.reference.location.clone()));
+    let bounds = j.dated.as_ref().map(|(_, from, to)| (from, to));
+    if let Some((from, to)) = bounds
+        && from == to
+    {
+        let mut err = located(format!(
+            "the validity bounds of reference `{}` are both column `{from}`: each row would be valid on no day",
+            j.reference.value
+        ));
+        err.hint =
+            Some("name the column where each row's validity starts and the one where it ends (exclusive)".into());
+        return Err(err);
+    }
+    let names = j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p));
+    let names = names.chain(bounds.into_iter().flat_map(|(from, to)| [from, to]));
+    for name in names {
+        if reference.schema().field_with_unqualified_name(name).is_ok() {
+            continue;
+        }
+        let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let mut err = located(format!("reference `{}` has no column `{name}`", j.reference.value));
+        let is_end = bounds.is_some_and(|(from, to)| name == to && cols.contains(from));
+        err.hint = if is_end {
+            Some(format!(
+                "each row needs the end of its validity (exclusive) in a column, named under `rate_columns` \
+                 (convert_currency) or `valid_to` (lookup); a table with only `{}`, each row valid until the \
+                 next, is not read yet",
+                bounds.map(|(from, _)| from.as_str()).unwrap_or_default()
+            ))
+        } else {
+            crate::definition::diagnostics::did_you_mean(name, cols.iter().map(String::as_str))
+                .or(Some(format!("its columns are: {}", cols.join(", "))))
+        };
+        return Err(err);
+    }
+    Ok(())
+}
+
 /// [`join_reference`] with the reference given as a table (e.g. one derived from a reference).
 pub async fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Result<DataFrame, StageError> {
-    for name in j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p)) {
-        if reference.schema().field_with_unqualified_name(name).is_err() {
-            let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();
-            let mut err = StageError::new(format!("reference `{}` has no column `{name}`", j.reference.value))
-                .at(Some(j.reference.location.clone()));
-            err.hint = crate::definition::diagnostics::did_you_mean(name, cols.iter().map(String::as_str))
-                .or(Some(format!("its columns are: {}", cols.join(", "))));
-            return Err(err);
-        }
-    }
+    check_columns(&reference, j)?;
     let rk = |i: usize| format!("__ref_key_{i}");
     let rp = |i: usize| format!("__ref_val_{i}");
     let order_expr = |desc: bool, c: &str| -> Vec<SortExpr> { vec![ident(c).sort(!desc, false)] };

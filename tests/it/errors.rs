@@ -563,3 +563,34 @@ async fn e30_a_filter_that_cannot_run_is_found_at_validate_at_its_stage() {
         );
     }
 }
+
+/// Found in review: a rate table without its `valid_to` column got DataFusion's raw `No
+/// field named valid_to. Did you mean 'fx_rates.valid_from'?`, and following that hint
+/// (`valid_to: valid_from`) passed validate and failed at run.
+#[tokio::test]
+async fn e31_a_dated_reference_needs_two_validity_bounds() {
+    for (mapping, message, help) in [
+        (
+            "{ valid_to: valid_until }",
+            "reference `fx_rates` has no column `valid_until`",
+            "end of its validity",
+        ),
+        (
+            "{ valid_to: valid_from }",
+            "the validity bounds of reference `fx_rates` are both column `valid_from`",
+            "where each row's validity starts",
+        ),
+    ] {
+        let y = edit(
+            &base(),
+            "        rates: fx_rates\n        date: usage_date\n        output: cost\n",
+            &format!(
+                "        rates: fx_rates\n        rate_columns: {mapping}\n        date: usage_date\n        output: cost\n"
+            ),
+        );
+        let d = problems(&y).await;
+        let (line, col) = position(&y, "rates: fx_rates\n        rate_columns");
+        let e = expect(&d, message, (line, col + "rates: ".len()));
+        assert!(e.hint.clone().unwrap_or_default().contains(help), "{:?}", e.hint);
+    }
+}
