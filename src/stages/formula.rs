@@ -112,6 +112,19 @@ impl StageKind for FormulaKind {
                 });
             }
         }
+        // Templates are not expanded in formula expressions: `{{ owner }}` would be published
+        // as that text. Said at validate, where the user wrote it.
+        let texts = outputs.iter().map(|o| &o.expr).chain(drop_when.as_ref());
+        if let Some(t) = texts.into_iter().find(|t| t.value.contains("{{")) {
+            let d = r.error(
+                format!("`{}`: template variables are not expanded in a formula", t.value),
+                t.location.clone(),
+            );
+            d.hint = Some(
+                "compare with the organisation in a `filter` or a `sql` stage, where `{{ ... }}` is expanded".into(),
+            );
+            return None;
+        }
         if outputs.is_empty() && drop_when.is_none() {
             let at = f.location.clone();
             r.error("formula stage computes nothing", at).expected =

@@ -594,3 +594,17 @@ async fn e31_a_dated_reference_needs_two_validity_bounds() {
         assert!(e.hint.clone().unwrap_or_default().contains(help), "{:?}", e.hint);
     }
 }
+
+/// Found in review: `{{ owner }}` in a `formula` expression was published as that text.
+#[tokio::test]
+async fn e32_a_template_in_a_formula_is_an_error_not_text() {
+    let y = edit(
+        &base(),
+        "      - name: own-customers\n        kind: filter\n        column: distributor_id\n        equals: \"{{ owner }}\"\n",
+        "      - name: own-customers\n        kind: formula\n        drop_when: \"distributor_id <> '{{ owner }}'\"\n",
+    );
+    let d = problems(&y).await;
+    let (line, col) = position(&y, "\"distributor_id <> '{{ owner }}'\"");
+    let e = expect(&d, "template variables are not expanded in a formula", (line, col));
+    assert!(hint(&e).contains("filter"), "{}", hint(&e));
+}
