@@ -240,6 +240,17 @@ pub struct StreamInput {
 }
 
 impl StreamInput {
+    /// An input read as a whole, with nothing refused on the way in (an empty table of the
+    /// input's schema, a sample of an upstream stream's rows). Its tap counts nothing: a
+    /// run never reads such an input.
+    pub fn whole(df: DataFrame) -> Self {
+        StreamInput {
+            df,
+            rejects: None,
+            tap: Tap::new("input"),
+        }
+    }
+
     /// Rows that entered the stream for this period (kept plus refused), if a read of the
     /// input was complete.
     pub fn rows_in(&self) -> Option<u64> {

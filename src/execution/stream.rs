@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use datafusion::prelude::DataFrame;
 
-use super::stream_plan::{self, Inputs, PlanError, StreamPlan, for_each_organizations, template_vars};
+use super::stream_plan::{self, Inputs, PlanError, StreamPlan, template_vars};
 use super::{Engine, Progress, RunOptions, Status, StreamError, StreamReport, empty_report, inputs, write};
 use crate::batches::{
     self, Committed, InputInfo, Manifest, OrganizationPart, PeriodInfo, Staging, Store, StreamLocation,
@@ -165,7 +165,7 @@ impl Engine {
         let staging = store
             .begin(&id.at, &id.batch_id)
             .map_err(|e| Stop::failed(format!("cannot create the batch directory: {e}")))?;
-        let (written, organizations) = self.execute_and_write(plan, ps, &sp.output, &staging).await?;
+        let (written, organizations) = self.execute_and_write(plan, ps, &sp, &staging).await?;
         phase.done("execute and write");
         let tally = write_refusals(sp, &staging).await?;
         phase.done("write refused rows");
@@ -194,16 +194,16 @@ impl Engine {
         &self,
         plan: &Plan,
         ps: &PlannedStream,
-        output: &DataFrame,
+        sp: &StreamPlan,
         staging: &Staging,
     ) -> Result<(write::Written, BTreeMap<String, OrganizationPart>), Stop> {
         let s = plan.def(ps);
-        let each = for_each_organizations(plan, s);
+        let each = &sp.for_each;
         // A `for_each` batch: each organisation's rows to one writer (one file each, not
         // one per writer), unless a declared order must be kept as sorted.
-        let executable = write::Executable::new(output.clone())
+        let executable = write::Executable::new(sp.output.clone())
             .await
-            .and_then(|x| match &each {
+            .and_then(|x| match each {
                 Some((column, _)) if s.order_by.is_empty() && self.partitions > 1 => {
                     x.partitioned_by(column, self.partitions)
                 }
@@ -212,7 +212,7 @@ impl Engine {
             .map_err(|e| Stop::failed(format!("planning: {e}")))?;
         let out_schema = Arc::new(arrow_schema(&s.columns, true));
         let mut organizations = BTreeMap::new();
-        let written = match &each {
+        let written = match each {
             Some((column, orgs)) => {
                 write::write_parquet_per_organization(&executable, &staging.data_dir(), out_schema, column)
                     .await

@@ -92,13 +92,15 @@ pub struct StreamPlan {
     pub side: SideOutputs,
     /// The contract's refusals, then (a `for_each` stream) the organisation check's.
     pub refusals: Vec<Refusal>,
+    /// A `for_each` stream's organisation column and the organisations of its tier.
+    pub for_each: Option<(String, Vec<String>)>,
 }
 
 /// A `for_each` stream's organisation column and the organisations of its tier.
-pub fn for_each_organizations<'p>(plan: &'p Plan, s: &'p StreamDef) -> Option<(&'p str, Vec<String>)> {
+fn for_each_organizations(plan: &Plan, s: &StreamDef) -> Option<(String, Vec<String>)> {
     s.for_each.as_ref().map(|e| {
         (
-            e.column.value.as_str(),
+            e.column.value.clone(),
             plan.pipeline
                 .organizations_of(&e.tier.value)
                 .map(|o| o.id.value.clone())
@@ -139,10 +141,11 @@ pub async fn build_on(
     let staged = apply_stages(ps, input.df.clone(), ctx, &vars, &side, executing, on_stage).await?;
     let (published, contract) = apply_contract(ps, s, staged)?;
     let mut refusals = vec![contract];
-    let published = match for_each_organizations(plan, s) {
+    let for_each = for_each_organizations(plan, s);
+    let published = match &for_each {
         Some((column, orgs)) => {
             let tier = s.for_each.as_ref().map(|e| e.tier.value.as_str()).unwrap_or_default();
-            let (kept, refused) = check_organizations(published, column, &orgs, tier)?;
+            let (kept, refused) = check_organizations(published, column, orgs, tier)?;
             refusals.push(refused);
             kept
         }
@@ -154,6 +157,7 @@ pub async fn build_on(
         output,
         side,
         refusals,
+        for_each,
     })
 }
 
@@ -236,11 +240,7 @@ pub async fn read_input(
             let df = inputs::read_files(ctx, &[file.to_path_buf()], format_of(file), Some(&schema))
                 .await
                 .map_err(|e| PlanError::input(format!("sample {}: {e}", file.display()), None))?;
-            Ok(StreamInput {
-                df,
-                rejects: None,
-                tap: Tap::new("input"),
-            })
+            Ok(StreamInput::whole(df))
         }
     }
 }
@@ -261,11 +261,7 @@ fn empty_input(ctx: &SessionContext, schema: SchemaRef) -> Result<StreamInput, P
     let df = ctx
         .read_batch(RecordBatch::new_empty(schema))
         .map_err(|e| PlanError::plan("an empty input", e))?;
-    Ok(StreamInput {
-        df,
-        rejects: None,
-        tap: Tap::new("input"),
-    })
+    Ok(StreamInput::whole(df))
 }
 
 /// A sample file's format, from its extension (CSV with a header otherwise).

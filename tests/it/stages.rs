@@ -221,6 +221,17 @@ async fn a_stream_publishes_its_rows_in_the_declared_order() {
     assert!(d.list[0].hint.as_deref().unwrap_or("").contains("did you mean `org`?"));
 }
 
+/// The `COSTS` input through `stages`, published as it is.
+fn costs(stages: &str) -> Case<'_> {
+    Case {
+        input: COSTS,
+        schema: COSTS_SCHEMA,
+        references: &[],
+        stages,
+        columns: COSTS_SCHEMA,
+    }
+}
+
 /// Found in review: a `manual` stage's `export` path was used as given (absolute, `..`, or
 /// from a template) and replaced an existing file without a check; it overwrote the
 /// stream's own input. It stays inside the pipeline's folder and replaces only a file
@@ -233,13 +244,7 @@ async fn a_manual_export_stays_in_the_pipelines_folder_and_replaces_no_file_it_d
     for export in ["../outside.csv", "/tmp/billflow-outside.csv", "manual/../../x.csv"] {
         let tmp = tempfile::tempdir().unwrap();
         let stages = manual(export);
-        let case = Case {
-            input: COSTS,
-            schema: COSTS_SCHEMA,
-            references: &[],
-            stages: &stages,
-            columns: COSTS_SCHEMA,
-        };
+        let case = costs(&stages);
         let pipeline = write_case(tmp.path(), &case);
         let d = billflow::check(&engine(), &pipeline).await.unwrap_err();
         assert!(
@@ -252,13 +257,7 @@ async fn a_manual_export_stays_in_the_pipelines_folder_and_replaces_no_file_it_d
     // Onto the stream's own input: refused, the input untouched.
     let tmp = tempfile::tempdir().unwrap();
     let stages = manual("input.csv");
-    let case = Case {
-        input: COSTS,
-        schema: COSTS_SCHEMA,
-        references: &[],
-        stages: &stages,
-        columns: COSTS_SCHEMA,
-    };
+    let case = costs(&stages);
     let (s, _, _) = run_case(tmp.path(), &case).await;
     assert_eq!(s.status, Status::Failed);
     let e = s.error.unwrap().to_string();
@@ -272,13 +271,7 @@ async fn a_manual_export_stays_in_the_pipelines_folder_and_replaces_no_file_it_d
     // hand is not.
     let tmp = tempfile::tempdir().unwrap();
     let stages = manual("manual/to-review.csv");
-    let case = Case {
-        input: COSTS,
-        schema: COSTS_SCHEMA,
-        references: &[],
-        stages: &stages,
-        columns: COSTS_SCHEMA,
-    };
+    let case = costs(&stages);
     let (s, _, _) = run_case(tmp.path(), &case).await;
     assert_eq!(s.status, Status::Waiting, "{:?}", s.error);
     let export = tmp.path().join("manual/to-review.csv");
