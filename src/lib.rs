@@ -46,13 +46,23 @@ pub use plan::{Period, Plan};
 /// Load, validate and compile a pipeline file: every problem found before any data is
 /// read comes back at once.
 pub fn compile(path: &Path) -> Result<Plan, Diagnostics> {
-    let pipeline = definition::load(path)?;
+    compile_in(path, None)
+}
+
+/// [`compile`] with a sandbox: the pipeline and every file it names must lie under it.
+pub fn compile_in(path: &Path, sandbox: Option<definition::Sandbox>) -> Result<Plan, Diagnostics> {
+    let pipeline = definition::load_in(path, sandbox)?;
     plan::compile(pipeline)
 }
 
 /// `compile` plus schema inference through every stage (reads file headers, not data).
 pub async fn check(engine: &Engine, path: &Path) -> Result<Plan, Diagnostics> {
-    let plan = compile(path)?;
+    check_in(engine, path, None).await
+}
+
+/// [`check`] with a sandbox (see [`compile_in`]).
+pub async fn check_in(engine: &Engine, path: &Path, sandbox: Option<definition::Sandbox>) -> Result<Plan, Diagnostics> {
+    let plan = compile_in(path, sandbox)?;
     let d = engine.check(&plan).await;
     if d.is_empty() { Ok(plan) } else { Err(d) }
 }

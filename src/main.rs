@@ -24,6 +24,10 @@ struct Cli {
     /// aggregations spill to disk (TMPDIR). `0`: no limit.
     #[arg(long, global = true, default_value = "4G", value_parser = parse_size)]
     memory_limit: usize,
+    /// Refuse any pipeline file, source, reference, query, pairs, sample or manual file
+    /// outside DIR (a pipeline is trusted code: it reads and writes the files it names).
+    #[arg(long, global = true, value_name = "DIR")]
+    sandbox: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,11 +136,19 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
-async fn load(engine: &Engine, path: &Path) -> Result<billflow::Plan, ExitCode> {
-    billflow::check(engine, path).await.map_err(|d| {
-        eprint!("{}", d.render());
-        ExitCode::from(2)
-    })
+/// The engine, and the sandbox pipelines are loaded in.
+struct Env {
+    engine: Arc<Engine>,
+    sandbox: Option<billflow::definition::Sandbox>,
+}
+
+async fn load(env: &Env, path: &Path) -> Result<billflow::Plan, ExitCode> {
+    billflow::check_in(&env.engine, path, env.sandbox.clone())
+        .await
+        .map_err(|d| {
+            eprint!("{}", d.render());
+            ExitCode::from(2)
+        })
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -148,27 +160,40 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let sandbox = match cli
+        .sandbox
+        .as_deref()
+        .map(billflow::definition::Sandbox::new)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --sandbox: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let env = Env { engine, sandbox };
     let outcome = match cli.command {
-        Command::Validate { pipeline } => validate(&engine, &pipeline).await,
+        Command::Validate { pipeline } => validate(&env, &pipeline).await,
         Command::Explain {
             pipeline,
             format,
             verbose,
-        } => explain(&engine, &pipeline, format, verbose).await,
+        } => explain(&env, &pipeline, format, verbose).await,
         Command::Run {
             pipeline,
             period,
             warehouse,
             quiet,
-        } => run_pipeline(&engine, &pipeline, &period, warehouse, quiet).await,
+        } => run_pipeline(&env, &pipeline, &period, warehouse, quiet).await,
         Command::Generate { rows, seed, out, csv } => generate(rows, seed, &out, csv),
-        Command::Test { pipeline } => test(&engine, &pipeline).await,
+        Command::Test { pipeline } => test(&env, &pipeline).await,
     };
     outcome.unwrap_or_else(|code| code)
 }
 
-async fn validate(engine: &Engine, pipeline: &Path) -> Result<ExitCode, ExitCode> {
-    let plan = load(engine, pipeline).await?;
+async fn validate(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
+    let plan = load(env, pipeline).await?;
     let p = &plan.pipeline;
     println!(
         "{}: pipeline `{}` is valid: {} organisations, {} sources, {} references, {} streams, {} stages",
@@ -183,13 +208,13 @@ async fn validate(engine: &Engine, pipeline: &Path) -> Result<ExitCode, ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn explain(engine: &Engine, pipeline: &Path, format: Format, verbose: bool) -> Result<ExitCode, ExitCode> {
-    let plan = load(engine, pipeline).await?;
+async fn explain(env: &Env, pipeline: &Path, format: Format, verbose: bool) -> Result<ExitCode, ExitCode> {
+    let plan = load(env, pipeline).await?;
     match format {
         Format::Tree => {
             print!("{}", plan::explain::tree(&plan));
             if verbose {
-                print!("{}", billflow::execution::explain_plans(engine, &plan).await);
+                print!("{}", billflow::execution::explain_plans(&env.engine, &plan).await);
             }
         }
         Format::Mermaid => print!("{}", plan::explain::mermaid(&plan)),
@@ -199,7 +224,7 @@ async fn explain(engine: &Engine, pipeline: &Path, format: Format, verbose: bool
 }
 
 async fn run_pipeline(
-    engine: &Arc<Engine>,
+    env: &Env,
     pipeline: &Path,
     period: &str,
     warehouse: Option<PathBuf>,
@@ -209,7 +234,7 @@ async fn run_pipeline(
         eprintln!("error: --period: {e}");
         ExitCode::from(2)
     })?;
-    let plan = Arc::new(load(engine, pipeline).await?);
+    let plan = Arc::new(load(env, pipeline).await?);
     let warehouse = warehouse
         .or_else(|| plan.pipeline.warehouse.clone())
         .unwrap_or_else(|| PathBuf::from("warehouse"));
@@ -218,7 +243,7 @@ async fn run_pipeline(
     } else {
         Arc::new(cli::Bars::new())
     };
-    let report = engine.run(plan, RunOptions { period, warehouse }, progress).await;
+    let report = env.engine.run(plan, RunOptions { period, warehouse }, progress).await;
     print!("{}", cli::summary_table(&report));
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -241,9 +266,9 @@ fn generate(rows: usize, seed: u64, out: &Path, csv: bool) -> Result<ExitCode, E
     Ok(ExitCode::SUCCESS)
 }
 
-async fn test(engine: &Engine, pipeline: &Path) -> Result<ExitCode, ExitCode> {
-    let plan = load(engine, pipeline).await?;
-    let outcomes = billflow::testing::run_samples(engine, &plan).await;
+async fn test(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
+    let plan = load(env, pipeline).await?;
+    let outcomes = billflow::testing::run_samples(&env.engine, &plan).await;
     if outcomes.is_empty() {
         println!("no stream declares a `sample`; nothing to test");
         return Ok(ExitCode::SUCCESS);

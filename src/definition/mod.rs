@@ -4,6 +4,7 @@ pub mod diagnostics;
 pub mod model;
 pub mod parse;
 pub mod reader;
+pub mod sandbox;
 pub mod validate;
 
 use std::path::Path;
@@ -11,9 +12,24 @@ use std::path::Path;
 pub use diagnostics::{Diagnostic, Diagnostics, Location, SourceFile};
 pub use model::*;
 pub use reader::{Fields, Reader, Text};
+pub use sandbox::{OutsideSandbox, Sandbox};
 
 /// Read, parse and validate a pipeline file. All problems come back together.
 pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
+    load_in(path, None)
+}
+
+/// [`load`] with a sandbox: the pipeline file and every file it names must lie under it.
+pub fn load_in(path: &Path, sandbox: Option<Sandbox>) -> Result<Pipeline, Diagnostics> {
+    if let Some(s) = &sandbox {
+        let full = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Err(e) = s.admit(&full, &path.display().to_string()) {
+            let mut d = Diagnostics::default();
+            d.error(format!("the pipeline file {e}"), None).hint =
+                Some("with --sandbox DIR, the pipeline and every file it names lie under DIR".into());
+            return Err(d);
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut d = Diagnostics::default();
         d.error(format!("cannot read pipeline file {}: {e}", path.display()), None)
@@ -21,11 +37,15 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             Some("pass the path of a pipeline YAML file, e.g. data-samples/cloud-reseller/pipeline.yaml".into());
         d
     })?;
-    load_str(path, text)
+    load_str_in(path, text, sandbox)
 }
 
 /// Parse and validate pipeline text as if read from `path` (relative paths resolve there).
 pub fn load_str(path: &Path, text: String) -> Result<Pipeline, Diagnostics> {
+    load_str_in(path, text, None)
+}
+
+fn load_str_in(path: &Path, text: String, sandbox: Option<Sandbox>) -> Result<Pipeline, Diagnostics> {
     // A byte-order mark is not part of the first key.
     let text = match text.strip_prefix('\u{feff}') {
         Some(rest) => rest.to_string(),
@@ -35,6 +55,7 @@ pub fn load_str(path: &Path, text: String) -> Result<Pipeline, Diagnostics> {
     let (pipeline, mut diags) = parse::parse(file);
     match pipeline {
         Some(mut p) => {
+            p.sandbox = sandbox;
             validate::validate(&mut p, &mut diags);
             if diags.is_empty() { Ok(p) } else { Err(diags.sorted()) }
         }

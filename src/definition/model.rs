@@ -22,9 +22,20 @@ pub struct Pipeline {
     pub sources: Vec<TableDef>,
     pub references: Vec<TableDef>,
     pub streams: Vec<StreamDef>,
+    /// With `--sandbox DIR`: the folder every file the pipeline names must lie under.
+    pub sandbox: Option<super::Sandbox>,
 }
 
 impl Pipeline {
+    /// A path the pipeline wrote, resolved against its folder and, with a sandbox,
+    /// checked to lie under it.
+    pub fn confine(&self, relative: &str) -> Result<PathBuf, super::OutsideSandbox> {
+        let full = self.resolve(relative);
+        match &self.sandbox {
+            Some(s) => s.admit(&full, relative),
+            None => Ok(full),
+        }
+    }
     pub fn organization(&self, id: &str) -> Option<&Organization> {
         self.organizations.iter().find(|o| o.id.value == id)
     }

@@ -252,6 +252,7 @@ fn parse_root(r: &mut Reader, root: &Node) -> Option<Pipeline> {
         sources,
         references,
         streams,
+        sandbox: None,
     })
 }
 

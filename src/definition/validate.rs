@@ -151,8 +151,23 @@ fn check_tables(p: &Pipeline, diags: &mut Diagnostics) {
         }
         let full = p.resolve(&t.url.value);
         let pattern = full.to_string_lossy().to_string();
-        let matches = glob::glob(&pattern).map(|g| g.filter_map(Result::ok).filter(|m| m.is_file()).count());
-        match matches {
+        let matches =
+            glob::glob(&pattern).map(|g| g.filter_map(Result::ok).filter(|m| m.is_file()).collect::<Vec<_>>());
+        if let (Some(sandbox), Ok(files)) = (&p.sandbox, &matches)
+            && let Some(e) = files
+                .iter()
+                .find_map(|f| sandbox.admit(f, &f.display().to_string()).err())
+        {
+            diags
+                .error(
+                    format!("{e} (a file `{}` names)", t.url.value),
+                    Some(t.url.location.clone()),
+                )
+                .hint =
+                Some("with --sandbox DIR, every source, reference, query and manual file lies under DIR".into());
+            continue;
+        }
+        match matches.as_ref().map(Vec::len) {
             Ok(0) => {
                 diags
                     .error(
@@ -250,7 +265,10 @@ fn check_streams(p: &Pipeline, diags: &mut Diagnostics) {
         }
         if let Some(sample) = &s.sample {
             for t in [&sample.input, &sample.expected] {
-                if !p.resolve(&t.value).is_file() {
+                if let Err(e) = p.confine(&t.value) {
+                    diags.error(e.to_string(), Some(t.location.clone())).hint =
+                        Some("with --sandbox DIR, every file the pipeline names lies under DIR".into());
+                } else if !p.resolve(&t.value).is_file() {
                     diags
                         .error(
                             format!("sample file `{}` does not exist", t.value),

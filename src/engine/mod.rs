@@ -9,7 +9,8 @@
 //! - [`tap`]: the counting checkpoint; [`residue`]: penny-residue assignment;
 //! - [`money`]: exact Decimal128 kernels and their UDFs;
 //! - [`side`]: refused rows and removed-row counts that stages leave beside their output;
-//! - [`interop`]: Arrow <-> Polars through the C Data Interface.
+//! - [`interop`]: Arrow <-> Polars through the C Data Interface;
+//! - [`text_scan`]: CSV and NDJSON read so that an unreadable line is a refused row.
 
 pub mod interop;
 pub mod money;
@@ -18,3 +19,4 @@ pub mod residue;
 pub mod session;
 pub mod side;
 pub mod tap;
+pub mod text_scan;

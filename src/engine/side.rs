@@ -14,6 +14,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{DataFrame, ident, lit};
 
 use super::tap::Tap;
+use super::text_scan;
 
 /// Rows a stage refused: a lazy plan over them, and the tap that tells whether any were.
 pub struct StageRejects {
@@ -56,16 +57,30 @@ impl SideOutputs {
     }
 }
 
-/// The refused rows of `df`: every column as text, plus the stage and the reason.
+/// The refused rows of `df`: every column as text, plus the stage and the reason, then
+/// where each row came from when its reader said so (the file and line of
+/// `text_scan::FILE`, `LINE` and `RECORD`; its `PROBLEM` is already the reason).
 pub fn reject_rows(df: DataFrame, bad: Expr, reason: Expr, stage: &str) -> Result<DataFrame> {
+    let origin = [text_scan::FILE, text_scan::LINE, text_scan::RECORD];
+    let from_reader = |name: &str| origin.contains(&name) || name == text_scan::PROBLEM;
     let mut select: Vec<Expr> = df
         .schema()
         .fields()
         .iter()
+        .filter(|f| !from_reader(f.name()))
         .map(|f| cast(ident(f.name()), DataType::Utf8).alias(f.name()))
         .collect();
     select.push(lit(stage.to_string()).alias("_reject_stage"));
     select.push(reason.alias("_reject_reason"));
+    for name in origin {
+        if let Ok(f) = df.schema().field_with_unqualified_name(name) {
+            let value = match f.data_type() {
+                DataType::UInt64 => ident(name),
+                _ => cast(ident(name), DataType::Utf8),
+            };
+            select.push(value.alias(name));
+        }
+    }
     df.filter(bad).and_then(|d| d.select(select))
 }
 
@@ -146,6 +161,9 @@ pub fn remove_rows(df: DataFrame, remove: Expr, what: &str, stage: &str, side: &
 struct FailUdf {
     signature: Signature,
     stage: String,
+    /// What the flagged rows are, when they are not the stage's rows (e.g. the pairs of
+    /// a join): the message then counts them as such.
+    unit: Option<String>,
 }
 
 impl ScalarUDFImpl for FailUdf {
@@ -171,11 +189,17 @@ impl ScalarUDFImpl for FailUdf {
             } else {
                 "no reason given".into()
             };
-            return Err(DataFusionError::Execution(format!(
-                "stage `{}` refused a row ({} in this batch of {n}): {why}",
-                self.stage,
-                bad.true_count()
-            )));
+            let count = bad.true_count();
+            return Err(DataFusionError::Execution(match &self.unit {
+                None => format!(
+                    "stage `{}` refused a row ({count} in this batch of {n}): {why}",
+                    self.stage
+                ),
+                Some(unit) => format!(
+                    "stage `{}` refused {unit} ({count} of the {n} in this batch): {why}",
+                    self.stage
+                ),
+            }));
         }
         Ok(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Boolean(Some(
             true,
@@ -184,6 +208,12 @@ impl ScalarUDFImpl for FailUdf {
 }
 
 pub fn fail_on(bad: Expr, reason: Expr, stage: &str) -> Expr {
+    fail_on_each(bad, reason, stage, None)
+}
+
+/// [`fail_on`] over rows that are not the stage's rows: `unit` says what one is (e.g.
+/// "a (usage group, price band) pair"), so the message does not count them as rows.
+pub fn fail_on_each(bad: Expr, reason: Expr, stage: &str, unit: Option<&str>) -> Expr {
     // The reason only where the row is bad: CASE evaluates its branch on those rows alone,
     // so a passing batch never builds the message strings.
     let bad = bad.is_true();
@@ -194,6 +224,7 @@ pub fn fail_on(bad: Expr, reason: Expr, stage: &str) -> Expr {
     ScalarUDF::new_from_impl(FailUdf {
         signature: Signature::exact(vec![DataType::Boolean, DataType::Utf8], Volatility::Volatile),
         stage: stage.to_string(),
+        unit: unit.map(str::to_string),
     })
     .call(vec![bad, reason])
 }

@@ -17,6 +17,7 @@ use super::contract;
 use crate::batches::{InputInfo, file_fingerprint};
 use crate::definition::{Pipeline, TableDef, TableFormat, arrow_schema};
 use crate::engine::tap::Tap;
+use crate::engine::text_scan::{self, TextFile, TextFormat};
 
 /// Why a source, a reference or a batch could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub enum InputError {
         declared: String,
         found: DataType,
     },
+    #[error(transparent)]
+    OutsideSandbox(#[from] crate::definition::OutsideSandbox),
     #[error("reference `{name}`: {cause}")]
     Reference { name: String, cause: Box<InputError> },
     #[error("{}", .0.strip_backtrace())]
@@ -74,6 +77,11 @@ pub fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, In
         .filter(|p| p.is_file())
         .collect();
     files.sort();
+    if let Some(sandbox) = &pipeline.sandbox {
+        for f in &files {
+            sandbox.admit(f, &f.display().to_string())?;
+        }
+    }
     if files.is_empty() {
         return Err(InputError::NoFiles {
             url: t.url.value.clone(),
@@ -285,15 +293,21 @@ pub async fn read_source_files(
         return select_period(df, period, &format!("source {}", t.name.value));
     };
     let declared = arrow_schema(cols, false);
-    let raw = match t.format {
+    // `origin`: the same rows with the file and line each came from, read only to write
+    // the rejects file (counting lines costs a second pass over each range's prefix).
+    let (raw, origin) = match t.format {
         // Parquet: read as stored, then convert what differs from the declaration.
-        TableFormat::Parquet => read_files(ctx, files, t.format, None).await?,
-        // NDJSON: decoded straight into the declared types (a number's text into a
-        // Decimal128, exactly, never through a float; a missing key is NULL, refused below
-        // where the column is required).
-        TableFormat::Ndjson => read_files(ctx, files, t.format, Some(&arrow_schema(cols, true))).await?,
-        _ => {
-            // Everything as text first; the declared types are applied below.
+        TableFormat::Parquet => (read_files(ctx, files, t.format, None).await?, None),
+        // CSV as text (the declared types are applied below); NDJSON decoded straight
+        // into the declared types (a number's text into a Decimal128, exactly, never
+        // through a float; a missing key is NULL, refused below where the column is
+        // required). A line that cannot be read is a row with its problem.
+        TableFormat::Csv { delimiter, has_header } => {
+            if has_header {
+                for f in files {
+                    check_csv_header(f, delimiter, &declared)?;
+                }
+            }
             let text = Schema::new(
                 declared
                     .fields()
@@ -301,8 +315,9 @@ pub async fn read_source_files(
                     .map(|f| Field::new(f.name(), DataType::Utf8, true))
                     .collect::<Vec<_>>(),
             );
-            read_files(ctx, files, t.format, Some(&text)).await?
+            read_text(ctx, files, TextFormat::Csv { delimiter, has_header }, &text)?
         }
+        TableFormat::Ndjson => read_text(ctx, files, TextFormat::Ndjson, &arrow_schema(cols, true))?,
     };
     let raw_schema: SchemaRef = Arc::new(raw.schema().as_arrow().clone());
     for c in cols {
@@ -328,6 +343,14 @@ pub async fn read_source_files(
         }
     }
     let checks = contract::row_checks(&raw_schema, cols);
+    // A line the reader could not read is refused with its problem, before anything else.
+    let read_by_lines = raw_schema.index_of(text_scan::PROBLEM).is_ok();
+    let unreadable = if read_by_lines {
+        ident(text_scan::PROBLEM).is_not_null()
+    } else {
+        lit(false)
+    };
+    let bad = unreadable.clone().or(checks.bad.clone());
     let (keep_period, refused_here) = match period {
         Some(sel) => {
             let c = cols
@@ -347,25 +370,56 @@ pub async fn read_source_files(
             let inside = in_period(value.clone(), &target, sel.period);
             // A row whose period value is missing (or does not convert) is in no period:
             // it is refused with the reason, never dropped without a word.
-            (inside.clone(), value.is_null().or(checks.bad.clone().and(inside)))
+            (inside.clone(), value.is_null().or(bad.clone().and(inside)))
         }
-        None => (lit(true), checks.bad.clone()),
+        None => (lit(true), bad.clone()),
     };
-    let reason = match period {
+    let otherwise = match period {
         Some(sel) => when(checks.bad.clone(), checks.reason.clone()).otherwise(lit(no_period_reason(sel.column)))?,
         None => checks.reason.clone(),
     };
-    let keep = checks.bad.clone().not().and(keep_period);
+    let reason = if read_by_lines {
+        when(unreadable, ident(text_scan::PROBLEM)).otherwise(otherwise)?
+    } else {
+        otherwise
+    };
+    let keep = bad.not().and(keep_period);
     let typed = contract::output_projection(&raw_schema, cols);
     let df = tap
         .apply(raw.clone(), refused_here.clone(), keep)
         .and_then(|d| d.select(typed))?;
-    let rejects = reject_rows(raw, refused_here, reason, &format!("source {}", t.name.value))?;
+    let rejects = reject_rows(
+        origin.unwrap_or(raw),
+        refused_here,
+        reason,
+        &format!("source {}", t.name.value),
+    )?;
     Ok(StreamInput {
         df,
         rejects: Some(rejects),
         tap,
     })
+}
+
+/// CSV or NDJSON files as a table whose unreadable lines are rows with their problem
+/// (`engine::text_scan`), and the same table with each row's file and line.
+fn read_text(
+    ctx: &SessionContext,
+    files: &[PathBuf],
+    format: TextFormat,
+    columns: &Schema,
+) -> Result<(DataFrame, Option<DataFrame>), InputError> {
+    let files: Vec<TextFile> = files
+        .iter()
+        .map(|p| TextFile {
+            path: p.clone(),
+            name: p.display().to_string(),
+        })
+        .collect();
+    let partitions = ctx.state().config().target_partitions();
+    let kept = ctx.read_table(text_scan::text_table(&files, format, columns, false, partitions)?)?;
+    let origin = ctx.read_table(text_scan::text_table(&files, format, columns, true, partitions)?)?;
+    Ok((kept, Some(origin)))
 }
 
 /// A committed upstream batch as the input of a stream below it, restricted to the period.

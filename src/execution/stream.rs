@@ -240,11 +240,11 @@ impl Engine {
                 tracing::error!("BILLFLOW_PLANS: cannot write {}: {e}", path.display());
             }
         }
-        let written = written.map_err(|e| {
-            let stages: Vec<&str> = ps.stages.iter().map(|st| st.name.as_str()).collect();
-            let stage = (!stages.is_empty()).then(|| stages.join(", "));
-            Stop::failed(format!("while executing: {e}")).in_stage(stage)
-        })?;
+        let written = match written {
+            Ok(w) => w,
+            // The stages ran fused into one plan: name the one that fails by itself.
+            Err(e) => return Err(Stop::failed(format!("while executing: {e}")).in_stage(sp.failing_stage().await)),
+        };
         Ok((written, organizations))
     }
 }

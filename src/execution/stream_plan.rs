@@ -94,6 +94,38 @@ pub struct StreamPlan {
     pub refusals: Vec<Refusal>,
     /// A `for_each` stream's organisation column and the organisations of its tier.
     pub for_each: Option<(String, Vec<String>)>,
+    /// Each stage's output (lazy), to tell which of the stages fused into one plan
+    /// failed when the plan fails at run.
+    pub stage_outputs: Vec<(String, DataFrame)>,
+}
+
+impl StreamPlan {
+    /// The first stage whose output, run by itself, fails: the stage to name for a run
+    /// error of stages fused into one plan. It runs the stages again, one more each time,
+    /// so it is asked only once the run has failed.
+    pub async fn failing_stage(&self) -> Option<String> {
+        use futures::StreamExt;
+        for (name, df) in &self.stage_outputs {
+            // Every column is computed (a count could skip a failing expression).
+            let failed = match df.clone().execute_stream().await {
+                Err(_) => true,
+                Ok(mut rows) => {
+                    let mut failed = false;
+                    while let Some(batch) = rows.next().await {
+                        if batch.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    failed
+                }
+            };
+            if failed {
+                return Some(name.clone());
+            }
+        }
+        None
+    }
 }
 
 /// A `for_each` stream's organisation column and the organisations of its tier.
@@ -138,7 +170,7 @@ pub async fn build_on(
     let s = plan.def(ps);
     let vars = template_vars(plan, ps, period);
     let side = SideOutputs::default();
-    let staged = apply_stages(ps, input.df.clone(), ctx, &vars, &side, executing, on_stage).await?;
+    let (staged, stage_outputs) = apply_stages(ps, input.df.clone(), ctx, &vars, &side, executing, on_stage).await?;
     let (published, contract) = apply_contract(ps, s, staged)?;
     let mut refusals = vec![contract];
     let for_each = for_each_organizations(plan, s);
@@ -158,6 +190,7 @@ pub async fn build_on(
         side,
         refusals,
         for_each,
+        stage_outputs,
     })
 }
 
@@ -321,10 +354,10 @@ async fn apply_stages(
     side: &SideOutputs,
     executing: bool,
     on_stage: &(dyn Fn(usize, &str) + Sync),
-) -> Result<DataFrame, PlanError> {
+) -> Result<(DataFrame, Vec<(String, DataFrame)>), PlanError> {
     let mut df = input;
-    // Checking (not running), the plan after each stage, to name the stage that fails.
-    let mut after: Vec<DataFrame> = Vec::new();
+    // The plan after each stage, to name the stage that fails.
+    let mut after: Vec<(String, DataFrame)> = Vec::new();
     for (k, st) in ps.stages.iter().enumerate() {
         on_stage(k, &st.name);
         let env = StageEnv {
@@ -339,22 +372,20 @@ async fn apply_stages(
             .apply(df, &env)
             .await
             .map_err(|error| stage_error(ps, k, error))?;
-        if !executing {
-            after.push(df.clone());
-        }
+        after.push((st.name.clone(), df.clone()));
     }
     // Checking: type-check and optimise the plan, so what only shows there (a literal that
     // does not cast, a predicate that is no boolean) is found at validate, named by the
     // first stage whose plan fails, rather than at run. Once for the whole stream; stage by
     // stage only when it fails.
     if !executing && df.clone().into_optimized_plan().is_err() {
-        for (k, stage_df) in after.into_iter().enumerate() {
-            if let Err(e) = stage_df.into_optimized_plan() {
+        for (k, (_, stage_df)) in after.iter().enumerate() {
+            if let Err(e) = stage_df.clone().into_optimized_plan() {
                 return Err(stage_error(ps, k, StageError::new(e.strip_backtrace())));
             }
         }
     }
-    Ok(df)
+    Ok((df, after))
 }
 
 fn stage_error(ps: &PlannedStream, k: usize, error: StageError) -> PlanError {

@@ -70,6 +70,7 @@ pub fn compile(pipeline: Pipeline) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
     let ctx = BuildContext {
         pipeline_dir: &pipeline.dir,
+        sandbox: pipeline.sandbox.as_ref(),
     };
     let mut built: Vec<Vec<PlannedStage>> = Vec::with_capacity(pipeline.streams.len());
     // A stage shared through `extends` is built once per stream but reported once.

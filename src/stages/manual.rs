@@ -47,6 +47,7 @@ pub struct ManualKind;
 #[derive(Debug)]
 pub struct ManualStage {
     dir: PathBuf,
+    sandbox: Option<crate::definition::Sandbox>,
     export: Text,
     resume: Text,
     instructions: Option<String>,
@@ -85,6 +86,7 @@ impl StageKind for ManualKind {
         }
         Some(Arc::new(ManualStage {
             dir: ctx.pipeline_dir.to_path_buf(),
+            sandbox: ctx.sandbox.cloned(),
             export,
             resume,
             instructions,
@@ -124,8 +126,15 @@ impl ManualStage {
         let p = vars
             .expand(&t.value)
             .map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
-        let p = confined(&p).map_err(|e| StageError::new(e.to_string()).at(Some(t.location.clone())))?;
-        Ok(self.dir.join(p))
+        let full = confined(&p)
+            .map(|rel| self.dir.join(rel))
+            .map_err(|e| e.to_string())
+            .and_then(|full| match &self.sandbox {
+                Some(s) => s.admit(&full, &p).map_err(|e| e.to_string()),
+                None => Ok(full),
+            })
+            .map_err(|e| StageError::new(e).at(Some(t.location.clone())))?;
+        Ok(full)
     }
 
     /// Write the rows to review to `export`, never replacing a file billflow did not write

@@ -144,7 +144,14 @@ impl StageKind for MapValuesKind {
             m.finish(r, &keys);
         }
         if let Some(file) = f.text(r, "file") {
-            match read_pairs_file(&ctx.pipeline_dir.join(&file.value)) {
+            let full = match ctx.file(&file.value) {
+                Ok(full) => full,
+                Err(e) => {
+                    r.error(e.to_string(), file.location.clone());
+                    return None;
+                }
+            };
+            match read_pairs_file(&full) {
                 Ok(p) => pairs.extend(p),
                 Err(e) => {
                     r.error(e.to_string(), file.location.clone());

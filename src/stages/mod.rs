@@ -23,7 +23,7 @@ pub mod split_column;
 pub mod sql;
 
 use std::fmt::Debug;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -122,6 +122,20 @@ pub trait StageKind: Send + Sync {
 /// What a stage kind may need while building: where relative paths resolve.
 pub struct BuildContext<'a> {
     pub pipeline_dir: &'a Path,
+    /// With `--sandbox DIR`: the folder every file a stage names must lie under.
+    pub sandbox: Option<&'a crate::definition::Sandbox>,
+}
+
+impl BuildContext<'_> {
+    /// A file a stage's settings name: relative to the pipeline's folder and, with a
+    /// sandbox, under it.
+    pub fn file(&self, relative: &str) -> Result<PathBuf, crate::definition::OutsideSandbox> {
+        let full = self.pipeline_dir.join(relative);
+        match self.sandbox {
+            Some(s) => s.admit(&full, relative),
+            None => Ok(full),
+        }
+    }
 }
 
 /// What a stage sees while it runs: the stream's session (with every reference

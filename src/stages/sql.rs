@@ -55,7 +55,13 @@ impl StageKind for SqlKind {
                 (q.value, origin)
             }
             (None, Some(path)) => {
-                let full = ctx.pipeline_dir.join(&path.value);
+                let full = match ctx.file(&path.value) {
+                    Ok(full) => full,
+                    Err(e) => {
+                        r.error(e.to_string(), path.location.clone());
+                        return None;
+                    }
+                };
                 match std::fs::read_to_string(&full) {
                     Ok(text) => (
                         text.clone(),

@@ -175,7 +175,8 @@ fn a_failing_stage_stops_its_branch_and_the_others_finish() {
     ]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        out.contains("error: pipeline `cloud-reseller`, stream `britdist-usage`, stage `own-customers, channel-currency, to-local-currency, markup, boom`"),
+        // The stages run fused into one plan; the one that fails is named.
+        out.contains("error: pipeline `cloud-reseller`, stream `britdist-usage`, stage `boom`"),
         "{out}"
     );
     assert!(out.to_lowercase().contains("divide by zero"), "{out}");
@@ -214,4 +215,35 @@ fn billflow_plans_makes_its_folder() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan = std::fs::read_to_string(plans.join("nimbus-rated-usage.txt")).unwrap();
     assert!(plan.contains("metrics=["), "{plan}");
+}
+
+#[test]
+fn sandbox_refuses_a_pipeline_that_names_files_outside_it() {
+    let (code, _, err) = billflow(&[
+        "validate",
+        "--sandbox",
+        ".",
+        "data-samples/cloud-reseller/pipeline.yaml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = billflow(&[
+        "validate",
+        "--sandbox",
+        "data-samples/cloud-reseller",
+        "data-samples/cloud-reseller/pipeline.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`../../queries/cloud-reseller/vendor_publish.sql` is outside the sandbox"),
+        "{err}"
+    );
+    let (code, _, err) = billflow(&[
+        "validate",
+        "--sandbox",
+        "queries",
+        "data-samples/cloud-reseller/pipeline.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the pipeline file"), "{err}");
+    assert!(err.contains("is outside the sandbox"), "{err}");
 }

@@ -608,3 +608,44 @@ async fn e32_a_template_in_a_formula_is_an_error_not_text() {
     let e = expect(&d, "template variables are not expanded in a formula", (line, col));
     assert!(hint(&e).contains("filter"), "{}", hint(&e));
 }
+
+/// Issue 14, item 8: a pipeline is trusted code (it reads the files it names); run with
+/// `--sandbox DIR`, every file it names must lie under DIR, links resolved.
+#[tokio::test]
+async fn e33_with_a_sandbox_every_file_the_pipeline_names_lies_under_it() {
+    use billflow::definition::Sandbox;
+    let (tmp, path) = sample_copy();
+    let root = tmp.path();
+    let folder = path.parent().unwrap().to_path_buf();
+    let check = |sandbox: &std::path::Path| {
+        let sandbox = Sandbox::new(sandbox).unwrap();
+        let path = path.clone();
+        async move { billflow::check_in(&engine(), &path, Some(sandbox)).await }
+    };
+    // The copy holds the pipeline, its data and its queries.
+    check(root).await.unwrap_or_else(|d| panic!("{}", d.render()));
+
+    // Its own folder does not hold the query file (`../../queries/...`).
+    let d = check(&folder).await.unwrap_err();
+    let y = std::fs::read_to_string(&path).unwrap();
+    let (line, col) = position(&y, "../../queries/cloud-reseller/vendor_publish.sql");
+    expect(
+        &d,
+        "`../../queries/cloud-reseller/vendor_publish.sql` is outside the sandbox",
+        (line, col),
+    );
+
+    // A source file that links out of the sandbox is outside it, though its path is not.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.csv"), "not billing data\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.csv"), folder.join("inputs/usage-zz.csv")).unwrap();
+    let d = check(root).await.unwrap_err();
+    let (line, col) = position(&y, "inputs/usage-*.csv");
+    let e = expect(&d, "usage-zz.csv` is outside the sandbox", (line, col));
+    assert!(
+        e.message.contains("(a file `inputs/usage-*.csv` names)"),
+        "{}",
+        e.message
+    );
+    assert!(hint(&e).contains("--sandbox DIR"), "{}", hint(&e));
+}

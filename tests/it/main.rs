@@ -6,6 +6,7 @@ mod common;
 mod errors;
 mod fan_out;
 mod formats;
+mod fuzz;
 mod generate;
 mod golden;
 mod lifecycle;

@@ -167,3 +167,129 @@ async fn a_row_without_a_period_value_is_refused_with_the_reason() {
     }
     assert_eq!(report.stream("all_days").unwrap().rows_out, 4);
 }
+
+/// Found in review: one line a reader could not read (a ragged row, a quote never closed,
+/// bytes that are no UTF-8, a JSON line that does not parse or holds a value of the wrong
+/// type) failed the whole stream. Each such line is refused into `rejects/input.parquet`
+/// with its file, its line and why; a value that does not convert names its line too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_that_cannot_be_read_are_refused_with_their_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut csv = b"id,day,amount\n\
+        1,2026-10-01,1.5\n\
+        \n\
+        2,2026-10-02\n\
+        3,2026-10-03,2.5,extra\n\
+        4,2026-10-04,x\n\
+        5,2026-10-05,"
+        .to_vec();
+    csv.extend_from_slice(&[0xff, 0xfe]);
+    csv.extend_from_slice(
+        b"\n\
+        9,\"2026-10-09\",1.25\n\
+        7,\"2026-10-07,3.0\n\
+        8,2026-10-08,4.0\n",
+    );
+    std::fs::write(dir.join("in.csv"), &csv).unwrap();
+    let mut json = b"{\"id\": 1, \"day\": \"2026-10-01\", \"amount\": 1.5}\n\
+         {\"id\": 2, \"day\": \"2026-10-02\", \"amount\":\n\
+         {\"id\": \"three\", \"day\": \"2026-10-03\", \"amount\": 2}\n\
+         {\"id\": 4, \"day\": \"2026-10-04\", \"amount\": 3}\n\
+         {\"id\": 5, \"day\": \"2026-10-"
+        .to_vec();
+    json.extend_from_slice(&[0xff]);
+    json.extend_from_slice(b"\", \"amount\": 4}\n");
+    std::fs::write(dir.join("in.ndjson"), &json).unwrap();
+    let schema = "    schema:\n      - { name: id, type: integer }\n      - { name: day, type: date }\n      - { name: amount, type: \"decimal(18,4)\" }\n";
+    let columns = "    period: day\n    columns:\n      - { name: id, type: integer }\n      - { name: day, type: date }\n      - { name: amount, type: \"decimal(18,4)\" }\n";
+    let yaml = format!(
+        "pipeline: t\norganizations:\n  - {{ id: v, name: V, tier: vendor }}\nsources:\n  csv:\n    url: in.csv\n{schema}  json:\n    url: in.ndjson\n{schema}streams:\n  - id: from_csv\n    kind: billing\n    owner: v\n    input: {{ source: csv }}\n{columns}  - id: from_json\n    kind: billing\n    owner: v\n    input: {{ source: json }}\n{columns}"
+    );
+    let pipeline = dir.join("p.yaml");
+    std::fs::write(&pipeline, &yaml).unwrap();
+    let report = run(&pipeline, "2026-10", &dir.join("wh")).await;
+    assert!(report.ok(), "{report:?}");
+
+    // CSV: lines 2, 8 and 10 are read (line 10 after the quote opened on line 9 is found
+    // never to close); 4 and 5 are ragged, 6 does not convert, 7 is no UTF-8, 9 opens a
+    // quote that never closes. Line 3 is blank: no row.
+    let s = report.stream("from_csv").unwrap();
+    assert_eq!((s.rows_in, s.rows_out, s.rows_rejected), (8, 3, 5), "{s:?}");
+    // 1.5 + 1.25 + 4.0 = 6.75
+    assert_eq!(s.control_totals["amount"], "6.7500");
+    let at = s.batch_dir.clone().unwrap();
+    let (_, rows) = parquet_rows(&at.join("data")).await;
+    assert_eq!(
+        rows,
+        vec![
+            "id=1, day=2026-10-01, amount=1.5000",
+            "id=8, day=2026-10-08, amount=4.0000",
+            "id=9, day=2026-10-09, amount=1.2500",
+        ]
+    );
+    let (schema, refused) = parquet_rows(&at.join("rejects/input.parquet")).await;
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "id",
+            "day",
+            "amount",
+            "_reject_stage",
+            "_reject_reason",
+            "_reject_file",
+            "_reject_line",
+            "_reject_record"
+        ]
+    );
+    let file = dir.join("in.csv").display().to_string();
+    let at_line = |line: u64| {
+        refused
+            .iter()
+            .find(|r| r.contains(&format!("_reject_file={file}, _reject_line={line},")))
+            .unwrap_or_else(|| panic!("line {line} not refused: {refused:#?}"))
+            .clone()
+    };
+    assert_eq!(refused.len(), 5, "{refused:#?}");
+    let l4 = at_line(4);
+    assert!(
+        l4.contains("the line has 2 field(s) where 3 column(s) are declared"),
+        "{l4}"
+    );
+    assert!(l4.contains("_reject_record=2,2026-10-02"), "{l4}");
+    assert!(at_line(5).contains("the line has 4 field(s) where 3 column(s) are declared"));
+    let l6 = at_line(6);
+    assert!(l6.contains("amount: cannot read 'x' as decimal(18,4)"), "{l6}");
+    assert!(
+        l6.contains("id=4,"),
+        "a value that does not convert keeps its fields: {l6}"
+    );
+    assert!(at_line(7).contains("field 3 (`amount`) is not valid UTF-8"));
+    let l9 = at_line(9);
+    assert!(
+        l9.contains("a quoted value is not closed before the end of the file"),
+        "{l9}"
+    );
+    assert!(l9.contains("_reject_record=7,\"2026-10-07,3.0"), "{l9}");
+
+    // NDJSON: line 2 is no JSON, line 3 holds text where a number is declared, line 5
+    // bytes that are no UTF-8.
+    let s = report.stream("from_json").unwrap();
+    assert_eq!((s.rows_in, s.rows_out, s.rows_rejected), (5, 2, 3), "{s:?}");
+    let at = s.batch_dir.clone().unwrap();
+    let (_, refused) = parquet_rows(&at.join("rejects/input.parquet")).await;
+    let file = dir.join("in.ndjson").display().to_string();
+    let line = |n: u64| {
+        refused
+            .iter()
+            .find(|r| r.contains(&format!("_reject_file={file}, _reject_line={n},")))
+            .unwrap_or_else(|| panic!("line {n} not refused: {refused:#?}"))
+            .clone()
+    };
+    assert!(line(2).contains("not readable as JSON"), "{}", line(2));
+    let l3 = line(3);
+    assert!(l3.contains("not readable as JSON") && l3.contains("three"), "{l3}");
+    assert!(line(5).contains("UTF-8"), "{}", line(5));
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+}

@@ -288,3 +288,21 @@ async fn a_manual_export_stays_in_the_pipelines_folder_and_replaces_no_file_it_d
         "id,org,cost\n1,alpha-it,0.0000\n"
     );
 }
+
+/// Found in review (issue 14, item 15): a run error of stages fused into one plan named
+/// all of them (`stage a, b, c`). It names the one that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_error_of_fused_stages_names_the_stage_that_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("in.csv"), "id,amount\n1,2.50\n2,0.00\n").unwrap();
+    let yaml = "pipeline: t\norganizations:\n  - { id: v, name: V, tier: vendor }\nsources:\n  usage:\n    url: in.csv\n    schema:\n      - { name: id, type: integer }\n      - { name: amount, type: \"decimal(18,2)\" }\nstreams:\n  - id: s\n    kind: billing\n    owner: v\n    input: { source: usage }\n    stages:\n      - name: first\n        kind: sql\n        query: SELECT id, amount FROM input\n      - name: divide\n        kind: sql\n        query: SELECT id, CAST(10 / amount AS DECIMAL(18,2)) AS amount FROM input\n      - name: last\n        kind: sql\n        query: SELECT id, amount FROM input\n    columns:\n      - { name: id, type: integer }\n      - { name: amount, type: \"decimal(18,2)\" }\n";
+    let pipeline = dir.join("p.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let report = run(&pipeline, "2026-10", &dir.join("wh")).await;
+    let s = report.stream("s").unwrap();
+    assert_eq!(s.status, billflow::execution::Status::Failed, "{s:?}");
+    let e = s.error.as_ref().unwrap();
+    assert!(e.message.to_lowercase().contains("divide by zero"), "{}", e.message);
+    assert_eq!(e.stage.as_deref(), Some("divide"), "{e:?}");
+}

@@ -12,7 +12,7 @@ use datafusion::scalar::ScalarValue;
 
 use super::{Grouping, MODELS, ROLES, RateStage, dec, has_column, same};
 use crate::engine::money::{RoundingMode, round};
-use crate::engine::side::{OnError, apply_policy};
+use crate::engine::side::fail_on_each;
 use crate::stages::settings::plan_err;
 use crate::stages::{StageEnv, StageError};
 
@@ -27,7 +27,7 @@ impl RateStage {
         g: &Grouping,
         env: &StageEnv<'_>,
     ) -> Result<DataFrame, StageError> {
-        let priced = self.join_bands(groups, plans, g)?;
+        let priced = self.join_bands(groups, plans, g, env.stage)?;
         let priced = priced
             .select({
                 let mut c: Vec<Expr> = g.names.iter().map(ident).collect();
@@ -47,30 +47,19 @@ impl RateStage {
                 c
             })
             .map_err(plan_err)?;
-        let unknown_model = ident("__bf_model")
-            .is_null()
-            .or(ident("__bf_model").in_list(MODELS.iter().map(|m| lit(*m)).collect(), true));
-        let model_reason = concat_ws(
-            lit(""),
-            vec![
-                lit("unknown pricing model '"),
-                coalesce(vec![ident("__bf_model"), lit("NULL")]),
-                lit(format!(
-                    "' in `{}` (known: {})",
-                    self.price_list.value,
-                    MODELS.join(", ")
-                )),
-            ],
-        );
-        let priced =
-            apply_policy(priced, OnError::Fail, unknown_model, model_reason, env.stage, env.side).map_err(plan_err)?;
         let charges = self.sum_contributions(priced, g)?;
         // (This read of the input is a complete one: the checkpoints in it count exactly.)
         charges.cache().await.map_err(plan_err)
     }
 
     /// Each group with every band of its plan and version, under `__bf_<role>` names.
-    fn join_bands(&self, groups: DataFrame, plans: &DataFrame, g: &Grouping) -> Result<DataFrame, StageError> {
+    fn join_bands(
+        &self,
+        groups: DataFrame,
+        plans: &DataFrame,
+        g: &Grouping,
+        stage: &str,
+    ) -> Result<DataFrame, StageError> {
         let dated = self.dated();
         let price_column = |role: &str| -> Expr {
             let c = self.col(role);
@@ -105,6 +94,7 @@ impl RateStage {
             band_cols.push(price_column(role).alias(format!("__bf_{role}")));
         }
         let bands = plans.clone().select(band_cols).map_err(plan_err)?;
+        let bands = self.known_models(bands, stage)?;
         let nk = self.group_by.len();
         let mut on: Vec<Expr> = (0..self.keys.len())
             .map(|i| ident(&g.names[nk + i]).eq(ident(format!("__bf_pk{i}"))))
@@ -113,6 +103,30 @@ impl RateStage {
             on.push(same(ident(&g.names[g.names.len() - 1]), ident("__bf_pv")));
         }
         groups.join_on(bands, JoinType::Inner, on).map_err(plan_err)
+    }
+
+    /// The price rows, or an execution error at the first whose model billflow does not
+    /// know, counted as price rows (not as the usage rows being rated).
+    fn known_models(&self, bands: DataFrame, stage: &str) -> Result<DataFrame, StageError> {
+        let unknown_model = ident("__bf_model")
+            .is_null()
+            .or(ident("__bf_model").in_list(MODELS.iter().map(|m| lit(*m)).collect(), true));
+        let model_reason = concat_ws(
+            lit(""),
+            vec![
+                lit("unknown pricing model '"),
+                coalesce(vec![ident("__bf_model"), lit("NULL")]),
+                lit(format!(
+                    "' in `{}` (known: {})",
+                    self.price_list.value,
+                    MODELS.join(", ")
+                )),
+            ],
+        );
+        let unit = format!("a price row of `{}`", self.price_list.value);
+        bands
+            .filter(fail_on_each(unknown_model, model_reason, stage, Some(&unit)))
+            .map_err(plan_err)
     }
 
     /// The groups' charges: contributions summed, clamped and rounded.
