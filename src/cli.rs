@@ -7,6 +7,8 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::batches::catalog::Entry;
+use crate::batches::lifecycle::Event;
 use crate::execution::{Progress, RunReport, Status, StreamReport};
 
 /// One spinner per running stream, showing its current stage.
@@ -151,6 +153,154 @@ pub fn summary_table(report: &RunReport) -> String {
                 None => out.push_str(&format!("{tag}: {e}\n")),
             }
         }
+    }
+    out
+}
+
+/// The columns `batch list` shows, for every output format.
+const BATCH_COLUMNS: [&str; 10] = [
+    "id",
+    "tier",
+    "organization",
+    "stream",
+    "period",
+    "version",
+    "status",
+    "rows",
+    "rejected",
+    "created",
+];
+
+fn batch_row(e: &Entry) -> [String; 10] {
+    let m = &e.manifest;
+    [
+        m.batch_id.clone(),
+        m.tier.clone(),
+        m.organization.clone(),
+        m.stream.clone(),
+        m.period.label.clone(),
+        e.version.to_string(),
+        e.status.name().to_string(),
+        m.rows.to_string(),
+        m.rows_rejected.to_string(),
+        m.created_at.clone(),
+    ]
+}
+
+/// `batch list` as a table.
+pub fn batch_table(entries: &[Entry]) -> String {
+    if entries.is_empty() {
+        return "no batches\n".into();
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(BATCH_COLUMNS);
+    for e in entries {
+        t.add_row(batch_row(e));
+    }
+    format!("{t}\n")
+}
+
+/// `batch list --format json`: one JSON object a line, with the control totals.
+pub fn batch_json_lines(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let mut obj = serde_json::Map::new();
+        for (k, v) in BATCH_COLUMNS.iter().zip(batch_row(e)) {
+            let value = match *k {
+                "version" | "rows" | "rejected" => v.parse::<u64>().map(serde_json::Value::from).unwrap_or_default(),
+                _ => serde_json::Value::from(v),
+            };
+            obj.insert(k.to_string(), value);
+        }
+        obj.insert(
+            "control_totals".into(),
+            serde_json::to_value(&e.manifest.control_totals).unwrap_or_default(),
+        );
+        out.push_str(&serde_json::Value::Object(obj).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// `batch list --format csv`.
+pub fn batch_csv(entries: &[Entry]) -> String {
+    let quote = |v: &str| {
+        if v.contains([',', '"', '\n']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_string()
+        }
+    };
+    let mut out = BATCH_COLUMNS.join(",");
+    out.push('\n');
+    for e in entries {
+        let row: Vec<String> = batch_row(e).iter().map(|v| quote(v)).collect();
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// `batch history`: one line an event.
+pub fn batch_history(history: &[Event]) -> String {
+    let mut out = String::new();
+    for e in history {
+        out.push_str(&format!(
+            "{:>3}  {}  {:<9}  {:>10} -> {:<10}  {}{}{}\n",
+            e.seq,
+            e.at,
+            e.action.name(),
+            e.from.map_or("-", |s| s.name()),
+            e.to.name(),
+            e.actor,
+            e.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(),
+            e.by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default(),
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no events: the batch is ready (its run recorded nothing yet)\n");
+    }
+    out
+}
+
+/// `batch show`: what the batch is, its totals, what it refused, and its history.
+pub fn batch_details(e: &Entry, history: &[Event]) -> String {
+    let m = &e.manifest;
+    let mut out = format!(
+        "batch {}\n  stream {} of {} ({} tier), period {} [{} .. {})\n  version {}, status {}\n  rows {} (in {}, rejected {}), created {}\n  at {}\n",
+        m.batch_id,
+        m.stream,
+        m.organization,
+        m.tier,
+        m.period.label,
+        m.period.start,
+        m.period.end,
+        e.version,
+        e.status.name(),
+        m.rows,
+        m.rows_in,
+        m.rows_rejected,
+        m.created_at,
+        e.dir.display()
+    );
+    if !m.audience.is_empty() {
+        out.push_str(&format!("  published to: {}\n", m.audience.join(", ")));
+    }
+    out.push_str("control totals:\n");
+    for (k, v) in &m.control_totals {
+        out.push_str(&format!("  {k} {v}\n"));
+    }
+    if !m.rejects.is_empty() {
+        out.push_str("rejects:\n");
+        for f in &m.rejects {
+            out.push_str(&format!("  {}\n", f.path));
+        }
+    }
+    out.push_str("history:\n");
+    for line in batch_history(history).lines() {
+        out.push_str(&format!("  {line}\n"));
     }
     out
 }

@@ -80,6 +80,85 @@ enum Command {
         #[arg(default_value = DEFAULT_PIPELINE)]
         pipeline: PathBuf,
     },
+    /// Review batches: list them, show one and its history, move it along its lifecycle.
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+        /// The warehouse; default: ./warehouse.
+        #[arg(long, global = true, default_value = "warehouse")]
+        warehouse: PathBuf,
+        /// Act as this organisation: see only its batches and those published to it, and
+        /// change only its own (also `BILLFLOW_ORG`).
+        #[arg(long = "as", global = true, value_name = "ORG")]
+        as_org: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// The batches, with their status and version.
+    List {
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        organization: Option<String>,
+        #[arg(long)]
+        stream: Option<String>,
+        #[arg(long)]
+        period: Option<String>,
+        /// ready, accepted, rejected, held, published, voided or superseded.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// One batch: its manifest, control totals, rejects and history.
+    Show { id: String },
+    /// The batch's lifecycle events, oldest first.
+    History { id: String },
+    /// Accept a ready batch.
+    Accept {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Reject a ready batch (a note is required).
+    Reject {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Publish an accepted batch to the organisations directly below.
+    Publish {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Withdraw a published batch (a note is required).
+    Void {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Keep a ready or accepted batch from being published.
+    Hold {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Let a held batch go on from where it was held.
+    Release {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -188,6 +267,18 @@ async fn run(cli: Cli) -> ExitCode {
         } => run_pipeline(&env, &pipeline, &period, warehouse, quiet).await,
         Command::Generate { rows, seed, out, csv } => generate(rows, seed, &out, csv),
         Command::Test { pipeline } => test(&env, &pipeline).await,
+        Command::Batch {
+            command,
+            warehouse,
+            as_org,
+        } => {
+            batch(
+                command,
+                &warehouse,
+                as_org.or_else(|| std::env::var("BILLFLOW_ORG").ok()),
+            )
+            .await
+        }
     };
     outcome.unwrap_or_else(|code| code)
 }
@@ -303,6 +394,84 @@ async fn test(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
+    use billflow::batches::lifecycle::{Action, Status};
+    use billflow::batches::review::{Filter, Reviewer};
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    };
+    let reviewer = Reviewer::open(warehouse, as_org).map_err(|e| fail(&e))?;
+    let act = |action: Action, id: String, note: Option<String>| (action, id, note);
+    let (action, id, note) = match command {
+        BatchCommand::List {
+            tier,
+            organization,
+            stream,
+            period,
+            status,
+            format,
+        } => {
+            let status = match status.as_deref().map(|s| (s, Status::parse(s))) {
+                Some((_, Some(s))) => Some(s),
+                Some((text, None)) => {
+                    let names: Vec<&str> = billflow::batches::lifecycle::ALL_STATUSES
+                        .iter()
+                        .map(|s| s.name())
+                        .collect();
+                    eprintln!(
+                        "error: --status: `{text}` is not a status (one of {})",
+                        names.join(", ")
+                    );
+                    return Err(ExitCode::from(2));
+                }
+                None => None,
+            };
+            let filter = Filter {
+                tier,
+                organization,
+                stream,
+                period,
+                status,
+            };
+            let entries = reviewer.list(&filter).await.map_err(|e| fail(&e))?;
+            let text = match format {
+                ListFormat::Table => cli::batch_table(&entries),
+                ListFormat::Json => cli::batch_json_lines(&entries),
+                ListFormat::Csv => cli::batch_csv(&entries),
+            };
+            print!("{text}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        BatchCommand::Show { id } => {
+            let (entry, history) = reviewer.history(&id).await.map_err(|e| fail(&e))?;
+            print!("{}", cli::batch_details(&entry, &history));
+            return Ok(ExitCode::SUCCESS);
+        }
+        BatchCommand::History { id } => {
+            let (_, history) = reviewer.history(&id).await.map_err(|e| fail(&e))?;
+            print!("{}", cli::batch_history(&history));
+            return Ok(ExitCode::SUCCESS);
+        }
+        BatchCommand::Accept { id, note } => act(Action::Accept, id, note),
+        BatchCommand::Reject { id, note } => act(Action::Reject, id, note),
+        BatchCommand::Publish { id, note } => act(Action::Publish, id, note),
+        BatchCommand::Void { id, note } => act(Action::Void, id, note),
+        BatchCommand::Hold { id, note } => act(Action::Hold, id, note),
+        BatchCommand::Release { id, note } => act(Action::Release, id, note),
+    };
+    let event = reviewer.act(&id, action, note.as_deref()).await.map_err(|e| fail(&e))?;
+    println!(
+        "batch {}: {} -> {} ({} by {})",
+        event.batch,
+        event.from.map_or("-", |s| s.name()),
+        event.to.name(),
+        event.action.name(),
+        event.actor
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod catalog;
+pub mod lifecycle;
+pub mod review;
+
 pub const MANIFEST: &str = "batch.json";
 pub const DATA_DIR: &str = "data";
 pub const REJECTS_DIR: &str = "rejects";
@@ -52,6 +56,10 @@ pub struct Manifest {
     /// listed, with 0 rows when it had none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub organizations: BTreeMap<String, OrganizationPart>,
+    /// The organisations directly below the batch's organisation: once published, the
+    /// batch is visible to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -399,6 +407,7 @@ mod tests {
             created_at: "2026-11-25T00:00:00Z".into(),
             billflow_version: "0".into(),
             organizations: BTreeMap::new(),
+            audience: Vec::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! into a staging batch, write what was refused, commit, report.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -149,6 +149,9 @@ impl Engine {
             report.rows_out = m.rows;
             report.rows_rejected = m.rows_rejected;
             report.control_totals = m.control_totals;
+            // A run stopped between its commit and its first event left a batch with no
+            // history: it gets its creation now.
+            record_in_log(&options.warehouse, &store, &id.at, &id.batch_id, None).await?;
             return Ok(());
         }
 
@@ -176,12 +179,15 @@ impl Engine {
         report.reject_samples = tally.samples;
         report.removed = tally.removed;
         report.control_totals = written.totals_as_text();
+        let (at, batch_id) = (id.at.clone(), id.batch_id.clone());
         let manifest = manifest(plan, ps, &options.period, id, report, &staging, organizations);
         let (status, dir) = match staging.commit(&manifest) {
             Ok(Committed::New(dir)) => (Status::Written, dir),
             Ok(Committed::AlreadyThere(dir)) => (Status::Reused, dir),
             Err(e) => return Err(Stop::failed(format!("committing the batch: {e}"))),
         };
+        let supersedes = matches!(status, Status::Written).then_some(options.period.label.as_str());
+        record_in_log(&options.warehouse, &store, &at, &batch_id, supersedes).await?;
         phase.done("commit");
         report.status = status;
         report.batch_dir = Some(dir);
@@ -247,6 +253,48 @@ impl Engine {
         };
         Ok((written, organizations))
     }
+}
+
+/// Who the lifecycle log says created or superseded a batch.
+const RUN_ACTOR: &str = "billflow run";
+
+/// Record the batch in the warehouse's lifecycle log: created (`ready`) unless it has a
+/// history already and, for a new batch of period `supersedes`, every older version of its
+/// stream and period still current superseded by it. Of two runs doing this at once, one
+/// records each event; the other finds it recorded.
+async fn record_in_log(
+    warehouse: &Path,
+    store: &Store,
+    at: &batches::StreamLocation,
+    batch: &str,
+    supersedes: Option<&str>,
+) -> Result<(), Stop> {
+    use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    let fail = |e: LifecycleError| Stop::failed(format!("recording the batch in the lifecycle log: {e}"));
+    let settled = |r: Result<_, LifecycleError>| match r {
+        Ok(_) | Err(LifecycleError::Conflict { .. } | LifecycleError::Refused { .. }) => Ok(()),
+        Err(e) => Err(fail(e)),
+    };
+    let log = Log::local(warehouse).map_err(fail)?;
+    if log.history(batch).await.map_err(fail)?.is_empty() {
+        settled(log.append(batch, Action::Create, RUN_ACTOR, None, None).await)?;
+    }
+    let Some(period) = supersedes else {
+        return Ok(());
+    };
+    for older in store.list(at) {
+        if older.batch_id == batch || older.period.label != period {
+            continue;
+        }
+        let status = log.status(&older.batch_id).await.map_err(fail)?;
+        if !matches!(status, Lifecycle::Superseded | Lifecycle::Voided) {
+            settled(
+                log.append(&older.batch_id, Action::Supersede, RUN_ACTOR, None, Some(batch))
+                    .await,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Debug-level timings of a stream's phases (`RUST_LOG=billflow=debug`).
@@ -515,5 +563,11 @@ fn manifest(
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         billflow_version: env!("CARGO_PKG_VERSION").into(),
         organizations,
+        audience: p
+            .organizations
+            .iter()
+            .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == s.owner.value))
+            .map(|o| o.id.value.clone())
+            .collect(),
     }
 }

@@ -212,3 +212,245 @@ fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("unchanged"));
     assert_eq!(store.list(&at).len(), 1);
 }
+
+mod review {
+    use billflow::batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    use billflow::batches::review::{Filter, ReviewError, Reviewer};
+
+    use crate::common::*;
+
+    async fn ids(r: &Reviewer, stream: &str) -> Vec<String> {
+        let filter = Filter {
+            stream: Some(stream.into()),
+            ..Filter::default()
+        };
+        r.list(&filter)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id().to_string())
+            .collect()
+    }
+
+    /// Issue 16: a run creates its batches `ready`; review moves each along the allowed
+    /// steps only, and every step is an event of an append-only log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_moves_only_along_the_allowed_steps_and_each_step_is_logged() {
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let nimbus = Reviewer::open(&wh, Some("nimbus".into())).unwrap();
+        let all = admin.list(&Filter::default()).await.unwrap();
+        assert_eq!(all.len(), 10);
+        assert!(all.iter().all(|e| e.status == Lifecycle::Ready && e.version == 1));
+        let id = ids(&admin, "nimbus-rated-usage").await.remove(0);
+        // An abbreviated id names the batch, as git's do.
+        let short = &id[..12];
+
+        // Refused: publishing what is not accepted, with the status and the next steps.
+        let e = nimbus.act(short, Action::Publish, None).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("batch {id} is ready: it cannot be published; what it can be now: accept, reject, hold")
+        );
+        // A reject needs its reason.
+        let e = nimbus.act(short, Action::Reject, None).await.unwrap_err();
+        assert!(e.to_string().contains("`reject` needs a reason"), "{e}");
+        // Hold, release (back to ready), accept, hold, release (back to accepted),
+        // publish, void.
+        let steps = [
+            (Action::Hold, None, Lifecycle::Held),
+            (Action::Release, None, Lifecycle::Ready),
+            (Action::Accept, Some("totals checked"), Lifecycle::Accepted),
+            (Action::Hold, None, Lifecycle::Held),
+            (Action::Release, None, Lifecycle::Accepted),
+            (Action::Publish, None, Lifecycle::Published),
+        ];
+        for (action, note, to) in steps {
+            let ev = nimbus.act(short, action, note).await.unwrap();
+            assert_eq!(ev.to, to, "{action:?}");
+            assert_eq!(ev.actor.split(' ').next(), Some("nimbus"));
+        }
+        let e = nimbus.act(short, Action::Accept, None).await.unwrap_err();
+        assert!(e.to_string().ends_with("what it can be now: void"), "{e}");
+        let ev = nimbus.act(short, Action::Void, Some("wrong rates")).await.unwrap();
+        assert_eq!((ev.from, ev.to), (Some(Lifecycle::Published), Lifecycle::Voided));
+        let e = nimbus.act(short, Action::Publish, None).await.unwrap_err();
+        assert!(e.to_string().ends_with("nothing more can happen to it"), "{e}");
+
+        // The history: the run's creation, then every step, numbered, each its own file.
+        let (_, history) = admin.history(&id).await.unwrap();
+        let actions: Vec<&str> = history.iter().map(|e| e.action.name()).collect();
+        assert_eq!(
+            actions,
+            [
+                "create", "hold", "release", "accept", "hold", "release", "publish", "void"
+            ]
+        );
+        assert_eq!(history[3].reason.as_deref(), Some("totals checked"));
+        assert_eq!(history[7].reason.as_deref(), Some("wrong rates"));
+        for (i, e) in history.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert!(wh.join(format!("_log/{id}/{:08}.json", e.seq)).is_file());
+        }
+
+        // A log event that does not parse is named, not skipped.
+        std::fs::write(wh.join(format!("_log/{id}/00000009.json")), "{ not json").unwrap();
+        let e = admin.history(&id).await.unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "event _log/{id}/00000009.json of the lifecycle log cannot be read"
+            )),
+            "{e}"
+        );
+    }
+
+    /// Issue 16: acting as an organisation, a batch it may not see is "not found", like
+    /// one that does not exist; it sees what is published to it, and changes only its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_organisation_sees_its_batches_and_those_published_to_it() {
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let nimbus = Reviewer::open(&wh, Some("nimbus".into())).unwrap();
+        let eurodist = Reviewer::open(&wh, Some("eurodist".into())).unwrap();
+        let alpha = Reviewer::open(&wh, Some("alpha-it".into())).unwrap();
+        let id = ids(&admin, "nimbus-rated-usage").await.remove(0);
+        let not_found = format!("no batch `{id}`");
+        for r in [&eurodist, &alpha] {
+            assert_eq!(r.find(&id).await.unwrap_err().to_string(), not_found);
+            let e = r.act(&id, Action::Accept, None).await.unwrap_err();
+            assert_eq!(e.to_string(), not_found);
+            assert!(r.history(&id).await.is_err());
+        }
+        let own: Vec<String> = eurodist
+            .list(&Filter::default())
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.manifest.stream.clone())
+            .collect();
+        assert_eq!(own, ["eurodist-price-list", "eurodist-usage"]);
+
+        nimbus.act(&id, Action::Accept, None).await.unwrap();
+        nimbus.act(&id, Action::Publish, None).await.unwrap();
+        // Published to the distributors directly below nimbus, not to the resellers.
+        assert_eq!(eurodist.find(&id).await.unwrap().status, Lifecycle::Published);
+        assert!(alpha.find(&id).await.is_err());
+        let e = eurodist.act(&id, Action::Void, Some("not ours")).await.unwrap_err();
+        assert!(matches!(e, ReviewError::NotOwner { .. }), "{e}");
+        assert!(e.to_string().contains("only `nimbus` can void it"), "{e}");
+    }
+
+    /// Issue 16: of two processes changing one batch at once, exactly one wins; the other
+    /// is told what happened instead.
+    #[test]
+    fn two_processes_accepting_one_batch_at_once_one_wins() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        assert!(rt.block_on(run(&pipeline, "2026-10", &wh)).ok());
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let all: Vec<String> = rt
+            .block_on(admin.list(&Filter::default()))
+            .unwrap()
+            .iter()
+            .map(|e| e.id().to_string())
+            .collect();
+        for id in &all {
+            let accept = || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+                    .args(["batch", "accept", id, "--warehouse", wh.to_str().unwrap()])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let (a, b) = (accept(), accept());
+            let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+            let won = outs.iter().filter(|o| o.status.success()).count();
+            assert_eq!(won, 1, "{id}: {outs:?}");
+            let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+            let why = String::from_utf8_lossy(&lost.stderr);
+            assert!(
+                why.contains("was changed meanwhile: it is now accepted")
+                    || why.contains("is accepted: it cannot be accepted"),
+                "{why}"
+            );
+            let (_, history) = rt.block_on(admin.history(id)).unwrap();
+            assert_eq!(history.iter().filter(|e| e.action == Action::Accept).count(), 1);
+        }
+    }
+
+    /// Of two writers that read the same history, the second to append is refused with
+    /// what the first did (the create-if-absent put decides, not timing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_to_a_history_that_moved_on_is_a_conflict() {
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let id = ids(&admin, "nimbus-price-list").await.remove(0);
+        let (one, two) = (Log::local(&wh).unwrap(), Log::local(&wh).unwrap());
+        let read_by_two = two.history(&id).await.unwrap();
+        one.append(&id, Action::Accept, "first", None, None).await.unwrap();
+        let e = two
+            .append_after(&read_by_two, &id, Action::Hold, "second", None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LifecycleError::Conflict { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "batch {id} was changed meanwhile: it is now accepted (accept by first at "
+            )),
+            "{e}"
+        );
+        let history = one.history(&id).await.unwrap();
+        assert_eq!(history.len(), 2, "the loser wrote nothing");
+    }
+
+    /// Issue 16: a re-run with changed inputs is a new version that supersedes the old
+    /// one; nothing is overwritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rerun_with_changed_inputs_supersedes_the_previous_version() {
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let first = ids(&admin, "britdist-usage").await.remove(0);
+        admin.act(&first, Action::Accept, None).await.unwrap();
+        let fx = tmp.path().join("data-samples/cloud-reseller/reference/fx_rates.csv");
+        let text = std::fs::read_to_string(&fx)
+            .unwrap()
+            .replace("0.78912345", "0.78912346");
+        std::fs::write(&fx, text).unwrap();
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let versions = admin
+            .list(&Filter {
+                stream: Some("britdist-usage".into()),
+                ..Filter::default()
+            })
+            .await
+            .unwrap();
+        let seen: Vec<(usize, Lifecycle)> = versions.iter().map(|e| (e.version, e.status)).collect();
+        assert_eq!(seen, [(1, Lifecycle::Superseded), (2, Lifecycle::Ready)]);
+        assert_eq!(versions[0].id(), first);
+        let (_, history) = admin.history(&first).await.unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(last.action, Action::Supersede);
+        assert_eq!(last.by.as_deref(), Some(versions[1].id()));
+        assert!(versions[0].dir.join("batch.json").is_file(), "the old version stays");
+        // A superseded batch cannot be published any more.
+        let e = admin.act(&first, Action::Publish, None).await.unwrap_err();
+        assert!(
+            matches!(e, ReviewError::Lifecycle(LifecycleError::Refused { .. })),
+            "{e}"
+        );
+        // The same inputs again: the same batch, no new event.
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let log = Log::local(&wh).unwrap();
+        assert_eq!(log.history(versions[1].id()).await.unwrap().len(), 1);
+    }
+}

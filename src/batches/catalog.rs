@@ -1,0 +1,144 @@
+//! The batches of a warehouse as a reviewer sees them: each committed batch with its
+//! manifest, its status (from the lifecycle log), its version among the batches of its
+//! stream and period, and who may see it.
+
+use std::path::{Path, PathBuf};
+
+use super::lifecycle::{self, LifecycleError, Log, Status};
+use super::{MANIFEST, Manifest, read_manifest};
+
+/// One committed batch.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub status: Status,
+    /// 1 for the first batch of its stream and period, then one more each (by creation).
+    pub version: usize,
+}
+
+impl Entry {
+    pub fn id(&self) -> &str {
+        &self.manifest.batch_id
+    }
+
+    /// Whether `organization` may see the batch: its own, or published to it.
+    pub fn visible_to(&self, organization: Option<&str>) -> bool {
+        organization.is_none_or(|org| {
+            self.manifest.organization == org
+                || (self.status == Status::Published && self.manifest.audience.iter().any(|a| a == org))
+        })
+    }
+}
+
+/// Why a batch id named no batch.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("no batch `{id}`{}", .closest.as_ref().map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default())]
+    NotFound { id: String, closest: Option<String> },
+    #[error("`{id}` is the start of {} batch ids: {}; give more of it", .matches.len(), .matches.join(", "))]
+    Ambiguous { id: String, matches: Vec<String> },
+}
+
+/// Every committed batch directory of the warehouse with its manifest:
+/// `<tier>/<organisation>/<stream>/<batch id>/batch.json`. Hidden entries (staging) and
+/// the lifecycle log are not batches.
+pub fn committed(warehouse: &Path) -> Vec<(PathBuf, Manifest)> {
+    let dirs = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().to_string();
+                        !name.starts_with('.') && name != lifecycle::LOG_DIR
+                    })
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut out = Vec::new();
+    for tier in dirs(warehouse) {
+        for org in dirs(&tier) {
+            for stream in dirs(&org) {
+                for batch in dirs(&stream) {
+                    if batch.join(MANIFEST).is_file()
+                        && let Ok(m) = read_manifest(&batch)
+                    {
+                        out.push((batch, m));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every committed batch with its status and version, in the order tier, organisation,
+/// stream, period, version.
+pub async fn entries(warehouse: &Path, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
+    let mut out = Vec::new();
+    for (dir, manifest) in committed(warehouse) {
+        let status = log.status(&manifest.batch_id).await?;
+        out.push(Entry {
+            dir,
+            manifest,
+            status,
+            version: 0,
+        });
+    }
+    out.sort_by(|a, b| {
+        let key = |e: &Entry| {
+            (
+                e.manifest.tier.clone(),
+                e.manifest.organization.clone(),
+                e.manifest.stream.clone(),
+                e.manifest.period.label.clone(),
+                e.manifest.created_at.clone(),
+                e.manifest.batch_id.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut version = 0;
+    for i in 0..out.len() {
+        let same = i > 0 && {
+            let (a, b) = (&out[i - 1].manifest, &out[i].manifest);
+            (&a.tier, &a.organization, &a.stream, &a.period.label)
+                == (&b.tier, &b.organization, &b.stream, &b.period.label)
+        };
+        version = if same { version + 1 } else { 1 };
+        out[i].version = version;
+    }
+    Ok(out)
+}
+
+/// The batch whose id is `id` or starts with it (as git takes an abbreviated commit).
+pub fn find<'a>(entries: &'a [Entry], id: &str) -> Result<&'a Entry, FindError> {
+    if let Some(e) = entries.iter().find(|e| e.id() == id) {
+        return Ok(e);
+    }
+    let matches: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| !id.is_empty() && e.id().starts_with(id))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(FindError::NotFound {
+            id: id.to_string(),
+            closest: entries
+                .iter()
+                .map(|e| (strsim::levenshtein(id, e.id()), e.id()))
+                .filter(|(d, _)| *d <= id.len().max(4) / 3)
+                .min()
+                .map(|(_, c)| c.to_string()),
+        }),
+        many => Err(FindError::Ambiguous {
+            id: id.to_string(),
+            matches: many.iter().map(|e| e.id().to_string()).collect(),
+        }),
+    }
+}

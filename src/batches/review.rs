@@ -1,0 +1,122 @@
+//! Reviewing batches: list them, look at one and its history, and move it along its
+//! lifecycle, as an organisation (`--as ORG`) or with the warehouse's full view.
+//!
+//! Acting as an organisation, a batch it may not see (another organisation's, not
+//! published to it) is "not found", exactly as a batch that does not exist; it may act
+//! only on its own batches.
+
+use std::path::{Path, PathBuf};
+
+use super::catalog::{self, Entry, FindError};
+use super::lifecycle::{Action, Event, LifecycleError, Log, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error(transparent)]
+    Find(#[from] FindError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("batch {batch} belongs to `{owner}`: only `{owner}` can {} it (acting as `{acting}`)", .action.name())]
+    NotOwner {
+        batch: String,
+        owner: String,
+        acting: String,
+        action: Action,
+    },
+    #[error("`{}` is done by runs, not in review", .0.name())]
+    NotAReviewAction(Action),
+}
+
+/// Which batches to list (each filter, when given, must match).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub tier: Option<String>,
+    pub organization: Option<String>,
+    pub stream: Option<String>,
+    pub period: Option<String>,
+    pub status: Option<Status>,
+}
+
+impl Filter {
+    fn admits(&self, e: &Entry) -> bool {
+        let m = &e.manifest;
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        eq(&self.tier, &m.tier)
+            && eq(&self.organization, &m.organization)
+            && eq(&self.stream, &m.stream)
+            && eq(&self.period, &m.period.label)
+            && self.status.is_none_or(|s| s == e.status)
+    }
+}
+
+/// A warehouse seen by one reviewer.
+pub struct Reviewer {
+    warehouse: PathBuf,
+    log: Log,
+    /// The organisation acting (`--as`); `None`: the whole warehouse.
+    organization: Option<String>,
+    /// Who the log names for what this reviewer does.
+    actor: String,
+}
+
+impl Reviewer {
+    pub fn open(warehouse: &Path, organization: Option<String>) -> Result<Self, ReviewError> {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let actor = match &organization {
+            Some(org) => format!("{org} ({user})"),
+            None => user,
+        };
+        Ok(Reviewer {
+            warehouse: warehouse.to_path_buf(),
+            log: Log::local(warehouse)?,
+            organization,
+            actor,
+        })
+    }
+
+    /// The batches this reviewer may see that match `filter`.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Entry>, ReviewError> {
+        Ok(self.visible().await?.into_iter().filter(|e| filter.admits(e)).collect())
+    }
+
+    async fn visible(&self) -> Result<Vec<Entry>, ReviewError> {
+        let all = catalog::entries(&self.warehouse, &self.log).await?;
+        Ok(all
+            .into_iter()
+            .filter(|e| e.visible_to(self.organization.as_deref()))
+            .collect())
+    }
+
+    /// The batch `id` (or the one whose id starts with it), if this reviewer may see it.
+    pub async fn find(&self, id: &str) -> Result<Entry, ReviewError> {
+        let visible = self.visible().await?;
+        Ok(catalog::find(&visible, id)?.clone())
+    }
+
+    pub async fn history(&self, id: &str) -> Result<(Entry, Vec<Event>), ReviewError> {
+        let e = self.find(id).await?;
+        let history = self.log.history(e.id()).await?;
+        Ok((e, history))
+    }
+
+    /// Move the batch along its lifecycle.
+    pub async fn act(&self, id: &str, action: Action, note: Option<&str>) -> Result<Event, ReviewError> {
+        if matches!(action, Action::Create | Action::Supersede) {
+            return Err(ReviewError::NotAReviewAction(action));
+        }
+        let e = self.find(id).await?;
+        if let Some(org) = &self.organization
+            && org != &e.manifest.organization
+        {
+            return Err(ReviewError::NotOwner {
+                batch: e.id().to_string(),
+                owner: e.manifest.organization.clone(),
+                acting: org.clone(),
+                action,
+            });
+        }
+        Ok(self.log.append(e.id(), action, &self.actor, note, None).await?)
+    }
+}
