@@ -281,6 +281,7 @@ streams:
     kind: usage
     owner: vendor
     input: { source: usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     period: usage_date
     # Each organisation's rows together: the tiers below write their partitions from
     # runs of rows rather than regrouping every record batch.
@@ -308,6 +309,7 @@ const PIPELINE_STREAMS: &str = r#"
     kind: billing
     for_each: { tier: distributor, column: distributor_id }
     input: { stream: vendor-rated-usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     stages:
       - { name: currency, kind: lookup, reference: channel_terms, keys: [{ column: distributor_id, reference_column: organization_id }], columns: [currency] }
       - { name: convert, kind: convert_currency, amount: cost_usd, from: USD, to_column: currency, rates: fx_rates, date: usage_date, output: cost, scale: 4 }
@@ -331,6 +333,7 @@ const PIPELINE_STREAMS: &str = r#"
     kind: billing
     for_each: { tier: reseller, column: reseller_id }
     input: { stream: distributor-usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     stages:
       - { name: markup, kind: markup, column: price, output: reseller_price, rules: { reference: channel_terms, keys: [{ column: reseller_id, reference_column: organization_id }], rate_column: markup_pct } }
     columns:

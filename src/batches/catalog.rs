@@ -40,6 +40,22 @@ pub enum FindError {
     Ambiguous { id: String, matches: Vec<String> },
 }
 
+/// The committed batches of one stream's directory with their manifests.
+pub fn in_stream_dir(stream_dir: &Path) -> Vec<(PathBuf, Manifest)> {
+    let mut out: Vec<(PathBuf, Manifest)> = std::fs::read_dir(stream_dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .filter(|p| p.join(MANIFEST).is_file())
+                .filter_map(|p| read_manifest(&p).ok().map(|m| (p, m)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// Every committed batch directory of the warehouse with its manifest:
 /// `<tier>/<organisation>/<stream>/<batch id>/batch.json`. Hidden entries (staging) and
 /// the lifecycle log are not batches.

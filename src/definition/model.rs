@@ -306,6 +306,18 @@ pub struct SampleDef {
     pub expected: Text,
 }
 
+/// What happens to a stream's new batch: it waits for a person's review (`manual`), or
+/// is accepted and published at once when it meets the conditions (`auto`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Review {
+    #[default]
+    Manual,
+    Auto {
+        /// The most rows it may have refused, as a percentage of the rows that came in.
+        max_rejected_percent: f64,
+    },
+}
+
 #[derive(Debug)]
 pub struct StreamDef {
     pub id: Text,
@@ -325,6 +337,7 @@ pub struct StreamDef {
     pub stages: Vec<StageDef>,
     pub columns: Vec<ColumnDef>,
     pub sample: Option<SampleDef>,
+    pub review: Review,
     pub extends: Option<Text>,
     pub location: Location,
     /// The effective definition as stable text (no locations): part of the batch id.

@@ -35,6 +35,7 @@ const STREAM_KEYS: &[&str] = &[
     "description",
     "order_by",
     "for_each",
+    "review",
 ];
 
 /// Parse a pipeline file's text. Returns the pipeline if it could be built at all, with
@@ -437,8 +438,46 @@ struct RawStream {
     stages: Option<Vec<StageDef>>,
     columns: Option<Vec<ColumnDef>>,
     sample: Option<SampleDef>,
+    review: Option<Review>,
     extends: Option<Text>,
     location: Location,
+}
+
+/// `review: manual`, `review: auto`, or `review: { policy: auto, max_rejected_percent: N }`.
+fn parse_review(r: &mut Reader, node: &Node) -> Option<Review> {
+    const POLICIES: &[&str] = &["manual", "auto"];
+    let (policy, max) = if node.as_mapping().is_some() {
+        let mut m = r.mapping(node, "review")?;
+        let policy = m
+            .require(r, "policy", "`manual` or `auto`")
+            .and_then(|n| r.choice(n, "review policy", POLICIES));
+        let max = m.text(r, "max_rejected_percent");
+        m.finish(r, &["policy", "max_rejected_percent"]);
+        (policy?, max)
+    } else {
+        (r.choice(node, "review policy", POLICIES)?, None)
+    };
+    let max_rejected_percent = match &max {
+        None => 0.0,
+        Some(t) => match t.value.parse::<f64>() {
+            Ok(v) if (0.0..=100.0).contains(&v) => v,
+            _ => {
+                let d = r.error(format!("`{}` is not a percentage", t.value), t.location.clone());
+                d.expected = Some("a number from 0 to 100, e.g. `max_rejected_percent: 2`".into());
+                return None;
+            }
+        },
+    };
+    match policy.value.as_str() {
+        "auto" => Some(Review::Auto { max_rejected_percent }),
+        _ => {
+            if let Some(t) = max {
+                let d = r.error("`max_rejected_percent` applies to `policy: auto` only", t.location);
+                d.hint = Some("a manual review has no conditions: a person decides".into());
+            }
+            Some(Review::Manual)
+        }
+    }
 }
 
 fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
@@ -492,6 +531,7 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
             expected: expected?,
         })
     });
+    let review = f.get("review").and_then(|n| parse_review(r, n));
     let extends = f.text(r, "extends");
     let _ = f.text(r, "description");
     f.finish(r, STREAM_KEYS);
@@ -524,6 +564,7 @@ fn parse_stream(r: &mut Reader, node: &Node) -> Option<RawStream> {
         stages,
         columns,
         sample,
+        review,
         extends,
         location,
     })
@@ -686,6 +727,7 @@ fn resolve_extends(r: &mut Reader, raw: Vec<RawStream>) -> Vec<StreamDef> {
             stages,
             columns,
             sample: s.sample.clone(),
+            review: inherit!(review).unwrap_or_default(),
             extends: s.extends.clone(),
             location: s.location.clone(),
             canonical,

@@ -58,7 +58,8 @@ pub enum Status {
     Failed,
     /// Not run because a stream it reads failed.
     Skipped,
-    /// Paused at a manual stage until its file is provided.
+    /// Paused at a manual stage until its file is provided, or waiting for a batch of the
+    /// stream it reads to be published to it.
     Waiting,
 }
 

@@ -136,7 +136,10 @@ impl Engine {
     ) -> Result<(), Stop> {
         let s = plan.def(ps);
         let mut phase = Phases::new(&s.id.value);
-        let upstream = upstream_batch(upstream)?;
+        let upstream = match upstream_batch(upstream)? {
+            Some(up) => Some(published_input(plan, ps, up, &options.period, &options.warehouse).await?),
+            None => None,
+        };
         progress.started(&s.id.value, ps.stages.len());
         let id = identify(plan, ps, upstream.as_deref(), &options.period)?;
         phase.done("identify the batch");
@@ -152,6 +155,7 @@ impl Engine {
             // A run stopped between its commit and its first event left a batch with no
             // history: it gets its creation now.
             record_in_log(&options.warehouse, &store, &id.at, &id.batch_id, None).await?;
+            auto_review(&options.warehouse, s, &id.batch_id, report).await?;
             return Ok(());
         }
 
@@ -188,6 +192,7 @@ impl Engine {
         };
         let supersedes = matches!(status, Status::Written).then_some(options.period.label.as_str());
         record_in_log(&options.warehouse, &store, &at, &batch_id, supersedes).await?;
+        auto_review(&options.warehouse, s, &batch_id, report).await?;
         phase.done("commit");
         report.status = status;
         report.batch_dir = Some(dir);
@@ -292,6 +297,98 @@ async fn record_in_log(
                 log.append(&older.batch_id, Action::Supersede, RUN_ACTOR, None, Some(batch))
                     .await,
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// The batch of the stream above that this stream reads. Both streams one organisation's:
+/// the batch this run made. Otherwise the newest version for the period that is
+/// published; with none, the stream waits, saying for which batch and what it needs.
+async fn published_input(
+    plan: &Plan,
+    ps: &PlannedStream,
+    up: Arc<StreamReport>,
+    period: &Period,
+    warehouse: &Path,
+) -> Result<Arc<StreamReport>, Stop> {
+    use batches::lifecycle::{Log, Status as Lifecycle};
+    let s = plan.def(ps);
+    let Some(above) = plan.pipeline.stream(&up.stream) else {
+        return Ok(up);
+    };
+    let one_organisation = s.for_each.is_none() && above.for_each.is_none() && above.owner.value == s.owner.value;
+    let Some(stream_dir) = up.batch_dir.as_ref().and_then(|d| d.parent()) else {
+        return Ok(up);
+    };
+    if one_organisation {
+        return Ok(up);
+    }
+    let fail = |e: batches::lifecycle::LifecycleError| Stop::failed(format!("reading the lifecycle log: {e}"));
+    let log = Log::local(warehouse).map_err(fail)?;
+    let mut newest: Option<(String, String, PathBuf)> = None; // (created, id, dir)
+    for (dir, m) in batches::catalog::in_stream_dir(stream_dir) {
+        if m.period.label != period.label || log.status(&m.batch_id).await.map_err(fail)? != Lifecycle::Published {
+            continue;
+        }
+        if newest.as_ref().is_none_or(|(created, _, _)| m.created_at > *created) {
+            newest = Some((m.created_at.clone(), m.batch_id.clone(), dir));
+        }
+    }
+    if let Some((_, id, dir)) = newest {
+        let mut chosen = (*up).clone();
+        chosen.batch_id = Some(id);
+        chosen.batch_dir = Some(dir);
+        return Ok(Arc::new(chosen));
+    }
+    let this = up.batch_id.clone().unwrap_or_default();
+    let status = log.status(&this).await.map_err(fail)?;
+    Err(Stop {
+        status: Status::Waiting,
+        hint: Some(format!(
+            "`billflow batch accept {this}` then `billflow batch publish {this}` (as `{}`), or give stream `{}` `review: auto`",
+            above.owner.value, above.id.value
+        )),
+        ..Stop::failed(format!(
+            "waits for a batch of stream `{}` for {} to be published: batch {this} is {}",
+            above.id.value,
+            period.label,
+            status.name()
+        ))
+    })
+}
+
+/// `review: auto`: accept and publish the stream's ready batch when it meets the
+/// conditions (its refused rows within the declared share); otherwise it stays ready for a
+/// person to review.
+async fn auto_review(warehouse: &Path, s: &StreamDef, batch: &str, report: &StreamReport) -> Result<(), Stop> {
+    use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    let crate::definition::Review::Auto { max_rejected_percent } = s.review else {
+        return Ok(());
+    };
+    let fail = |e: LifecycleError| Stop::failed(format!("review: auto: {e}"));
+    let log = Log::local(warehouse).map_err(fail)?;
+    if log.status(batch).await.map_err(fail)? != Lifecycle::Ready {
+        return Ok(());
+    }
+    let share = if report.rows_in == 0 {
+        0.0
+    } else {
+        report.rows_rejected as f64 * 100.0 / report.rows_in as f64
+    };
+    if share > max_rejected_percent {
+        tracing::info!(stream = %s.id.value, "review: auto: {share:.2}% of rows refused, over {max_rejected_percent}%: left for review");
+        return Ok(());
+    }
+    let actor = "billflow run (review: auto)";
+    let why = format!(
+        "{} of {} rows refused ({share:.2}%, at most {max_rejected_percent}%)",
+        report.rows_rejected, report.rows_in
+    );
+    for (action, note) in [(Action::Accept, Some(why.as_str())), (Action::Publish, None)] {
+        match log.append(batch, action, actor, note, None).await {
+            Ok(_) | Err(LifecycleError::Conflict { .. }) => {}
+            Err(e) => return Err(fail(e)),
         }
     }
     Ok(())

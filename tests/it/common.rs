@@ -48,6 +48,19 @@ pub fn sample_copy() -> (tempfile::TempDir, PathBuf) {
     (tmp, p)
 }
 
+/// The sample with every stream's review manual (the default): a run writes the vendor's
+/// batches and the tiers below wait for them to be published.
+pub fn manual_sample_copy() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, p) = sample_copy();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let manual: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("review:"))
+        .collect();
+    std::fs::write(&p, manual.join("\n") + "\n").unwrap();
+    (tmp, p)
+}
+
 pub async fn run(pipeline: &Path, period: &str, warehouse: &Path) -> RunReport {
     let engine = engine();
     let plan = billflow::check(&engine, pipeline)

@@ -649,3 +649,26 @@ async fn e33_with_a_sandbox_every_file_the_pipeline_names_lies_under_it() {
     );
     assert!(hint(&e).contains("--sandbox DIR"), "{}", hint(&e));
 }
+
+/// Issue 16: a stream's review policy is `manual` or `auto`, its condition a percentage.
+#[tokio::test]
+async fn e34_a_review_policy_is_manual_or_auto_with_a_percentage() {
+    let policy = "review: { policy: auto, max_rejected_percent: 5 }";
+    for (to, message, needle) in [
+        ("review: sometimes", "sometimes", "sometimes"),
+        (
+            "review: { policy: auto, max_rejected_percent: lots }",
+            "`lots` is not a percentage",
+            "lots",
+        ),
+        (
+            "review: { policy: manual, max_rejected_percent: 3 }",
+            "`max_rejected_percent` applies to `policy: auto` only",
+            "3 }",
+        ),
+    ] {
+        let y = edit(&base(), policy, to);
+        let d = problems(&y).await;
+        expect(&d, message, position(&y, needle));
+    }
+}

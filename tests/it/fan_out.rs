@@ -37,6 +37,7 @@ streams:
     kind: usage
     owner: V
     input: { source: usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     columns:
       - { name: record_id, type: integer, nullable: false }
       - { name: reseller_id, type: string, nullable: false }
@@ -46,6 +47,7 @@ streams:
     kind: billing
     for_each: { tier: distributor, column: distributor_id }
     input: { stream: vendor-usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     stages:
       - { name: markup, kind: markup, column: amount, output: price, rules: { reference: terms, keys: [{ column: distributor_id, reference_column: organization_id }], rate_column: markup_pct } }
     columns:
@@ -58,6 +60,7 @@ streams:
     kind: billing
     for_each: { tier: reseller, column: reseller_id }
     input: { stream: distributor-usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     stages:
       - { name: markup, kind: markup, column: price, output: reseller_price, rules: { reference: terms, keys: [{ column: reseller_id, reference_column: organization_id }], rate_column: markup_pct } }
     columns:
@@ -71,6 +74,7 @@ streams:
     kind: billing
     owner: D1
     input: { stream: distributor-usage }
+    review: { policy: auto, max_rejected_percent: 100 }
     columns:
       - { name: record_id, type: integer, nullable: false }
       - { name: reseller_id, type: string, output: false }

@@ -236,13 +236,13 @@ mod review {
     /// steps only, and every step is an event of an append-only log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_moves_only_along_the_allowed_steps_and_each_step_is_logged() {
-        let (tmp, pipeline) = sample_copy();
+        let (tmp, pipeline) = manual_sample_copy();
         let wh = tmp.path().join("wh");
-        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        run(&pipeline, "2026-10", &wh).await;
         let admin = Reviewer::open(&wh, None).unwrap();
         let nimbus = Reviewer::open(&wh, Some("nimbus".into())).unwrap();
         let all = admin.list(&Filter::default()).await.unwrap();
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 3, "the vendor's batches; the tiers below wait for them");
         assert!(all.iter().all(|e| e.status == Lifecycle::Ready && e.version == 1));
         let id = ids(&admin, "nimbus-rated-usage").await.remove(0);
         // An abbreviated id names the batch, as git's do.
@@ -306,42 +306,97 @@ mod review {
         );
     }
 
-    /// Issue 16: acting as an organisation, a batch it may not see is "not found", like
-    /// one that does not exist; it sees what is published to it, and changes only its own.
+    /// Issue 16: a tier below reads only what was published to it. Run before anything
+    /// is published, it says what it waits for (and the run fails); as each tier
+    /// publishes, the next run goes one tier further. Acting as an organisation, a batch
+    /// it may not see is "not found", like one that does not exist; it changes only its
+    /// own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_organisation_sees_its_batches_and_those_published_to_it() {
-        let (tmp, pipeline) = sample_copy();
+    async fn batches_move_down_the_chain_tier_by_tier_as_each_tier_publishes() {
+        use billflow::execution::Status;
+        let (tmp, pipeline) = manual_sample_copy();
         let wh = tmp.path().join("wh");
-        assert!(run(&pipeline, "2026-10", &wh).await.ok());
         let admin = Reviewer::open(&wh, None).unwrap();
         let nimbus = Reviewer::open(&wh, Some("nimbus".into())).unwrap();
         let eurodist = Reviewer::open(&wh, Some("eurodist".into())).unwrap();
         let alpha = Reviewer::open(&wh, Some("alpha-it".into())).unwrap();
-        let id = ids(&admin, "nimbus-rated-usage").await.remove(0);
-        let not_found = format!("no batch `{id}`");
+        let status = |r: &billflow::RunReport, s: &str| r.stream(s).unwrap().status.clone();
+
+        // 1. Nothing published: the vendor's batches are ready, the distributors wait.
+        let first = run(&pipeline, "2026-10", &wh).await;
+        assert!(!first.ok());
+        assert_eq!(status(&first, "nimbus-rated-usage"), Status::Written);
+        let wait = first.stream("eurodist-usage").unwrap().error.clone().unwrap();
+        assert_eq!(status(&first, "eurodist-usage"), Status::Waiting);
+        let usage = ids(&admin, "nimbus-rated-usage").await.remove(0);
+        assert_eq!(
+            wait.message,
+            format!(
+                "waits for a batch of stream `nimbus-rated-usage` for 2026-10 to be published: batch {usage} is ready"
+            )
+        );
+        assert!(wait.hint.unwrap().contains(&format!("billflow batch publish {usage}")));
+        assert_eq!(status(&first, "alpha-it-invoice-lines"), Status::Skipped);
+
+        // Not published: another organisation's batch is not found, in every command.
+        let not_found = format!("no batch `{usage}`");
         for r in [&eurodist, &alpha] {
-            assert_eq!(r.find(&id).await.unwrap_err().to_string(), not_found);
-            let e = r.act(&id, Action::Accept, None).await.unwrap_err();
-            assert_eq!(e.to_string(), not_found);
-            assert!(r.history(&id).await.is_err());
+            assert_eq!(r.find(&usage).await.unwrap_err().to_string(), not_found);
+            assert_eq!(
+                r.act(&usage, Action::Accept, None).await.unwrap_err().to_string(),
+                not_found
+            );
+            assert_eq!(r.history(&usage).await.unwrap_err().to_string(), not_found);
         }
-        let own: Vec<String> = eurodist
+        assert!(eurodist.list(&Filter::default()).await.unwrap().is_empty());
+
+        // 2. Nimbus publishes its usage and price list: visible to the distributors directly
+        // below it (not to the resellers), and the next run goes one tier down.
+        for stream in ["nimbus-rated-usage", "nimbus-price-list"] {
+            let id = ids(&nimbus, stream).await.remove(0);
+            nimbus.act(&id, Action::Accept, Some("checked")).await.unwrap();
+            nimbus.act(&id, Action::Publish, None).await.unwrap();
+        }
+        assert_eq!(eurodist.find(&usage).await.unwrap().status, Lifecycle::Published);
+        assert!(alpha.find(&usage).await.is_err());
+        let e = eurodist.act(&usage, Action::Void, Some("not ours")).await.unwrap_err();
+        assert!(matches!(e, ReviewError::NotOwner { .. }), "{e}");
+        assert!(e.to_string().contains("only `nimbus` can void it"), "{e}");
+        let second = run(&pipeline, "2026-10", &wh).await;
+        for s in ["eurodist-usage", "britdist-usage", "eurodist-price-list"] {
+            assert_eq!(status(&second, s), Status::Written, "{s}");
+        }
+        assert_eq!(status(&second, "nimbus-rated-usage"), Status::Reused);
+        assert_eq!(status(&second, "alpha-it-invoice-lines"), Status::Waiting);
+        let seen: Vec<String> = eurodist
             .list(&Filter::default())
             .await
             .unwrap()
             .iter()
-            .map(|e| e.manifest.stream.clone())
+            .map(|e| format!("{} {}", e.manifest.stream, e.status.name()))
             .collect();
-        assert_eq!(own, ["eurodist-price-list", "eurodist-usage"]);
+        assert_eq!(
+            seen,
+            [
+                "eurodist-price-list ready",
+                "eurodist-usage ready",
+                "nimbus-price-list published",
+                "nimbus-rated-usage published"
+            ]
+        );
 
-        nimbus.act(&id, Action::Accept, None).await.unwrap();
-        nimbus.act(&id, Action::Publish, None).await.unwrap();
-        // Published to the distributors directly below nimbus, not to the resellers.
-        assert_eq!(eurodist.find(&id).await.unwrap().status, Lifecycle::Published);
-        assert!(alpha.find(&id).await.is_err());
-        let e = eurodist.act(&id, Action::Void, Some("not ours")).await.unwrap_err();
-        assert!(matches!(e, ReviewError::NotOwner { .. }), "{e}");
-        assert!(e.to_string().contains("only `nimbus` can void it"), "{e}");
+        // 3. EuroDist publishes: its resellers run; BritDist's still waits for BritDist.
+        let euro = ids(&eurodist, "eurodist-usage").await.remove(0);
+        eurodist.act(&euro, Action::Accept, None).await.unwrap();
+        eurodist.act(&euro, Action::Publish, None).await.unwrap();
+        let third = run(&pipeline, "2026-10", &wh).await;
+        assert_eq!(status(&third, "alpha-it-invoice-lines"), Status::Written);
+        assert_eq!(status(&third, "bergen-data-invoice-lines"), Status::Written);
+        assert_eq!(status(&third, "clyde-cloud-invoice-lines"), Status::Waiting);
+        // The reseller billed exactly what was published to it: the golden totals.
+        let lines = third.stream("alpha-it-invoice-lines").unwrap();
+        assert_eq!(lines.control_totals["amount"], "391.19");
+        assert_eq!(alpha.find(&euro).await.unwrap().status, Lifecycle::Published);
     }
 
     /// Issue 16: of two processes changing one batch at once, exactly one wins; the other
@@ -349,9 +404,9 @@ mod review {
     #[test]
     fn two_processes_accepting_one_batch_at_once_one_wins() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (tmp, pipeline) = sample_copy();
+        let (tmp, pipeline) = manual_sample_copy();
         let wh = tmp.path().join("wh");
-        assert!(rt.block_on(run(&pipeline, "2026-10", &wh)).ok());
+        rt.block_on(run(&pipeline, "2026-10", &wh));
         let admin = Reviewer::open(&wh, None).unwrap();
         let all: Vec<String> = rt
             .block_on(admin.list(&Filter::default()))
@@ -388,9 +443,9 @@ mod review {
     /// what the first did (the create-if-absent put decides, not timing).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_to_a_history_that_moved_on_is_a_conflict() {
-        let (tmp, pipeline) = sample_copy();
+        let (tmp, pipeline) = manual_sample_copy();
         let wh = tmp.path().join("wh");
-        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        run(&pipeline, "2026-10", &wh).await;
         let admin = Reviewer::open(&wh, None).unwrap();
         let id = ids(&admin, "nimbus-price-list").await.remove(0);
         let (one, two) = (Log::local(&wh).unwrap(), Log::local(&wh).unwrap());
@@ -420,7 +475,8 @@ mod review {
         assert!(run(&pipeline, "2026-10", &wh).await.ok());
         let admin = Reviewer::open(&wh, None).unwrap();
         let first = ids(&admin, "britdist-usage").await.remove(0);
-        admin.act(&first, Action::Accept, None).await.unwrap();
+        // `review: auto` (the sample's) published it at once.
+        assert_eq!(admin.find(&first).await.unwrap().status, Lifecycle::Published);
         let fx = tmp.path().join("data-samples/cloud-reseller/reference/fx_rates.csv");
         let text = std::fs::read_to_string(&fx)
             .unwrap()
@@ -435,7 +491,7 @@ mod review {
             .await
             .unwrap();
         let seen: Vec<(usize, Lifecycle)> = versions.iter().map(|e| (e.version, e.status)).collect();
-        assert_eq!(seen, [(1, Lifecycle::Superseded), (2, Lifecycle::Ready)]);
+        assert_eq!(seen, [(1, Lifecycle::Superseded), (2, Lifecycle::Published)]);
         assert_eq!(versions[0].id(), first);
         let (_, history) = admin.history(&first).await.unwrap();
         let last = history.last().unwrap();
@@ -448,9 +504,17 @@ mod review {
             matches!(e, ReviewError::Lifecycle(LifecycleError::Refused { .. })),
             "{e}"
         );
-        // The same inputs again: the same batch, no new event.
+        // The same inputs again: the same batch, no new event (created, accepted and
+        // published by the auto review).
         assert!(run(&pipeline, "2026-10", &wh).await.ok());
         let log = Log::local(&wh).unwrap();
-        assert_eq!(log.history(versions[1].id()).await.unwrap().len(), 1);
+        let again: Vec<&str> = log
+            .history(versions[1].id())
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.action.name())
+            .collect();
+        assert_eq!(again, ["create", "accept", "publish"]);
     }
 }
