@@ -158,7 +158,7 @@ pub fn summary_table(report: &RunReport) -> String {
 }
 
 /// The columns `batch list` shows, for every output format.
-const BATCH_COLUMNS: [&str; 10] = [
+const BATCH_COLUMNS: [&str; 11] = [
     "id",
     "tier",
     "organization",
@@ -166,12 +166,13 @@ const BATCH_COLUMNS: [&str; 10] = [
     "period",
     "version",
     "status",
+    "stale",
     "rows",
     "rejected",
     "created",
 ];
 
-fn batch_row(e: &Entry) -> [String; 10] {
+fn batch_row(e: &Entry) -> [String; 11] {
     let m = &e.manifest;
     [
         m.batch_id.clone(),
@@ -181,6 +182,7 @@ fn batch_row(e: &Entry) -> [String; 10] {
         m.period.label.clone(),
         e.version.to_string(),
         e.status.name().to_string(),
+        if e.stale { "stale" } else { "" }.to_string(),
         m.rows.to_string(),
         m.rows_rejected.to_string(),
         m.created_at.clone(),
@@ -269,7 +271,7 @@ pub fn batch_history(history: &[Event]) -> String {
 pub fn batch_details(e: &Entry, history: &[Event]) -> String {
     let m = &e.manifest;
     let mut out = format!(
-        "batch {}\n  stream {} of {} ({} tier), period {} [{} .. {})\n  version {}, status {}\n  rows {} (in {}, rejected {}), created {}\n  at {}\n",
+        "batch {}\n  stream {} of {} ({} tier), period {} [{} .. {})\n  version {}, status {}{}\n  rows {} (in {}, rejected {}), created {}\n  at {}\n",
         m.batch_id,
         m.stream,
         m.organization,
@@ -279,6 +281,11 @@ pub fn batch_details(e: &Entry, history: &[Event]) -> String {
         m.period.end,
         e.version,
         e.status.name(),
+        if e.stale {
+            " (stale: built from a superseded or voided batch)"
+        } else {
+            ""
+        },
         m.rows,
         m.rows_in,
         m.rows_rejected,

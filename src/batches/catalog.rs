@@ -15,6 +15,9 @@ pub struct Entry {
     pub status: Status,
     /// 1 for the first batch of its stream and period, then one more each (by creation).
     pub version: usize,
+    /// Built from a batch that was since superseded or voided: the next run of its stream
+    /// builds a new version from what is published now.
+    pub stale: bool,
 }
 
 impl Entry {
@@ -104,7 +107,20 @@ pub async fn entries(warehouse: &Path, log: &Log) -> Result<Vec<Entry>, Lifecycl
             manifest,
             status,
             version: 0,
+            stale: false,
         });
+    }
+    let withdrawn: std::collections::HashSet<String> = out
+        .iter()
+        .filter(|e| matches!(e.status, Status::Superseded | Status::Voided))
+        .map(|e| e.manifest.batch_id.clone())
+        .collect();
+    for e in &mut out {
+        e.stale = e
+            .manifest
+            .inputs
+            .iter()
+            .any(|i| i.batch_id.as_ref().is_some_and(|b| withdrawn.contains(b)));
     }
     out.sort_by(|a, b| {
         let key = |e: &Entry| {

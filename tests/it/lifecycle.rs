@@ -516,5 +516,29 @@ mod review {
             .map(|e| e.action.name())
             .collect();
         assert_eq!(again, ["create", "accept", "publish"]);
+
+        // A correction flows down: the vendor voids its usage batch; what the tier below
+        // built from it is stale until a run builds it again from what is published.
+        let usage = ids(&admin, "nimbus-rated-usage").await.remove(0);
+        let stale = |stream: &'static str| {
+            let admin = &admin;
+            async move {
+                let filter = Filter {
+                    stream: Some(stream.into()),
+                    ..Filter::default()
+                };
+                admin
+                    .list(&filter)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.stale)
+                    .collect::<Vec<bool>>()
+            }
+        };
+        assert_eq!(stale("eurodist-usage").await, [false, false]);
+        admin.act(&usage, Action::Void, Some("wrong usage file")).await.unwrap();
+        assert_eq!(stale("eurodist-usage").await, [true, true]);
+        assert_eq!(stale("nimbus-rated-usage").await, [false], "voided, not stale");
     }
 }
