@@ -117,41 +117,35 @@ enum BatchCommand {
     /// The batch's lifecycle events, oldest first.
     History { id: String },
     /// Accept a ready batch.
-    Accept {
-        id: String,
-        #[arg(long)]
-        note: Option<String>,
-    },
+    Accept(StepArgs),
     /// Reject a ready batch (a note is required).
-    Reject {
-        id: String,
-        #[arg(long)]
-        note: Option<String>,
-    },
+    Reject(StepArgs),
     /// Publish an accepted batch to the organisations directly below.
-    Publish {
-        id: String,
-        #[arg(long)]
-        note: Option<String>,
-    },
+    Publish(StepArgs),
     /// Withdraw a published batch (a note is required).
-    Void {
-        id: String,
-        #[arg(long)]
-        note: Option<String>,
-    },
+    Void(StepArgs),
     /// Keep a ready or accepted batch from being published.
-    Hold {
-        id: String,
-        #[arg(long)]
-        note: Option<String>,
-    },
+    Hold(StepArgs),
     /// Let a held batch go on from where it was held.
-    Release {
-        id: String,
-        #[arg(long)]
-        note: Option<String>,
-    },
+    Release(StepArgs),
+}
+
+/// One batch by its id, or (without an id) every batch the filters match whose status
+/// allows the step, e.g. `batch publish --stream reseller-usage --period 2026-10`.
+#[derive(clap::Args)]
+struct StepArgs {
+    id: Option<String>,
+    /// Why (required to reject and to void).
+    #[arg(long)]
+    note: Option<String>,
+    #[arg(long)]
+    tier: Option<String>,
+    #[arg(long)]
+    organization: Option<String>,
+    #[arg(long)]
+    stream: Option<String>,
+    #[arg(long)]
+    period: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -404,8 +398,7 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
         ExitCode::from(1)
     };
     let reviewer = Reviewer::open(warehouse, as_org).map_err(|e| fail(&e))?;
-    let act = |action: Action, id: String, note: Option<String>| (action, id, note);
-    let (action, id, note) = match command {
+    let (action, step) = match command {
         BatchCommand::List {
             tier,
             organization,
@@ -455,22 +448,61 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
             print!("{}", cli::batch_history(&history));
             return Ok(ExitCode::SUCCESS);
         }
-        BatchCommand::Accept { id, note } => act(Action::Accept, id, note),
-        BatchCommand::Reject { id, note } => act(Action::Reject, id, note),
-        BatchCommand::Publish { id, note } => act(Action::Publish, id, note),
-        BatchCommand::Void { id, note } => act(Action::Void, id, note),
-        BatchCommand::Hold { id, note } => act(Action::Hold, id, note),
-        BatchCommand::Release { id, note } => act(Action::Release, id, note),
+        BatchCommand::Accept(step) => (Action::Accept, step),
+        BatchCommand::Reject(step) => (Action::Reject, step),
+        BatchCommand::Publish(step) => (Action::Publish, step),
+        BatchCommand::Void(step) => (Action::Void, step),
+        BatchCommand::Hold(step) => (Action::Hold, step),
+        BatchCommand::Release(step) => (Action::Release, step),
     };
-    let event = reviewer.act(&id, action, note.as_deref()).await.map_err(|e| fail(&e))?;
-    println!(
-        "batch {}: {} -> {} ({} by {})",
-        event.batch,
-        event.from.map_or("-", |s| s.name()),
-        event.to.name(),
-        event.action.name(),
-        event.actor
-    );
+    let said = |event: &billflow::batches::lifecycle::Event| {
+        println!(
+            "batch {}: {} -> {} ({} by {})",
+            event.batch,
+            event.from.map_or("-", |s| s.name()),
+            event.to.name(),
+            event.action.name(),
+            event.actor
+        )
+    };
+    let note = step.note.as_deref();
+    if let Some(id) = &step.id {
+        let event = reviewer.act(id, action, note).await.map_err(|e| fail(&e))?;
+        said(&event);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let filter = Filter {
+        tier: step.tier,
+        organization: step.organization,
+        stream: step.stream,
+        period: step.period,
+        status: None,
+    };
+    if filter.tier.is_none() && filter.organization.is_none() && filter.stream.is_none() && filter.period.is_none() {
+        eprintln!(
+            "error: name a batch, or filter the batches to {} (--stream, --period, --tier, --organization)",
+            action.name()
+        );
+        return Err(ExitCode::from(2));
+    }
+    let done = reviewer.act_on_all(&filter, action, note).await.map_err(|e| fail(&e))?;
+    let (mut moved, mut refused) = (0, 0);
+    for outcome in &done {
+        match outcome {
+            Ok(event) => {
+                moved += 1;
+                said(event);
+            }
+            Err(e) => {
+                refused += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    println!("{moved} batch(es) moved, {refused} refused");
+    if refused > 0 {
+        return Err(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

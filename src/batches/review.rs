@@ -101,12 +101,34 @@ impl Reviewer {
         Ok((e, history))
     }
 
-    /// Move the batch along its lifecycle.
-    pub async fn act(&self, id: &str, action: Action, note: Option<&str>) -> Result<Event, ReviewError> {
+    /// [`Reviewer::act`] on every batch that `filter` matches and whose status allows the
+    /// step (batches it would refuse for their status are left as they are); one
+    /// outcome each, with the catalog read once, so thousands of batches take seconds.
+    pub async fn act_on_all(
+        &self,
+        filter: &Filter,
+        action: Action,
+        note: Option<&str>,
+    ) -> Result<Vec<Result<Event, ReviewError>>, ReviewError> {
+        self.check_action(action)?;
+        let mut out = Vec::new();
+        for e in self.list(filter).await? {
+            if action.next(Some(e.status), Some(e.status)).is_none() {
+                continue;
+            }
+            out.push(self.act_on(&e, action, note).await);
+        }
+        Ok(out)
+    }
+
+    fn check_action(&self, action: Action) -> Result<(), ReviewError> {
         if matches!(action, Action::Create | Action::Supersede) {
             return Err(ReviewError::NotAReviewAction(action));
         }
-        let e = self.find(id).await?;
+        Ok(())
+    }
+
+    async fn act_on(&self, e: &Entry, action: Action, note: Option<&str>) -> Result<Event, ReviewError> {
         if let Some(org) = &self.organization
             && org != &e.manifest.organization
         {
@@ -118,5 +140,12 @@ impl Reviewer {
             });
         }
         Ok(self.log.append(e.id(), action, &self.actor, note, None).await?)
+    }
+
+    /// Move the batch along its lifecycle.
+    pub async fn act(&self, id: &str, action: Action, note: Option<&str>) -> Result<Event, ReviewError> {
+        self.check_action(action)?;
+        let e = self.find(id).await?;
+        self.act_on(&e, action, note).await
     }
 }

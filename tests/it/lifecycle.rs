@@ -439,6 +439,48 @@ mod review {
         }
     }
 
+    /// Issue 16: a step for every batch the filters match (e.g. every reseller's batch of
+    /// a period); batches whose status does not allow it are left as they are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_applies_to_every_matching_batch_whose_status_allows_it() {
+        let (tmp, pipeline) = manual_sample_copy();
+        let wh = tmp.path().join("wh");
+        run(&pipeline, "2026-10", &wh).await;
+        let nimbus = Reviewer::open(&wh, Some("nimbus".into())).unwrap();
+        let fees = ids(&nimbus, "nimbus-subscription-fees").await.remove(0);
+        nimbus.act(&fees, Action::Hold, None).await.unwrap();
+        let vendor = Filter {
+            tier: Some("vendor".into()),
+            period: Some("2026-10".into()),
+            ..Filter::default()
+        };
+        let accepted = nimbus.act_on_all(&vendor, Action::Accept, None).await.unwrap();
+        assert_eq!(accepted.len(), 2, "the held batch is left alone");
+        assert!(accepted.iter().all(Result::is_ok));
+        let published = nimbus.act_on_all(&vendor, Action::Publish, None).await.unwrap();
+        assert_eq!(published.len(), 2);
+        let statuses: Vec<(String, Lifecycle)> = nimbus
+            .list(&vendor)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.manifest.stream.clone(), e.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("nimbus-price-list".to_string(), Lifecycle::Published),
+                ("nimbus-rated-usage".to_string(), Lifecycle::Published),
+                ("nimbus-subscription-fees".to_string(), Lifecycle::Held),
+            ]
+        );
+        // Another organisation's batches are not its to publish.
+        let eurodist = Reviewer::open(&wh, Some("eurodist".into())).unwrap();
+        let void = eurodist.act_on_all(&vendor, Action::Void, Some("no")).await.unwrap();
+        assert_eq!(void.len(), 2);
+        assert!(void.iter().all(|r| matches!(r, Err(ReviewError::NotOwner { .. }))));
+    }
+
     /// Of two writers that read the same history, the second to append is refused with
     /// what the first did (the create-if-absent put decides, not timing).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,6 +506,48 @@ mod review {
         );
         let history = one.history(&id).await.unwrap();
         assert_eq!(history.len(), 2, "the loser wrote nothing");
+    }
+
+    /// Issue 16: a step killed at any moment (kill -9) leaves the log whole: the step
+    /// happened or it did not, and the next step goes on from there.
+    #[test]
+    fn a_step_killed_at_any_moment_leaves_the_log_whole() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tmp, pipeline) = manual_sample_copy();
+        let wh = tmp.path().join("wh");
+        rt.block_on(run(&pipeline, "2026-10", &wh));
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let id = rt.block_on(ids(&admin, "nimbus-price-list")).remove(0);
+        let mut rng = billflow::generate::Rng::new(20261203, 7);
+        for trial in 0..24 {
+            let before = rt.block_on(admin.find(&id)).unwrap().status;
+            let step = if before == Lifecycle::Held { "release" } else { "hold" };
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+                .args(["batch", step, &id, "--warehouse", wh.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(rng.below(30_000)));
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+            let (_, history) = rt
+                .block_on(admin.history(&id))
+                .unwrap_or_else(|e| panic!("trial {trial}: the log is not whole: {e}"));
+            let after = history.last().map(|e| e.to).unwrap_or(Lifecycle::Ready);
+            let expected_after = if before == Lifecycle::Held {
+                Lifecycle::Ready
+            } else {
+                Lifecycle::Held
+            };
+            assert!(
+                after == before || after == expected_after,
+                "trial {trial}: {before:?} -> {after:?}"
+            );
+            for (i, e) in history.iter().enumerate() {
+                assert_eq!(e.seq, i as u64 + 1, "trial {trial}: numbered without a gap");
+            }
+        }
     }
 
     /// Issue 16: a re-run with changed inputs is a new version that supersedes the old
