@@ -311,3 +311,32 @@ pub fn batch_details(e: &Entry, history: &[Event]) -> String {
     }
     out
 }
+
+/// `batch diff`: the rows and totals a new version changes.
+pub fn batch_diff(a: &Entry, b: &Entry, d: &crate::batches::diff::Diff) -> String {
+    let mut out = format!(
+        "{} (version {}) -> {} (version {})\nrows: {} added, {} removed, {} changed, {} unchanged\n",
+        a.id(),
+        a.version,
+        b.id(),
+        b.version,
+        d.added,
+        d.removed,
+        d.changed,
+        d.unchanged
+    );
+    if !d.changed_columns.is_empty() {
+        let cols: Vec<String> = d.changed_columns.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+        out.push_str(&format!("changed columns: {}\n", cols.join(", ")));
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(["control total", a.id(), b.id()]);
+    for (name, (x, y)) in &d.totals {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        t.add_row([name.clone(), show(x), show(y)]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out
+}

@@ -116,6 +116,15 @@ enum BatchCommand {
     Show { id: String },
     /// The batch's lifecycle events, oldest first.
     History { id: String },
+    /// What batch B (a newer version) changes in batch A: rows added, removed and changed,
+    /// matched on the key columns, and the control totals side by side.
+    Diff {
+        a: String,
+        b: String,
+        /// The columns that match a row of A to its row in B, e.g. `--key record_id`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        key: Vec<String>,
+    },
     /// Accept a ready batch.
     Accept(StepArgs),
     /// Reject a ready batch (a note is required).
@@ -441,6 +450,11 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
         BatchCommand::Show { id } => {
             let (entry, history) = reviewer.history(&id).await.map_err(|e| fail(&e))?;
             print!("{}", cli::batch_details(&entry, &history));
+            return Ok(ExitCode::SUCCESS);
+        }
+        BatchCommand::Diff { a, b, key } => {
+            let (a, b, d) = reviewer.diff(&a, &b, &key).await.map_err(|e| fail(&e))?;
+            print!("{}", cli::batch_diff(&a, &b, &d));
             return Ok(ExitCode::SUCCESS);
         }
         BatchCommand::History { id } => {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod catalog;
+pub mod diff;
 pub mod lifecycle;
 pub mod review;
 

@@ -25,6 +25,8 @@ pub enum ReviewError {
     },
     #[error("`{}` is done by runs, not in review", .0.name())]
     NotAReviewAction(Action),
+    #[error(transparent)]
+    Diff(#[from] super::diff::DiffError),
 }
 
 /// Which batches to list (each filter, when given, must match).
@@ -140,6 +142,19 @@ impl Reviewer {
             });
         }
         Ok(self.log.append(e.id(), action, &self.actor, note, None).await?)
+    }
+
+    /// How batch `b` differs from batch `a` (both visible to this reviewer), rows matched
+    /// on `keys`.
+    pub async fn diff(
+        &self,
+        a: &str,
+        b: &str,
+        keys: &[String],
+    ) -> Result<(Entry, Entry, super::diff::Diff), ReviewError> {
+        let (a, b) = (self.find(a).await?, self.find(b).await?);
+        let d = super::diff::diff((&a.dir, &a.manifest), (&b.dir, &b.manifest), keys).await?;
+        Ok((a, b, d))
     }
 
     /// Move the batch along its lifecycle.

@@ -481,6 +481,47 @@ mod review {
         assert!(void.iter().all(|r| matches!(r, Err(ReviewError::NotOwner { .. }))));
     }
 
+    /// Issue 16: what a correction changes, for a reviewer: rows added, removed and
+    /// changed (matched on the key), the columns that changed, the totals side by side.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_diff_of_two_versions_shows_the_rows_and_totals_a_correction_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let yaml = "pipeline: t\norganizations:\n  - { id: v, name: V, tier: vendor }\nsources:\n  usage:\n    url: in.csv\n    schema:\n      - { name: id, type: integer }\n      - { name: sku, type: string }\n      - { name: amount, type: \"decimal(18,2)\" }\nstreams:\n  - id: s\n    kind: usage\n    owner: v\n    input: { source: usage }\n    columns:\n      - { name: id, type: integer }\n      - { name: sku, type: string }\n      - { name: amount, type: \"decimal(18,2)\" }\n";
+        std::fs::write(dir.join("p.yaml"), yaml).unwrap();
+        std::fs::write(
+            dir.join("in.csv"),
+            "id,sku,amount\n1,A,1.00\n2,B,2.00\n3,C,3.00\n4,D,4.00\n5,E,5.00\n",
+        )
+        .unwrap();
+        let wh = dir.join("wh");
+        run(&dir.join("p.yaml"), "2026-10", &wh).await;
+        // The correction: 2 removed, 3's amount and 4's sku changed, 9 added.
+        std::fs::write(
+            dir.join("in.csv"),
+            "id,sku,amount\n1,A,1.00\n3,C,3.50\n4,X,4.00\n5,E,5.00\n9,Z,0.25\n",
+        )
+        .unwrap();
+        run(&dir.join("p.yaml"), "2026-10", &wh).await;
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let v = ids(&admin, "s").await;
+        assert_eq!(v.len(), 2);
+        let (a, b, d) = admin.diff(&v[0], &v[1], &["id".to_string()]).await.unwrap();
+        assert_eq!((a.version, b.version), (1, 2));
+        assert_eq!((d.added, d.removed, d.changed, d.unchanged), (1, 1, 2, 2));
+        assert_eq!(
+            d.changed_columns
+                .iter()
+                .map(|(c, n)| (c.as_str(), *n))
+                .collect::<Vec<_>>(),
+            [("amount", 1), ("sku", 1)]
+        );
+        // 1+2+3+4+5 = 15.00; 1+3.50+4+5+0.25 = 13.75
+        assert_eq!(d.totals["amount"], (Some("15.00".into()), Some("13.75".into())));
+        let e = admin.diff(&v[0], &v[1], &["nope".to_string()]).await.unwrap_err();
+        assert!(e.to_string().starts_with("`nope` is not a column of"), "{e}");
+    }
+
     /// Of two writers that read the same history, the second to append is refused with
     /// what the first did (the create-if-absent put decides, not timing).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
