@@ -98,14 +98,8 @@ enum Command {
 enum BatchCommand {
     /// The batches, with their status and version.
     List {
-        #[arg(long)]
-        tier: Option<String>,
-        #[arg(long)]
-        organization: Option<String>,
-        #[arg(long)]
-        stream: Option<String>,
-        #[arg(long)]
-        period: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// ready, accepted, rejected, held, published, voided or superseded.
         #[arg(long)]
         status: Option<String>,
@@ -147,6 +141,13 @@ struct StepArgs {
     /// Why (required to reject and to void).
     #[arg(long)]
     note: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+/// Which batches: each filter given must match.
+#[derive(clap::Args)]
+struct FilterArgs {
     #[arg(long)]
     tier: Option<String>,
     #[arg(long)]
@@ -155,6 +156,18 @@ struct StepArgs {
     stream: Option<String>,
     #[arg(long)]
     period: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self, status: Option<billflow::batches::lifecycle::Status>) -> billflow::batches::review::Filter {
+        billflow::batches::review::Filter {
+            tier: self.tier,
+            organization: self.organization,
+            stream: self.stream,
+            period: self.period,
+            status,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -401,21 +414,14 @@ async fn test(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
 
 async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
     use billflow::batches::lifecycle::{Action, Status};
-    use billflow::batches::review::{Filter, Reviewer};
+    use billflow::batches::review::Reviewer;
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         ExitCode::from(1)
     };
     let reviewer = Reviewer::open(warehouse, as_org).map_err(|e| fail(&e))?;
     let (action, step) = match command {
-        BatchCommand::List {
-            tier,
-            organization,
-            stream,
-            period,
-            status,
-            format,
-        } => {
+        BatchCommand::List { filter, status, format } => {
             let status = match status.as_deref().map(|s| (s, Status::parse(s))) {
                 Some((_, Some(s))) => Some(s),
                 Some((text, None)) => {
@@ -431,13 +437,7 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
                 }
                 None => None,
             };
-            let filter = Filter {
-                tier,
-                organization,
-                stream,
-                period,
-                status,
-            };
+            let filter = filter.filter(status);
             let entries = reviewer.list(&filter).await.map_err(|e| fail(&e))?;
             let text = match format {
                 ListFormat::Table => cli::batch_table(&entries),
@@ -485,13 +485,7 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
         said(&event);
         return Ok(ExitCode::SUCCESS);
     }
-    let filter = Filter {
-        tier: step.tier,
-        organization: step.organization,
-        stream: step.stream,
-        period: step.period,
-        status: None,
-    };
+    let filter = step.filter.filter(None);
     if filter.tier.is_none() && filter.organization.is_none() && filter.stream.is_none() && filter.period.is_none() {
         eprintln!(
             "error: name a batch, or filter the batches to {} (--stream, --period, --tier, --organization)",
