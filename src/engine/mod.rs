@@ -10,7 +10,8 @@
 //! - [`money`]: exact Decimal128 kernels and their UDFs;
 //! - [`side`]: refused rows and removed-row counts that stages leave beside their output;
 //! - [`interop`]: Arrow <-> Polars through the C Data Interface;
-//! - [`text_scan`]: CSV and NDJSON read so that an unreadable line is a refused row.
+//! - [`text_scan`]: CSV and NDJSON read so that an unreadable line is a refused row;
+//! - [`text_checks`]: text a cast would change silently (too many places, a date not `YYYY-MM-DD`).
 
 pub mod interop;
 pub mod money;
@@ -19,4 +20,5 @@ pub mod residue;
 pub mod session;
 pub mod side;
 pub mod tap;
+pub mod text_checks;
 pub mod text_scan;

@@ -10,6 +10,7 @@ use datafusion::prelude::{ident, lit};
 
 use crate::definition::diagnostics::did_you_mean;
 use crate::definition::{ColumnDef, ColumnType, Diagnostic};
+use crate::engine::text_checks::{self, TextRule};
 
 pub use crate::definition::converts_losslessly;
 
@@ -171,27 +172,22 @@ fn text_check(column: &Expr, raw: &DataType, c: &ColumnDef) -> Option<(Expr, Str
     if !matches!(raw, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
         return None;
     }
-    let text = datafusion::functions::expr_fn::btrim(vec![column.clone()]);
-    let (pattern, why) = match c.ty {
+    let (rule, why) = match c.ty {
         ColumnType::Decimal { scale, .. } => (
-            // A digit other than 0 past the declared places.
-            format!(r"\.[0-9]{{{scale}}}[0-9]*[1-9]"),
+            TextRule::DecimalPlaces(scale.max(0) as u8),
             format!(
                 "has more than {scale} decimal places ({}): it would be rounded; declare more places and round it with a `round` stage",
                 c.ty
             ),
         ),
-        ColumnType::Date => (
-            "^(?:[0-9]{4}-[0-9]{2}-[0-9]{2})$".to_string(),
-            "is not a date written YYYY-MM-DD".to_string(),
-        ),
+        ColumnType::Date => (TextRule::IsoDate, "is not a date written YYYY-MM-DD".to_string()),
         _ => return None,
     };
-    let matches = datafusion::functions::expr_fn::regexp_like(text, lit(pattern), None);
-    let flag = match c.ty {
-        ColumnType::Date => matches.is_not_true(),
-        _ => matches.is_true(),
+    let text = match raw {
+        DataType::Utf8 => column.clone(),
+        _ => cast(column.clone(), DataType::Utf8),
     };
+    let flag = text_checks::breaks(text, rule).is_true();
     Some((column.clone().is_not_null().and(flag), why))
 }
 
