@@ -346,8 +346,13 @@ async fn published_input(
     Err(Stop {
         status: Status::Waiting,
         hint: Some(format!(
-            "`billflow batch accept {this}` then `billflow batch publish {this}` (as `{}`), or give stream `{}` `review: auto`",
-            above.owner.value, above.id.value
+            "`billflow batch accept {this}` then `billflow batch publish {this}`{}, or give stream `{}` `review: auto`",
+            // A `for_each` batch is stepped from the warehouse's view, not as one organisation.
+            match above.for_each {
+                None => format!(" (as `{}`)", above.owner.value),
+                Some(_) => String::new(),
+            },
+            above.id.value
         )),
         ..Stop::failed(format!(
             "waits for a batch of stream `{}` for {} to be published: batch {this} is {}",
