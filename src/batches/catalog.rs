@@ -83,13 +83,7 @@ pub fn committed(warehouse: &Path) -> Vec<(PathBuf, Manifest)> {
     for tier in dirs(warehouse) {
         for org in dirs(&tier) {
             for stream in dirs(&org) {
-                for batch in dirs(&stream) {
-                    if batch.join(MANIFEST).is_file()
-                        && let Ok(m) = read_manifest(&batch)
-                    {
-                        out.push((batch, m));
-                    }
-                }
+                out.extend(in_stream_dir(&stream));
             }
         }
     }
