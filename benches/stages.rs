@@ -99,6 +99,7 @@ fn stages(c: &mut Criterion) {
                         RunOptions {
                             period: Period::parse("2026-10").expect("period"),
                             warehouse: warehouse.clone(),
+                            until_level: None,
                         },
                         Arc::new(NoProgress),
                     ));

@@ -111,7 +111,10 @@ pub fn summary_table(report: &RunReport) -> String {
             Cell::new(s.rows_rejected).set_alignment(CellAlignment::Right),
             Cell::new(totals),
             Cell::new(format!("{:.2}s", s.elapsed.as_secs_f64())).set_alignment(CellAlignment::Right),
-            Cell::new(s.batch_id.clone().unwrap_or_default()),
+            Cell::new(match s.organization_batches {
+                0 => s.batch_id.clone().unwrap_or_default(),
+                n => format!("{}\n({n} organisation batches)", s.batch_id.clone().unwrap_or_default()),
+            }),
         ]);
     }
     let mut out = format!(
@@ -139,6 +142,11 @@ pub fn summary_table(report: &RunReport) -> String {
             if *n > 0 {
                 out.push_str(&format!("{}: stage `{stage}` removed {n} row(s) ({what})\n", s.stream));
             }
+        }
+    }
+    for s in &report.streams {
+        for note in &s.notes {
+            out.push_str(&format!("{}: {note}\n", s.stream));
         }
     }
     for s in &report.streams {
@@ -338,5 +346,63 @@ pub fn batch_diff(a: &Entry, b: &Entry, d: &crate::batches::diff::Diff) -> Strin
         t.add_row([name.clone(), show(x), show(y)]);
     }
     out.push_str(&format!("{t}\n"));
+    out
+}
+
+/// `billflow reconcile`: what was checked, and each difference found.
+pub fn reconcile_report(period: &str, report: &crate::batches::reconcile::Report) -> String {
+    use crate::batches::reconcile::Against;
+    let mut out = format!(
+        "period {period}: {} published batch(es), {} batch(es) built from them\n",
+        report.published, report.consumers
+    );
+    if report.clean() {
+        out.push_str("everything reconciles: each published batch's files add up to its control totals, and each batch below read exactly what was published\n");
+        return out;
+    }
+    let name = |e: &Entry| {
+        format!(
+            "{} ({} {} `{}`)",
+            e.id(),
+            e.manifest.tier,
+            e.manifest.organization,
+            e.manifest.stream
+        )
+    };
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(vec!["published batch", "against", "what", "published", "found"]);
+    for f in &report.findings {
+        let against = match &f.against {
+            Against::DataFiles { .. } => "its data files".to_string(),
+            Against::Consumer(c) => format!("read by {}", name(c)),
+            Against::Stale { consumer, .. } => format!("{} (stale)", name(consumer)),
+        };
+        let extra = match &f.against {
+            Against::DataFiles { problem: Some(p) } => Some(p.clone()),
+            Against::Stale { read, .. } => Some(format!("built from {read}, not from the published version")),
+            _ => None,
+        };
+        if let Some(extra) = extra {
+            t.add_row(vec![
+                name(&f.batch),
+                against.clone(),
+                extra,
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for d in &f.differences {
+            t.add_row(vec![
+                name(&f.batch),
+                against.clone(),
+                d.what.clone(),
+                d.published.clone(),
+                d.found.clone(),
+            ]);
+        }
+    }
+    out.push_str(&format!("{t}\n{} difference(s)\n", report.findings.len()));
     out
 }

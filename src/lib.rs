@@ -20,7 +20,7 @@
 //! let plan = billflow::check(&engine, "data-samples/cloud-reseller/pipeline.yaml".as_ref()).await.unwrap();
 //! assert_eq!(plan.streams.len(), 10);
 //! let warehouse = tempfile::tempdir().unwrap();
-//! let options = RunOptions { period: Period::parse("2026-10").unwrap(), warehouse: warehouse.path().into() };
+//! let options = RunOptions { period: Period::parse("2026-10").unwrap(), warehouse: warehouse.path().into(), until_level: None };
 //! let report = engine.run(Arc::new(plan), options, Arc::new(NoProgress)).await;
 //! assert!(report.ok());
 //! assert_eq!(report.stream("nimbus-rated-usage").unwrap().control_totals["cost_usd"], "1017.6027");

@@ -62,6 +62,10 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Run the chain down to this tier only (e.g. `distributor`), each stream's
+        /// review policy applied as its batch is committed; lower tiers are not run.
+        #[arg(long, value_name = "TIER")]
+        until_tier: Option<String>,
     },
     /// Write a deterministic large scenario (usage as Parquet, references, pipeline).
     Generate {
@@ -90,6 +94,19 @@ enum Command {
         /// Act as this organisation: see only its batches and those published to it, and
         /// change only its own (also `BILLFLOW_ORG`).
         #[arg(long = "as", global = true, value_name = "ORG")]
+        as_org: Option<String>,
+    },
+    /// Check a period's published batches: each one's data files still add up to its
+    /// control totals, and every batch of the tier below built from it read exactly
+    /// what was published (from the version published now). Exit 1 on any difference.
+    Reconcile {
+        #[arg(long)]
+        period: String,
+        /// The warehouse; default: ./warehouse.
+        #[arg(long, default_value = "warehouse")]
+        warehouse: PathBuf,
+        /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
+        #[arg(long = "as", value_name = "ORG")]
         as_org: Option<String>,
     },
 }
@@ -280,7 +297,20 @@ async fn run(cli: Cli) -> ExitCode {
             period,
             warehouse,
             quiet,
-        } => run_pipeline(&env, &pipeline, &period, warehouse, quiet).await,
+            until_tier,
+        } => run_pipeline(&env, &pipeline, &period, warehouse, quiet, until_tier.as_deref()).await,
+        Command::Reconcile {
+            period,
+            warehouse,
+            as_org,
+        } => {
+            reconcile(
+                &period,
+                &warehouse,
+                as_org.or_else(|| std::env::var("BILLFLOW_ORG").ok()),
+            )
+            .await
+        }
         Command::Generate { rows, seed, out, csv } => generate(rows, seed, &out, csv),
         Command::Test { pipeline } => test(&env, &pipeline).await,
         Command::Batch {
@@ -336,12 +366,17 @@ async fn run_pipeline(
     period: &str,
     warehouse: Option<PathBuf>,
     quiet: bool,
+    until_tier: Option<&str>,
 ) -> Result<ExitCode, ExitCode> {
     let period = Period::parse(period).map_err(|e| {
         eprintln!("error: --period: {e}");
         ExitCode::from(2)
     })?;
     let plan = Arc::new(load(env, pipeline).await?);
+    let until_level = until_tier.map(|t| plan.tier_level(t)).transpose().map_err(|e| {
+        eprintln!("error: --until-tier: {e}");
+        ExitCode::from(2)
+    })?;
     let warehouse = warehouse
         .or_else(|| plan.pipeline.warehouse.clone())
         .unwrap_or_else(|| PathBuf::from("warehouse"));
@@ -350,7 +385,12 @@ async fn run_pipeline(
     } else {
         Arc::new(cli::Bars::new())
     };
-    let report = env.engine.run(plan, RunOptions { period, warehouse }, progress).await;
+    let options = RunOptions {
+        period,
+        warehouse,
+        until_level,
+    };
+    let report = env.engine.run(plan, options, progress).await;
     print!("{}", cli::summary_table(&report));
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -512,6 +552,25 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
         return Err(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn reconcile(period: &str, warehouse: &Path, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let period = Period::parse(period).map_err(|e| {
+        eprintln!("error: --period: {e}");
+        ExitCode::from(2)
+    })?;
+    let reviewer = billflow::batches::review::Reviewer::open(warehouse, as_org).map_err(|e| fail(&e))?;
+    let report = reviewer.reconcile(&period.label).await.map_err(|e| fail(&e))?;
+    print!("{}", cli::reconcile_report(&period.label, &report));
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,16 @@ impl Entry {
         &self.manifest.batch_id
     }
 
+    /// The batch's Parquet files (paths as text, as DataFusion takes them).
+    pub fn data_files(&self) -> Vec<String> {
+        self.manifest
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".parquet"))
+            .map(|f| self.dir.join(&f.path).to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// Whether `organization` may see the batch: its own, or published to it.
     pub fn visible_to(&self, organization: Option<&str>) -> bool {
         organization.is_none_or(|org| {
@@ -79,31 +89,53 @@ pub fn committed(warehouse: &Path) -> Vec<(PathBuf, Manifest)> {
         v.sort();
         v
     };
-    let mut out = Vec::new();
+    let mut runs = Vec::new();
     for tier in dirs(warehouse) {
         for org in dirs(&tier) {
             for stream in dirs(&org) {
-                out.extend(in_stream_dir(&stream));
+                runs.extend(in_stream_dir(&stream));
             }
         }
     }
+    batches_of(runs)
+}
+
+/// The batches committed runs hold (a `for_each` run: one per organisation). An
+/// organisation's batch that a later run computed again from the same inputs (its id is
+/// the same) is the first run's: each batch is listed once.
+pub fn batches_of(runs: Vec<(PathBuf, Manifest)>) -> Vec<(PathBuf, Manifest)> {
+    let mut out: Vec<(PathBuf, Manifest)> = runs
+        .into_iter()
+        .flat_map(|(dir, run)| run.batches().into_iter().map(move |m| (dir.clone(), m)))
+        .collect();
+    out.sort_by(|a, b| (&a.1.created_at, &a.0).cmp(&(&b.1.created_at, &b.0)));
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(_, m)| seen.insert(m.batch_id.clone()));
     out
 }
+
+/// How many batch histories are read at once.
+pub const READ_CONCURRENCY: usize = 32;
 
 /// Every committed batch with its status and version, in the order tier, organisation,
 /// stream, period, version.
 pub async fn entries(warehouse: &Path, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
-    let mut out = Vec::new();
-    for (dir, manifest) in committed(warehouse) {
-        let status = log.status(&manifest.batch_id).await?;
-        out.push(Entry {
-            dir,
-            manifest,
-            status,
-            version: 0,
-            stale: false,
-        });
-    }
+    use futures::{StreamExt, TryStreamExt};
+    // One history read per batch, many at once (thousands of batches on object storage).
+    let mut out: Vec<Entry> = futures::stream::iter(committed(warehouse))
+        .map(|(dir, manifest)| async move {
+            let status = log.status(&manifest.batch_id).await?;
+            Ok::<_, LifecycleError>(Entry {
+                dir,
+                manifest,
+                status,
+                version: 0,
+                stale: false,
+            })
+        })
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
     let withdrawn: std::collections::HashSet<String> = out
         .iter()
         .filter(|e| matches!(e.status, Status::Superseded | Status::Voided))

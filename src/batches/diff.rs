@@ -5,7 +5,7 @@
 //! join, computed by DataFusion.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::common::JoinType;
@@ -15,7 +15,7 @@ use std::ops::Not;
 use datafusion::logical_expr::{Expr, Operator, binary_expr, lit, when};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, ident};
 
-use super::{DATA_DIR, Manifest};
+use super::catalog::Entry;
 
 /// How two versions of a batch differ.
 #[derive(Debug, Default)]
@@ -44,24 +44,32 @@ pub enum DiffError {
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
 
-async fn read(ctx: &SessionContext, dir: &Path) -> Result<DataFrame, DiffError> {
-    let data = dir.join(DATA_DIR);
-    Ok(ctx
-        .read_parquet(
-            format!("{}/", data.display()),
-            ParquetReadOptions::default().file_extension(".parquet"),
-        )
-        .await?)
+/// A batch's rows; with no data file (no rows), an empty table shaped as `like`'s.
+async fn read(ctx: &SessionContext, files: &[String], like: Option<&DataFrame>) -> Result<DataFrame, DiffError> {
+    match (files.is_empty(), like) {
+        (true, Some(other)) => Ok(ctx.read_batch(RecordBatch::new_empty(Arc::new(other.schema().as_arrow().clone())))?),
+        _ => Ok(ctx
+            .read_parquet(files.to_vec(), ParquetReadOptions::default().file_extension(".parquet"))
+            .await?),
+    }
 }
 
 /// Compare batch `a` (the older) with `b` on `keys`.
-pub async fn diff(a: (&Path, &Manifest), b: (&Path, &Manifest), keys: &[String]) -> Result<Diff, DiffError> {
+pub async fn diff(a: &Entry, b: &Entry, keys: &[String]) -> Result<Diff, DiffError> {
     if keys.is_empty() {
         return Err(DiffError::NoKey);
     }
     let ctx = SessionContext::new();
-    let left = read(&ctx, a.0).await?;
-    let right = read(&ctx, b.0).await?;
+    let (a_files, b_files) = (a.data_files(), b.data_files());
+    let (left, right) = if a_files.is_empty() {
+        let right = read(&ctx, &b_files, None).await?;
+        (read(&ctx, &a_files, Some(&right)).await?, right)
+    } else {
+        let left = read(&ctx, &a_files, None).await?;
+        let right = read(&ctx, &b_files, Some(&left)).await?;
+        (left, right)
+    };
+    let (a, b) = ((&a.dir, &a.manifest), (&b.dir, &b.manifest));
     let names = |df: &DataFrame| -> Vec<String> { df.schema().fields().iter().map(|f| f.name().clone()).collect() };
     let (a_cols, b_cols) = (names(&left), names(&right));
     for (cols, which) in [(&a_cols, &a.1.batch_id), (&b_cols, &b.1.batch_id)] {

@@ -22,12 +22,13 @@ use sha2::{Digest, Sha256};
 pub mod catalog;
 pub mod diff;
 pub mod lifecycle;
+pub mod reconcile;
 pub mod review;
 
 pub const MANIFEST: &str = "batch.json";
 pub const DATA_DIR: &str = "data";
 pub const REJECTS_DIR: &str = "rejects";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -61,12 +62,65 @@ pub struct Manifest {
     /// batch is visible to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audience: Vec<String>,
+    /// An organisation's batch of a `for_each` run: the id of the run's directory (the
+    /// manifest above names it; `organizations` there holds this batch's part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<String>,
 }
 
+/// One organisation's batch inside a `for_each` run's directory: its rows are
+/// `data/<organisation>/`, and it has its own id, status and history.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OrganizationPart {
+    /// Empty in batches written before organisations had batches of their own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub batch_id: String,
     pub rows: u64,
     pub control_totals: BTreeMap<String, String>,
+    /// The organisations directly below this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// What this organisation's batch was built from (its chain's parts of the input).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputInfo>,
+}
+
+impl Manifest {
+    /// The batches a committed directory holds: itself, or, for a `for_each` run, one per
+    /// organisation, each seen through a manifest of its own (its rows, control totals,
+    /// files, audience and inputs; the run's rejects and refused counts are shared).
+    pub fn batches(&self) -> Vec<Manifest> {
+        if self.organizations.is_empty() || self.organizations.values().any(|p| p.batch_id.is_empty()) {
+            return vec![self.clone()];
+        }
+        self.organizations
+            .iter()
+            .map(|(org, part)| {
+                let prefix = format!("{DATA_DIR}/{org}/");
+                Manifest {
+                    batch_id: part.batch_id.clone(),
+                    organization: org.clone(),
+                    rows: part.rows,
+                    control_totals: part.control_totals.clone(),
+                    files: self
+                        .files
+                        .iter()
+                        .filter(|f| f.path.starts_with(&prefix))
+                        .cloned()
+                        .collect(),
+                    inputs: if part.inputs.is_empty() {
+                        self.inputs.clone()
+                    } else {
+                        part.inputs.clone()
+                    },
+                    organizations: BTreeMap::new(),
+                    audience: part.audience.clone(),
+                    part_of: Some(self.batch_id.clone()),
+                    ..self.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 /// Where a `for_each` stream's batches live in place of an organisation's id.
@@ -90,6 +144,20 @@ pub struct InputInfo {
     pub files: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    /// A `for_each` input: the organisation whose batch this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// An upstream batch: the rows and control totals this batch's run read of it, as
+    /// read (what `billflow reconcile` compares with what was published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed: Option<Consumed>,
+}
+
+/// What a run read of one upstream batch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Consumed {
+    pub rows: u64,
+    pub control_totals: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -104,6 +172,23 @@ pub struct ColumnInfo {
 pub struct FileInfo {
     pub path: String,
     pub bytes: u64,
+}
+
+/// Exact decimal text of an unscaled value.
+pub fn format_decimal(v: i128, scale: i8) -> String {
+    if scale <= 0 {
+        return format!("{v}");
+    }
+    let neg = v < 0;
+    let digits = v.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let padded = if digits.len() <= scale {
+        format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
+    } else {
+        digits
+    };
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{}{int}.{frac}", if neg { "-" } else { "" })
 }
 
 /// SHA-256 of a file's bytes, streamed.
@@ -409,6 +494,7 @@ mod tests {
             billflow_version: "0".into(),
             organizations: BTreeMap::new(),
             audience: Vec::new(),
+            part_of: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub enum ReviewError {
     NotAReviewAction(Action),
     #[error(transparent)]
     Diff(#[from] super::diff::DiffError),
+    #[error("reconcile: {0}")]
+    Reconcile(String),
 }
 
 /// Which batches to list (each filter, when given, must match).
@@ -112,15 +114,20 @@ impl Reviewer {
         action: Action,
         note: Option<&str>,
     ) -> Result<Vec<Result<Event, ReviewError>>, ReviewError> {
+        use futures::StreamExt;
         self.check_action(action)?;
-        let mut out = Vec::new();
-        for e in self.list(filter).await? {
-            if action.next(Some(e.status), Some(e.status)).is_none() {
-                continue;
-            }
-            out.push(self.act_on(&e, action, note).await);
-        }
-        Ok(out)
+        let allowed: Vec<Entry> = self
+            .list(filter)
+            .await?
+            .into_iter()
+            .filter(|e| action.next(Some(e.status), Some(e.status)).is_some())
+            .collect();
+        // Each batch has its own history: the steps go many at once.
+        Ok(futures::stream::iter(&allowed)
+            .map(|e| self.act_on(e, action, note))
+            .buffered(catalog::READ_CONCURRENCY)
+            .collect()
+            .await)
     }
 
     fn check_action(&self, action: Action) -> Result<(), ReviewError> {
@@ -153,8 +160,21 @@ impl Reviewer {
         keys: &[String],
     ) -> Result<(Entry, Entry, super::diff::Diff), ReviewError> {
         let (a, b) = (self.find(a).await?, self.find(b).await?);
-        let d = super::diff::diff((&a.dir, &a.manifest), (&b.dir, &b.manifest), keys).await?;
+        let d = super::diff::diff(&a, &b, keys).await?;
         Ok((a, b, d))
+    }
+
+    /// `billflow reconcile`: the published batches of `period` this reviewer sees, against
+    /// their data files and what the batches built from them read.
+    pub async fn reconcile(&self, period: &str) -> Result<super::reconcile::Report, ReviewError> {
+        let all = catalog::entries(&self.warehouse, &self.log).await?;
+        let visible: Vec<Entry> = all
+            .into_iter()
+            .filter(|e| e.visible_to(self.organization.as_deref()))
+            .collect();
+        super::reconcile::reconcile(&visible, period)
+            .await
+            .map_err(|e| ReviewError::Reconcile(e.strip_backtrace()))
     }
 
     /// Move the batch along its lifecycle.

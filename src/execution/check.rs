@@ -132,7 +132,7 @@ pub async fn explain_plans(engine: &Engine, plan: &Plan) -> String {
         let ctx = engine.session();
         let materialises = ps.stages.iter().any(|st| !st.stage.fuses());
         let inputs = match &s.input {
-            InputRef::Source(_) if !materialises => Inputs::Read { upstream_batch: None },
+            InputRef::Source(_) if !materialises => Inputs::Read { upstream: None },
             _ => Inputs::Empty,
         };
         let df = match stream_plan::build(&ctx, plan, ps, &period, inputs, false, &|_, _| {}).await {

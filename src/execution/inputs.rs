@@ -110,6 +110,8 @@ pub fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Resul
         fingerprint: crate::batches::fingerprint(&[("files", &joined), ("format", t.format.name())]),
         files: files.iter().map(|f| f.display().to_string()).collect(),
         batch_id: None,
+        organization: None,
+        consumed: None,
     })
 }
 
@@ -422,16 +424,80 @@ fn read_text(
     Ok((kept, Some(origin)))
 }
 
-/// A committed upstream batch as the input of a stream below it, restricted to the period.
+/// Committed upstream batches (their data directories) as the input of a stream below
+/// them, restricted to the period.
 pub async fn read_stream_batch(
     ctx: &SessionContext,
-    batch_dir: &Path,
+    data_dirs: &[PathBuf],
     schema: &Schema,
     period: Option<PeriodSelection<'_>>,
-    organizations: Option<&[String]>,
 ) -> Result<StreamInput, InputError> {
-    let df = read_batch(ctx, batch_dir, schema, organizations).await?;
+    let df = read_batch(ctx, data_dirs, schema).await?;
     select_period(df, period, "upstream batch")
+}
+
+/// What a run reads of each upstream batch: its rows in the period and the exact sum of
+/// each decimal column, read from the batches' files again (so that `billflow reconcile`
+/// compares what was read, not what the manifest says). `by`: the batches are a
+/// `for_each` stream's organisations, told apart by this column; the answer is keyed by
+/// organisation (`None` for a whole batch).
+pub async fn consumed(
+    ctx: &SessionContext,
+    data_dirs: &[PathBuf],
+    schema: &Schema,
+    period: Option<PeriodSelection<'_>>,
+    by: Option<&str>,
+) -> Result<std::collections::BTreeMap<Option<String>, crate::batches::Consumed>, InputError> {
+    use arrow::array::{Array, AsArray};
+    use datafusion::functions_aggregate::expr_fn::{count, sum};
+    let mut df = read_batch(ctx, data_dirs, schema).await?;
+    if let Some(sel) = period {
+        let field = schema
+            .field_with_name(sel.column)
+            .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?;
+        df = df.filter(in_period(ident(sel.column), field.data_type(), sel.period))?;
+    }
+    let decimals: Vec<(String, i8)> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| match f.data_type() {
+            DataType::Decimal128(_, scale) => Some((f.name().clone(), *scale)),
+            _ => None,
+        })
+        .collect();
+    let mut aggs = vec![count(lit(1)).alias("rows")];
+    aggs.extend(decimals.iter().map(|(c, _)| sum(ident(c)).alias(c)));
+    let group: Vec<Expr> = by.map(|c| vec![ident(c)]).unwrap_or_default();
+    let first = group.len();
+    let mut out = std::collections::BTreeMap::new();
+    for b in df.aggregate(group, aggs)?.collect().await? {
+        let keys = match by {
+            Some(_) => Some(
+                arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(datafusion::error::DataFusionError::from)?,
+            ),
+            None => None,
+        };
+        for row in 0..b.num_rows() {
+            let key = keys.as_ref().map(|k| k.as_string::<i32>().value(row).to_string());
+            let rows = b.column(first).as_primitive::<arrow::datatypes::Int64Type>().value(row) as u64;
+            let mut totals = std::collections::BTreeMap::new();
+            for (i, (name, scale)) in decimals.iter().enumerate() {
+                let a = b
+                    .column(first + 1 + i)
+                    .as_primitive::<arrow::datatypes::Decimal128Type>();
+                let v = if a.is_valid(row) { a.value(row) } else { 0 };
+                totals.insert(name.clone(), super::write::format_decimal(v, *scale));
+            }
+            out.insert(
+                key,
+                crate::batches::Consumed {
+                    rows,
+                    control_totals: totals,
+                },
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn no_period_reason(column: &str) -> String {
@@ -474,42 +540,32 @@ fn count_period_rows(df: DataFrame, keep: Expr, refused: Expr, tap: &Tap) -> Res
 
 pub use crate::engine::side::reject_rows;
 
-/// A committed upstream batch, read as the downstream stream's input. A `for_each`
-/// batch's organisation partitions (`data/<organisation>/`) are all read, or only
-/// `organizations` when given.
-pub async fn read_batch(
-    ctx: &SessionContext,
-    batch_dir: &Path,
-    schema: &Schema,
-    organizations: Option<&[String]>,
-) -> Result<DataFrame, InputError> {
-    let data = batch_dir.join(crate::batches::DATA_DIR);
-    let parquet = |dir: &Path| -> Result<Vec<PathBuf>, InputError> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-            .collect();
-        files.sort();
-        Ok(files)
-    };
-    let mut files = parquet(&data)?;
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(&data)
-        .map_err(io(&data))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .filter(|p| {
-            organizations.is_none_or(|orgs| {
-                p.file_name()
-                    .is_some_and(|n| orgs.iter().any(|o| o.as_str() == n.to_string_lossy()))
-            })
-        })
-        .collect();
-    parts.sort();
-    for part in parts {
-        files.extend(parquet(&part)?);
+fn is_parquet(p: &Path) -> bool {
+    p.extension().is_some_and(|x| x == "parquet")
+}
+
+/// Committed batches' data directories, read as one table: the Parquet files of each
+/// directory and of its sub-directories (a `for_each` run's organisations, when a whole
+/// run is read).
+pub async fn read_batch(ctx: &SessionContext, data_dirs: &[PathBuf], schema: &Schema) -> Result<DataFrame, InputError> {
+    let mut files = Vec::new();
+    for data in data_dirs {
+        let entries = |dir: &Path| -> Result<Vec<PathBuf>, InputError> {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(io(dir))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
+            v.sort();
+            Ok(v)
+        };
+        for p in entries(data)? {
+            if p.is_dir() {
+                files.extend(entries(&p)?.into_iter().filter(|f| is_parquet(f)));
+            } else if is_parquet(&p) {
+                files.push(p);
+            }
+        }
     }
     if files.is_empty() {
         return Ok(ctx.read_batch(arrow::array::RecordBatch::new_empty(Arc::new(schema.clone())))?);

@@ -36,6 +36,9 @@ pub struct Engine {
 pub struct RunOptions {
     pub period: Period,
     pub warehouse: PathBuf,
+    /// Run only the streams of tiers at this level of the chain and above (`run
+    /// --until-tier`, through [`Plan::tier_level`]); `None`: every stream.
+    pub until_level: Option<usize>,
 }
 
 /// Hooks for showing progress; the CLI draws bars, a library user may ignore them.
@@ -128,6 +131,11 @@ pub struct StreamReport {
     pub elapsed: Duration,
     pub batch_id: Option<String>,
     pub batch_dir: Option<PathBuf>,
+    /// A `for_each` stream: the organisations' batches its run holds.
+    pub organization_batches: usize,
+    /// What the run noticed and left (organisations of a `for_each` stream whose input is
+    /// not published yet, a batch `review: auto` left for a person, and why).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -186,7 +194,13 @@ impl Engine {
             receivers.push(rx);
         }
         let mut tasks = tokio::task::JoinSet::new();
+        // Streams flow down the chain: those below the last tier asked for read only
+        // streams that are not run either.
+        let runs = |i: usize| options.until_level.is_none_or(|l| plan.streams[i].level <= l);
         for (i, tx) in senders.into_iter().enumerate() {
+            if !runs(i) {
+                continue;
+            }
             let upstream_rx: Vec<_> = plan.streams[i].upstream.iter().map(|u| receivers[*u].clone()).collect();
             let engine = self.clone();
             let plan = plan.clone();
@@ -236,6 +250,7 @@ impl Engine {
         let streams = reports
             .into_iter()
             .enumerate()
+            .filter(|(i, _)| runs(*i))
             .map(|(i, r)| match r {
                 Some(r) => (*r).clone(),
                 None => failed_report(&plan, i, "the stream's task stopped unexpectedly".into(), None),
@@ -283,5 +298,7 @@ fn empty_report(s: &StreamDef, ps: &PlannedStream) -> StreamReport {
         elapsed: Duration::ZERO,
         batch_id: None,
         batch_dir: None,
+        organization_batches: 0,
+        notes: vec![],
     }
 }

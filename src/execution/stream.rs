@@ -82,6 +82,16 @@ struct BatchIdentity {
     definition: String,
     inputs: Vec<InputInfo>,
     at: StreamLocation,
+    /// A `for_each` run: each organisation's batch.
+    parts: BTreeMap<String, PartIdentity>,
+}
+
+/// One organisation's batch of a `for_each` run: its id hashes what decides its rows
+/// (its chain's part of the input, not the other organisations'), so a run whose input
+/// changed for one organisation gives only that organisation's batch a new version.
+struct PartIdentity {
+    batch_id: String,
+    inputs: Vec<InputInfo>,
 }
 
 /// What the run refused and removed, and the rows that came in.
@@ -140,30 +150,42 @@ impl Engine {
             Some(up) => Some(published_input(plan, ps, up, &options.period, &options.warehouse).await?),
             None => None,
         };
+        if let Some(up) = &upstream
+            && !up.waiting.is_empty()
+        {
+            report.notes.push(format!(
+                "no batch for the organisations below {}: their batch of `{}` is not published yet",
+                up.waiting.join(", "),
+                up.report.stream
+            ));
+        }
         progress.started(&s.id.value, ps.stages.len());
-        let id = identify(plan, ps, upstream.as_deref(), &options.period)?;
+        let mut id = identify(plan, ps, upstream.as_ref(), &options.period)?;
         phase.done("identify the batch");
         let store = Store::new(&options.warehouse);
         report.batch_id = Some(id.batch_id.clone());
         report.batch_dir = Some(store.batch_dir(&id.at, &id.batch_id));
+        report.organization_batches = id.parts.len();
         if let Some(m) = store.committed(&id.at, &id.batch_id) {
             report.status = Status::Reused;
             report.rows_in = m.rows_in;
             report.rows_out = m.rows;
             report.rows_rejected = m.rows_rejected;
-            report.control_totals = m.control_totals;
+            report.control_totals = m.control_totals.clone();
             // A run stopped between its commit and its first event left a batch with no
             // history: it gets its creation now.
-            record_in_log(&options.warehouse, &store, &id.at, &id.batch_id, None).await?;
-            auto_review(&options.warehouse, s, &id.batch_id, report).await?;
+            record_in_log(&options.warehouse, &store, &id.at, &m, false).await?;
+            auto_review(&options.warehouse, s, &m, upstream.as_ref(), report).await?;
             return Ok(());
         }
 
         let ctx = self.session();
         let on_stage = |k: usize, name: &str| progress.stage(&s.id.value, k, name);
-        let upstream_dir = upstream.as_ref().and_then(|u| u.batch_dir.clone());
+        let upstream_dirs: Option<Vec<PathBuf>> = upstream
+            .as_ref()
+            .map(|u| u.batches.iter().map(|b| b.data.clone()).collect());
         let inputs = Inputs::Read {
-            upstream_batch: upstream_dir.as_deref(),
+            upstream: upstream_dirs.as_deref(),
         };
         let sp = stream_plan::build(&ctx, plan, ps, &options.period, inputs, true, &on_stage).await?;
         phase.done("build the plan");
@@ -176,6 +198,10 @@ impl Engine {
         phase.done("execute and write");
         let tally = write_refusals(sp, &staging).await?;
         phase.done("write refused rows");
+        if let Some(up) = &upstream {
+            account_for_input(&ctx, plan, ps, &options.period, up, &mut id).await?;
+            phase.done("account for the input");
+        }
 
         report.rows_in = tally.rows_in;
         report.rows_out = written.rows;
@@ -183,16 +209,15 @@ impl Engine {
         report.reject_samples = tally.samples;
         report.removed = tally.removed;
         report.control_totals = written.totals_as_text();
-        let (at, batch_id) = (id.at.clone(), id.batch_id.clone());
+        let at = id.at.clone();
         let manifest = manifest(plan, ps, &options.period, id, report, &staging, organizations);
         let (status, dir) = match staging.commit(&manifest) {
             Ok(Committed::New(dir)) => (Status::Written, dir),
             Ok(Committed::AlreadyThere(dir)) => (Status::Reused, dir),
             Err(e) => return Err(Stop::failed(format!("committing the batch: {e}"))),
         };
-        let supersedes = matches!(status, Status::Written).then_some(options.period.label.as_str());
-        record_in_log(&options.warehouse, &store, &at, &batch_id, supersedes).await?;
-        auto_review(&options.warehouse, s, &batch_id, report).await?;
+        record_in_log(&options.warehouse, &store, &at, &manifest, status == Status::Written).await?;
+        auto_review(&options.warehouse, s, &manifest, upstream.as_ref(), report).await?;
         phase.done("commit");
         report.status = status;
         report.batch_dir = Some(dir);
@@ -232,8 +257,11 @@ impl Engine {
                         for org in orgs {
                             let part = w.parts.get(org).unwrap_or(&empty);
                             let part = OrganizationPart {
+                                batch_id: String::new(),
                                 rows: part.rows,
                                 control_totals: part.totals_as_text(),
+                                audience: Vec::new(),
+                                inputs: Vec::new(),
                             };
                             organizations.insert(org.clone(), part);
                         }
@@ -263,140 +291,347 @@ impl Engine {
 /// Who the lifecycle log says created or superseded a batch.
 const RUN_ACTOR: &str = "billflow run";
 
-/// Record the batch in the warehouse's lifecycle log: created (`ready`) unless it has a
-/// history already and, for a new batch of period `supersedes`, every older version of its
-/// stream and period still current superseded by it. Of two runs doing this at once, one
-/// records each event; the other finds it recorded.
+/// How many lifecycle events a run writes at once (a `for_each` run has a batch per
+/// organisation: thousands of small puts).
+const LOG_CONCURRENCY: usize = 32;
+
+/// Record the batches of a committed run (one, or one per organisation of a `for_each`
+/// run) in the warehouse's lifecycle log: each created (`ready`) unless it has a history
+/// already and, for a new run (`supersede`), every older version of the same stream,
+/// organisation and period still current superseded by it. Of two runs doing this at
+/// once, one records each event; the other finds it recorded.
 async fn record_in_log(
     warehouse: &Path,
     store: &Store,
     at: &batches::StreamLocation,
-    batch: &str,
-    supersedes: Option<&str>,
+    committed: &Manifest,
+    supersede: bool,
 ) -> Result<(), Stop> {
     use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    use futures::{StreamExt, TryStreamExt};
     let fail = |e: LifecycleError| Stop::failed(format!("recording the batch in the lifecycle log: {e}"));
     let settled = |r: Result<_, LifecycleError>| match r {
         Ok(_) | Err(LifecycleError::Conflict { .. } | LifecycleError::Refused { .. }) => Ok(()),
         Err(e) => Err(fail(e)),
     };
     let log = Log::local(warehouse).map_err(fail)?;
-    if log.history(batch).await.map_err(fail)?.is_empty() {
-        settled(log.append(batch, Action::Create, RUN_ACTOR, None, None).await)?;
-    }
-    let Some(period) = supersedes else {
-        return Ok(());
-    };
-    for older in store.list(at) {
-        if older.batch_id == batch || older.period.label != period {
-            continue;
+    let ours = committed.batches();
+    // (batch, older version it supersedes)
+    let mut steps: Vec<(String, Option<String>)> = ours.iter().map(|b| (b.batch_id.clone(), None)).collect();
+    if supersede {
+        let ids: std::collections::HashSet<&str> = ours.iter().map(|b| b.batch_id.as_str()).collect();
+        for run in store.list(at) {
+            for older in run.batches() {
+                let newer = ours
+                    .iter()
+                    .find(|b| b.organization == older.organization && b.period.label == older.period.label);
+                if let Some(newer) = newer
+                    && !ids.contains(older.batch_id.as_str())
+                {
+                    steps.push((older.batch_id.clone(), Some(newer.batch_id.clone())));
+                }
+            }
         }
-        let status = log.status(&older.batch_id).await.map_err(fail)?;
-        if !matches!(status, Lifecycle::Superseded | Lifecycle::Voided) {
-            settled(
-                log.append(&older.batch_id, Action::Supersede, RUN_ACTOR, None, Some(batch))
-                    .await,
-            )?;
-        }
     }
+    futures::stream::iter(steps)
+        .map(|(batch, by)| {
+            let log = &log;
+            async move {
+                match by {
+                    None if log.history(&batch).await.map_err(fail)?.is_empty() => {
+                        settled(log.append(&batch, Action::Create, RUN_ACTOR, None, None).await)
+                    }
+                    None => Ok(()),
+                    Some(by) => match log.status(&batch).await.map_err(fail)? {
+                        Lifecycle::Superseded | Lifecycle::Voided => Ok(()),
+                        _ => settled(log.append(&batch, Action::Supersede, RUN_ACTOR, None, Some(&by)).await),
+                    },
+                }
+            }
+        })
+        .buffer_unordered(LOG_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
 }
 
-/// The batch of the stream above that this stream reads. Both streams one organisation's:
-/// the batch this run made. Otherwise the newest version for the period that is
-/// published; with none, the stream waits, saying for which batch and what it needs.
+/// The batches of the stream above that a run reads.
+pub(super) struct Upstream {
+    report: Arc<StreamReport>,
+    batches: Vec<UpstreamBatch>,
+    /// The stream above is a `for_each` stream and these of its organisations have no
+    /// batch published for the period: nothing below them is built this run.
+    waiting: Vec<String>,
+}
+
+/// One batch of the stream above, as published.
+struct UpstreamBatch {
+    batch_id: String,
+    /// A `for_each` stream's batch: its organisation.
+    organization: Option<String>,
+    data: PathBuf,
+    rows: u64,
+    control_totals: BTreeMap<String, String>,
+}
+
+impl UpstreamBatch {
+    fn of(dir: &Path, m: &Manifest) -> Self {
+        let data = match &m.part_of {
+            Some(_) => dir.join(batches::DATA_DIR).join(&m.organization),
+            None => dir.join(batches::DATA_DIR),
+        };
+        UpstreamBatch {
+            batch_id: m.batch_id.clone(),
+            organization: m.part_of.as_ref().map(|_| m.organization.clone()),
+            data,
+            rows: m.rows,
+            control_totals: m.control_totals.clone(),
+        }
+    }
+}
+
+/// The batches of the stream above that this stream reads. Both streams one
+/// organisation's: the batch this run made. Otherwise, for each organisation whose batch
+/// it reads (the one above; a `for_each` stream above: those of this stream's chain, or
+/// all of them when this stream is a `for_each` one too), the newest version for the
+/// period that is published, or the batch this run made when it is this stream's own
+/// organisation's; with none, the stream waits, saying for which batch and what it needs.
 async fn published_input(
     plan: &Plan,
     ps: &PlannedStream,
     up: Arc<StreamReport>,
     period: &Period,
     warehouse: &Path,
-) -> Result<Arc<StreamReport>, Stop> {
+) -> Result<Upstream, Stop> {
     use batches::lifecycle::{Log, Status as Lifecycle};
     let s = plan.def(ps);
-    let Some(above) = plan.pipeline.stream(&up.stream) else {
-        return Ok(up);
+    let p = &plan.pipeline;
+    let (Some(above), Some(run_dir)) = (p.stream(&up.stream), up.batch_dir.clone()) else {
+        return Err(Stop::failed(format!("stream `{}` left no batch", up.stream)));
     };
+    let run = batches::read_manifest(&run_dir).map_err(|e| Stop::failed(format!("reading the batch above: {e}")))?;
+    let this_run: Vec<UpstreamBatch> = run.batches().iter().map(|m| UpstreamBatch::of(&run_dir, m)).collect();
     let one_organisation = s.for_each.is_none() && above.for_each.is_none() && above.owner.value == s.owner.value;
-    let Some(stream_dir) = up.batch_dir.as_ref().and_then(|d| d.parent()) else {
-        return Ok(up);
-    };
     if one_organisation {
-        return Ok(up);
+        return Ok(Upstream {
+            report: up,
+            batches: this_run,
+            waiting: vec![],
+        });
     }
+    // The organisations whose batches of the stream above this stream reads.
+    let wanted: Vec<String> = match (&above.for_each, &s.for_each) {
+        (None, _) => vec![above.owner.value.clone()],
+        (Some(e), None) => p
+            .chain(&s.owner.value)
+            .iter()
+            .filter(|o| o.tier.value == e.tier.value)
+            .map(|o| o.id.value.clone())
+            .collect(),
+        (Some(e), Some(_)) => p.organizations_of(&e.tier.value).map(|o| o.id.value.clone()).collect(),
+    };
     let fail = |e: batches::lifecycle::LifecycleError| Stop::failed(format!("reading the lifecycle log: {e}"));
     let log = Log::local(warehouse).map_err(fail)?;
-    let mut newest: Option<(String, String, PathBuf)> = None; // (created, id, dir)
-    for (dir, m) in batches::catalog::in_stream_dir(stream_dir) {
-        if m.period.label != period.label || log.status(&m.batch_id).await.map_err(fail)? != Lifecycle::Published {
+    let stream_dir = run_dir.parent().unwrap_or(&run_dir);
+    // (created, batch) of the newest published version for each organisation.
+    let mut newest: BTreeMap<String, (String, UpstreamBatch)> = BTreeMap::new();
+    for (dir, m) in batches::catalog::batches_of(batches::catalog::in_stream_dir(stream_dir)) {
+        if m.period.label != period.label
+            || !wanted.contains(&m.organization)
+            || (above.for_each.is_some() && m.organization == s.owner.value)
+            || newest
+                .get(&m.organization)
+                .is_some_and(|(created, _)| *created >= m.created_at)
+            || log.status(&m.batch_id).await.map_err(fail)? != Lifecycle::Published
+        {
             continue;
         }
-        if newest.as_ref().is_none_or(|(created, _, _)| m.created_at > *created) {
-            newest = Some((m.created_at.clone(), m.batch_id.clone(), dir));
+        newest.insert(
+            m.organization.clone(),
+            (m.created_at.clone(), UpstreamBatch::of(&dir, &m)),
+        );
+    }
+    let mut this_run = this_run;
+    let mut chosen = Vec::new();
+    let mut waiting = Vec::new();
+    for org in &wanted {
+        if let Some((_, b)) = newest.remove(org) {
+            chosen.push(b);
+        } else if let Some(i) = this_run
+            .iter()
+            .position(|b| b.organization.as_deref() == Some(org.as_str()) && *org == s.owner.value)
+        {
+            // Its own organisation's batch of a `for_each` stream above: as this run made it.
+            chosen.push(this_run.remove(i));
+        } else {
+            waiting.push(org.clone());
         }
     }
-    if let Some((_, id, dir)) = newest {
-        let mut chosen = (*up).clone();
-        chosen.batch_id = Some(id);
-        chosen.batch_dir = Some(dir);
-        return Ok(Arc::new(chosen));
+    if !chosen.is_empty() {
+        return Ok(Upstream {
+            report: up,
+            batches: chosen,
+            waiting,
+        });
     }
-    let this = up.batch_id.clone().unwrap_or_default();
-    let status = log.status(&this).await.map_err(fail)?;
-    Err(Stop {
+    Err(waiting_for(above, &this_run, &wanted, period, &log).await)
+}
+
+/// Why a stream cannot run yet: the batch of the stream above it waits for, and what
+/// would publish it.
+async fn waiting_for(
+    above: &StreamDef,
+    this_run: &[UpstreamBatch],
+    wanted: &[String],
+    period: &Period,
+    log: &batches::lifecycle::Log,
+) -> Stop {
+    let this = this_run
+        .iter()
+        .find(|b| b.organization.as_ref().is_none_or(|o| wanted.contains(o)))
+        .map(|b| b.batch_id.clone())
+        .unwrap_or_default();
+    let status = match log.status(&this).await {
+        Ok(s) => s.name().to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let owner = this_run
+        .iter()
+        .find(|b| b.batch_id == this)
+        .and_then(|b| b.organization.clone())
+        .unwrap_or_else(|| above.owner.value.clone());
+    Stop {
         status: Status::Waiting,
         hint: Some(format!(
-            "`billflow batch accept {this}` then `billflow batch publish {this}`{}, or give stream `{}` `review: auto`",
-            // A `for_each` batch is stepped from the warehouse's view, not as one organisation.
-            match above.for_each {
-                None => format!(" (as `{}`)", above.owner.value),
-                Some(_) => String::new(),
-            },
+            "`billflow batch accept {this}` then `billflow batch publish {this}` (as `{owner}`), or give stream `{}` `review: auto`",
             above.id.value
         )),
         ..Stop::failed(format!(
-            "waits for a batch of stream `{}` for {} to be published: batch {this} is {}",
-            above.id.value,
-            period.label,
-            status.name()
+            "waits for a batch of stream `{}` for {} to be published: batch {this} is {status}",
+            above.id.value, period.label,
         ))
-    })
+    }
 }
 
-/// `review: auto`: accept and publish the stream's ready batch when it meets the
-/// conditions (its refused rows within the declared share); otherwise it stays ready for a
-/// person to review.
-async fn auto_review(warehouse: &Path, s: &StreamDef, batch: &str, report: &StreamReport) -> Result<(), Stop> {
+/// Record what the run read of each upstream batch (rows and control totals, read from
+/// its files again) in the inputs of the batch and of each organisation's batch.
+async fn account_for_input(
+    ctx: &datafusion::prelude::SessionContext,
+    plan: &Plan,
+    ps: &PlannedStream,
+    period: &Period,
+    up: &Upstream,
+    id: &mut BatchIdentity,
+) -> Result<(), Stop> {
+    let s = plan.def(ps);
+    let Some(above) = plan.pipeline.stream(&up.report.stream) else {
+        return Ok(());
+    };
+    let dirs: Vec<PathBuf> = up.batches.iter().map(|b| b.data.clone()).collect();
+    let selection = s.period.as_ref().map(|c| inputs::PeriodSelection {
+        column: &c.value,
+        period,
+    });
+    let by = above.for_each.as_ref().map(|e| e.column.value.as_str());
+    let read = inputs::consumed(ctx, &dirs, &arrow_schema(&above.columns, true), selection, by)
+        .await
+        .map_err(|e| Stop::failed(format!("accounting for what was read of `{}`: {e}", above.id.value)))?;
+    let fill = |infos: &mut Vec<InputInfo>| {
+        for info in infos.iter_mut().filter(|i| i.kind == "stream") {
+            let key = by.and(info.organization.clone());
+            info.consumed = Some(read.get(&key).cloned().unwrap_or_default());
+        }
+    };
+    fill(&mut id.inputs);
+    for part in id.parts.values_mut() {
+        fill(&mut part.inputs);
+    }
+    Ok(())
+}
+
+/// `review: auto`: accept and publish each ready batch of the run when it meets the
+/// conditions (its run's refused rows within the declared share, and what it read of each
+/// upstream batch equal to what that batch published); otherwise it stays ready for a
+/// person to review, and the report says why.
+async fn auto_review(
+    warehouse: &Path,
+    s: &StreamDef,
+    committed: &Manifest,
+    upstream: Option<&Upstream>,
+    report: &mut StreamReport,
+) -> Result<(), Stop> {
     use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    use futures::{StreamExt, TryStreamExt};
     let crate::definition::Review::Auto { max_rejected_percent } = s.review else {
         return Ok(());
     };
     let fail = |e: LifecycleError| Stop::failed(format!("review: auto: {e}"));
     let log = Log::local(warehouse).map_err(fail)?;
-    if log.status(batch).await.map_err(fail)? != Lifecycle::Ready {
-        return Ok(());
-    }
-    let share = if report.rows_in == 0 {
+    let (rejected, rows_in) = (committed.rows_rejected, committed.rows_in);
+    let share = if rows_in == 0 {
         0.0
     } else {
-        report.rows_rejected as f64 * 100.0 / report.rows_in as f64
+        rejected as f64 * 100.0 / rows_in as f64
     };
     if share > max_rejected_percent {
-        tracing::info!(stream = %s.id.value, "review: auto: {share:.2}% of rows refused, over {max_rejected_percent}%: left for review");
+        report.notes.push(format!(
+            "review: auto: {share:.2}% of rows refused, over {max_rejected_percent}%: its batches are left for review"
+        ));
         return Ok(());
     }
-    let actor = "billflow run (review: auto)";
     let why = format!(
-        "{} of {} rows refused ({share:.2}%, at most {max_rejected_percent}%)",
-        report.rows_rejected, report.rows_in
+        "{rejected} of {rows_in} rows refused ({share:.2}%, at most {max_rejected_percent}%); what it read reconciles with what was published"
     );
-    for (action, note) in [(Action::Accept, Some(why.as_str())), (Action::Publish, None)] {
-        match log.append(batch, action, actor, note, None).await {
-            Ok(_) | Err(LifecycleError::Conflict { .. }) => {}
-            Err(e) => return Err(fail(e)),
+    let mut left = Vec::new();
+    let mut accepted = Vec::new();
+    for b in committed.batches() {
+        match unreconciled(&b, upstream) {
+            Some(problem) => left.push(format!("{}: {problem}", b.batch_id)),
+            None => accepted.push(b.batch_id),
         }
     }
+    for problem in left {
+        report.notes.push(format!("review: auto: left for review: {problem}"));
+    }
+    let actor = "billflow run (review: auto)";
+    futures::stream::iter(accepted)
+        .map(|batch| {
+            let (log, why) = (&log, why.as_str());
+            async move {
+                if log.status(&batch).await.map_err(fail)? != Lifecycle::Ready {
+                    return Ok(());
+                }
+                for (action, note) in [(Action::Accept, Some(why)), (Action::Publish, None)] {
+                    match log.append(&batch, action, actor, note, None).await {
+                        Ok(_) | Err(LifecycleError::Conflict { .. }) => {}
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(LOG_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
+}
+
+/// How what batch `b` read of an upstream batch differs from what that batch published,
+/// if it does.
+fn unreconciled(b: &Manifest, upstream: Option<&Upstream>) -> Option<String> {
+    let up = upstream?;
+    for input in b.inputs.iter().filter(|i| i.kind == "stream") {
+        let (Some(id), Some(read)) = (&input.batch_id, &input.consumed) else {
+            continue;
+        };
+        let Some(published) = up.batches.iter().find(|u| &u.batch_id == id) else {
+            continue;
+        };
+        if let Some(difference) = batches::reconcile::difference(published.rows, &published.control_totals, read) {
+            return Some(format!("of batch {id} it read {difference}"));
+        }
+    }
+    None
 }
 
 /// Debug-level timings of a stream's phases (`RUST_LOG=billflow=debug`).
@@ -447,7 +682,7 @@ fn upstream_batch(upstream: &[Option<Arc<StreamReport>>]) -> Result<Option<Arc<S
 fn identify(
     plan: &Plan,
     ps: &PlannedStream,
-    upstream: Option<&StreamReport>,
+    upstream: Option<&Upstream>,
     period: &Period,
 ) -> Result<BatchIdentity, Stop> {
     let p = &plan.pipeline;
@@ -460,21 +695,41 @@ fn identify(
         .map(|st| format!("{}:{}", st.kind, st.stage.fingerprint(&vars)))
         .collect();
     let definition = batches::fingerprint(&[("stream", &s.canonical), ("stages", &stage_prints.join("\u{1f}"))]);
-    let inputs_text: Vec<String> = inputs
-        .iter()
-        .map(|i| format!("{}:{}:{}", i.kind, i.name, i.fingerprint))
-        .collect();
-    let id_print = batches::fingerprint(&[
-        ("format", &batches::FORMAT_VERSION.to_string()),
-        // A new billflow may compute differently (a fixed bug): its batches are new ones.
-        ("engine", env!("CARGO_PKG_VERSION")),
-        ("pipeline", &p.id.value),
-        ("stream", &s.id.value),
-        ("owner", &s.owner.value),
-        ("definition", &definition),
-        ("period", &format!("{}..{}", period.start, period.end)),
-        ("inputs", &inputs_text.join("\u{1f}")),
-    ]);
+    let print = |organization: &str, inputs: &[InputInfo]| {
+        let inputs_text: Vec<String> = inputs
+            .iter()
+            .map(|i| format!("{}:{}:{}", i.kind, i.name, i.fingerprint))
+            .collect();
+        let print = batches::fingerprint(&[
+            ("format", &batches::FORMAT_VERSION.to_string()),
+            // A new billflow may compute differently (a fixed bug): its batches are new ones.
+            ("engine", env!("CARGO_PKG_VERSION")),
+            ("pipeline", &p.id.value),
+            ("stream", &s.id.value),
+            ("owner", organization),
+            ("definition", &definition),
+            ("period", &format!("{}..{}", period.start, period.end)),
+            ("inputs", &inputs_text.join("\u{1f}")),
+        ]);
+        batches::batch_id(&period.label, &print)
+    };
+    let mut parts = BTreeMap::new();
+    if let Some(each) = &s.for_each {
+        let waiting = upstream.map(|u| u.waiting.as_slice()).unwrap_or_default();
+        for org in p.organizations_of(&each.tier.value) {
+            let chain: Vec<&str> = p.chain(&org.id.value).iter().map(|o| o.id.value.as_str()).collect();
+            if chain.iter().any(|c| waiting.iter().any(|w| w == c)) {
+                continue;
+            }
+            let own: Vec<InputInfo> = inputs
+                .iter()
+                .filter(|i| i.organization.as_deref().is_none_or(|o| chain.contains(&o)))
+                .cloned()
+                .collect();
+            let batch_id = print(&org.id.value, &own);
+            parts.insert(org.id.value.clone(), PartIdentity { batch_id, inputs: own });
+        }
+    }
     let at = StreamLocation {
         tier: ps.tier.clone(),
         organization: if s.for_each.is_some() {
@@ -485,19 +740,16 @@ fn identify(
         stream: s.id.value.clone(),
     };
     Ok(BatchIdentity {
-        batch_id: batches::batch_id(&period.label, &id_print),
+        batch_id: print(&s.owner.value, &inputs),
         definition,
         inputs,
         at,
+        parts,
     })
 }
 
 /// The stream's input and the references its stages read, each with its fingerprint.
-fn input_fingerprints(
-    plan: &Plan,
-    ps: &PlannedStream,
-    upstream: Option<&StreamReport>,
-) -> Result<Vec<InputInfo>, Stop> {
+fn input_fingerprints(plan: &Plan, ps: &PlannedStream, upstream: Option<&Upstream>) -> Result<Vec<InputInfo>, Stop> {
     let p = &plan.pipeline;
     let s = plan.def(ps);
     let mut infos = Vec::new();
@@ -511,14 +763,17 @@ fn input_fingerprints(
             infos.push(info);
         }
         InputRef::Stream(name) => {
-            let id = upstream.and_then(|u| u.batch_id.clone()).unwrap_or_default();
-            infos.push(InputInfo {
-                kind: "stream".into(),
-                name: name.value.clone(),
-                fingerprint: id.clone(),
-                files: vec![],
-                batch_id: Some(id),
-            });
+            for b in upstream.map(|u| u.batches.as_slice()).unwrap_or_default() {
+                infos.push(InputInfo {
+                    kind: "stream".into(),
+                    name: name.value.clone(),
+                    fingerprint: b.batch_id.clone(),
+                    files: vec![],
+                    batch_id: Some(b.batch_id.clone()),
+                    organization: b.organization.clone(),
+                    consumed: None,
+                });
+            }
         }
     }
     let read: Vec<String> = ps.stages.iter().flat_map(|st| st.stage.tables()).collect();
@@ -632,6 +887,20 @@ fn manifest(
 ) -> Manifest {
     let p = &plan.pipeline;
     let s: &StreamDef = plan.def(ps);
+    let mut parts = id.parts;
+    let organizations = organizations
+        .into_iter()
+        .filter_map(|(org, part)| {
+            let own = parts.remove(&org)?;
+            let part = OrganizationPart {
+                batch_id: own.batch_id,
+                inputs: own.inputs,
+                audience: audience(p, &org),
+                ..part
+            };
+            Some((org, part))
+        })
+        .collect();
     Manifest {
         format: batches::FORMAT_VERSION,
         batch_id: id.batch_id,
@@ -665,11 +934,16 @@ fn manifest(
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         billflow_version: env!("CARGO_PKG_VERSION").into(),
         organizations,
-        audience: p
-            .organizations
-            .iter()
-            .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == s.owner.value))
-            .map(|o| o.id.value.clone())
-            .collect(),
+        audience: audience(p, &s.owner.value),
+        part_of: None,
     }
+}
+
+/// The organisations directly below `organization`: those a batch of it is published to.
+fn audience(p: &crate::definition::Pipeline, organization: &str) -> Vec<String> {
+    p.organizations
+        .iter()
+        .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == organization))
+        .map(|o| o.id.value.clone())
+        .collect()
 }

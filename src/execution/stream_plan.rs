@@ -21,9 +21,9 @@ use crate::stages::{StageEnv, StageError, TemplateVars};
 /// Where a stream's input comes from for one build of its plan.
 #[derive(Clone, Copy, Debug)]
 pub enum Inputs<'a> {
-    /// The rows of the period: the source's files, or the committed batch (its directory)
-    /// of the stream it reads.
-    Read { upstream_batch: Option<&'a Path> },
+    /// The rows of the period: the source's files, or the committed batches (their data
+    /// directories) of the stream it reads.
+    Read { upstream: Option<&'a [std::path::PathBuf]> },
     /// An empty table of the input's schema: the plan's shape, with no data read (the
     /// source's file headers are).
     Empty,
@@ -227,19 +227,15 @@ pub async fn read_input(
                 )
             })
         }
-        (InputRef::Stream(name), Inputs::Read { upstream_batch }) => {
+        (InputRef::Stream(name), Inputs::Read { upstream: batches }) => {
             let up = upstream(plan, &name.value)?;
-            let Some(dir) = upstream_batch else {
+            let Some(dirs) = batches else {
                 return Err(PlanError::input(
                     format!("no batch of input stream `{}`", name.value),
                     None,
                 ));
             };
-            // One organisation's stream reading a `for_each` batch reads the partitions of
-            // its own chain only (its own and those of the organisations above it).
-            let chain: Option<Vec<String>> = (up.for_each.is_some() && s.for_each.is_none())
-                .then(|| p.chain(&s.owner.value).iter().map(|o| o.id.value.clone()).collect());
-            inputs::read_stream_batch(ctx, dir, &arrow_schema(&up.columns, true), selection, chain.as_deref())
+            inputs::read_stream_batch(ctx, dirs, &arrow_schema(&up.columns, true), selection)
                 .await
                 .map_err(|e| PlanError::input(format!("reading batch of `{}`: {e}", name.value), None))
         }

@@ -149,22 +149,7 @@ impl Written {
     }
 }
 
-/// Exact decimal text of an unscaled value.
-pub fn format_decimal(v: i128, scale: i8) -> String {
-    if scale <= 0 {
-        return format!("{v}");
-    }
-    let neg = v < 0;
-    let digits = v.unsigned_abs().to_string();
-    let scale = scale as usize;
-    let padded = if digits.len() <= scale {
-        format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
-    } else {
-        digits
-    };
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{}{int}.{frac}", if neg { "-" } else { "" })
-}
+pub use crate::batches::format_decimal;
 
 fn batch_totals(batch: &RecordBatch, into: &mut Written) -> Result<(), WriteError> {
     into.rows += batch.num_rows() as u64;

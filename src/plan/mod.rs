@@ -34,6 +34,17 @@ pub struct PlannedStream {
     pub tier: String,
     /// How far from the sources: 0 for streams that read a source.
     pub depth: usize,
+    /// The owner's level in the chain: 1 for the vendor, 2 for the tier below, ...
+    pub level: usize,
+}
+
+/// Why `--until-tier` names no tier.
+#[derive(Debug, thiserror::Error)]
+#[error("no tier `{tier}` in the pipeline (its tiers: {}){}", .tiers.join(", "), .closest.as_ref().map(|c| format!("; did you mean `{c}`?")).unwrap_or_default())]
+pub struct UnknownTier {
+    pub tier: String,
+    pub tiers: Vec<String>,
+    pub closest: Option<String>,
 }
 
 #[derive(Debug)]
@@ -46,6 +57,26 @@ pub struct Plan {
 impl Plan {
     pub fn def(&self, s: &PlannedStream) -> &StreamDef {
         &self.pipeline.streams[s.index]
+    }
+    /// The level in the chain of tier `tier` (as streams name it: `vendor`,
+    /// `distributor`, ...), for `run --until-tier`.
+    pub fn tier_level(&self, tier: &str) -> Result<usize, UnknownTier> {
+        let mut tiers: Vec<(usize, &str)> = self.streams.iter().map(|s| (s.level, s.tier.as_str())).collect();
+        tiers.sort();
+        tiers.dedup();
+        if let Some((level, _)) = tiers.iter().find(|(_, t)| *t == tier) {
+            return Ok(*level);
+        }
+        Err(UnknownTier {
+            tier: tier.to_string(),
+            closest: tiers
+                .iter()
+                .map(|(_, t)| (strsim::levenshtein(tier, t), *t))
+                .filter(|(d, _)| *d <= tier.len().max(3) / 3 + 1)
+                .min()
+                .map(|(_, t)| t.to_string()),
+            tiers: tiers.into_iter().map(|(_, t)| t.to_string()).collect(),
+        })
     }
     pub fn find(&self, id: &str) -> Option<usize> {
         self.streams.iter().position(|s| self.def(s).id.value == id)
@@ -159,6 +190,7 @@ pub fn compile(pipeline: Pipeline) -> Result<Plan, Diagnostics> {
                 upstream: up_of[i].map(|u| position[&u]).into_iter().collect(),
                 tier,
                 depth: depth[i],
+                level: owner.map(|o| o.level).unwrap_or(usize::MAX),
             }
         })
         .collect();

@@ -72,6 +72,7 @@ pub async fn run(pipeline: &Path, period: &str, warehouse: &Path) -> RunReport {
             RunOptions {
                 period: Period::parse(period).unwrap(),
                 warehouse: warehouse.to_path_buf(),
+                until_level: None,
             },
             Arc::new(NoProgress),
         )
@@ -105,4 +106,24 @@ pub async fn csv_rows(path: &Path, schema: &Schema) -> Vec<String> {
         .await
         .unwrap();
     billflow::testing::rows_as_text(&Arc::new(schema.clone()), &batches).unwrap()
+}
+
+/// Drop the first row of a batch's data file, as a hand edit would.
+pub fn drop_first_row(file: &str) {
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let schema = batches[0].schema();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(file).unwrap(), schema, None).unwrap();
+    let mut first = true;
+    for b in batches {
+        let b = if first { b.slice(1, b.num_rows() - 1) } else { b };
+        first = false;
+        w.write(&b).unwrap();
+    }
+    w.close().unwrap();
 }

@@ -301,3 +301,236 @@ async fn an_organisations_rows_land_in_one_file_however_many_partitions_read_the
         (2, pairs(&[("amount", "30.0000"), ("price", "33.0000")]))
     );
 }
+
+/// The fan-out pipeline with the distributors' stream reviewed by hand.
+fn manual_distributors() -> String {
+    let yaml = PIPELINE.replace(
+        "    input: { stream: vendor-usage }\n    review: { policy: auto, max_rejected_percent: 100 }",
+        "    input: { stream: vendor-usage }\n    review: manual",
+    );
+    assert_ne!(yaml, PIPELINE);
+    yaml
+}
+
+/// Issue 16: a `for_each` stream commits one batch per organisation, each with its own
+/// totals, status and history: D1's batch is published while D2's is still under
+/// review, and the tier below builds batches only for the resellers of D1. When D2
+/// publishes, the next run adds D2's resellers and leaves D1's resellers' batches as
+/// they were (same ids, same history: nothing they read changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_organisations_batch_is_reviewed_and_published_on_its_own() {
+    use billflow::batches::lifecycle::{Action, Status as Lifecycle};
+    use billflow::batches::review::{Filter, Reviewer};
+    let (tmp, pipeline) = scenario(&manual_distributors());
+    let wh = tmp.path().join("wh");
+    let first = run(&pipeline, "2026-10", &wh).await;
+    let d = first.stream("distributor-usage").unwrap();
+    assert_eq!((d.status.clone(), d.organization_batches), (Status::Written, 2));
+    assert_eq!(first.stream("reseller-usage").unwrap().status, Status::Waiting);
+
+    let admin = Reviewer::open(&wh, None).unwrap();
+    let of = |stream: &'static str| {
+        let admin = &admin;
+        async move {
+            let filter = Filter {
+                stream: Some(stream.into()),
+                ..Filter::default()
+            };
+            admin.list(&filter).await.unwrap()
+        }
+    };
+    let parts = of("distributor-usage").await;
+    let seen: Vec<(&str, u64, &str, Lifecycle)> = parts
+        .iter()
+        .map(|e| {
+            let m = &e.manifest;
+            (
+                m.organization.as_str(),
+                m.rows,
+                m.control_totals["price"].as_str(),
+                e.status,
+            )
+        })
+        .collect();
+    // D1: 11 + 22 = 33; D2: 6.6 + 5.4 = 12 (as in the test above).
+    assert_eq!(
+        seen,
+        [
+            ("D1", 2, "33.0000", Lifecycle::Ready),
+            ("D2", 2, "12.0000", Lifecycle::Ready)
+        ]
+    );
+    let (d1_batch, d2_batch) = (parts[0].id().to_string(), parts[1].id().to_string());
+    assert_ne!(d1_batch, d2_batch);
+    // Each batch's files are its organisation's only.
+    assert!(
+        parts[0].data_files().iter().all(|f| f.contains("/data/D1/")),
+        "{:?}",
+        parts[0].data_files()
+    );
+
+    let d1 = Reviewer::open(&wh, Some("D1".into())).unwrap();
+    let d2 = Reviewer::open(&wh, Some("D2".into())).unwrap();
+    d1.act(&d1_batch, Action::Accept, Some("checked")).await.unwrap();
+    d1.act(&d1_batch, Action::Publish, None).await.unwrap();
+    assert!(d2.find(&d1_batch).await.is_err(), "D1's batch is not D2's to see");
+    assert_eq!(d2.find(&d2_batch).await.unwrap().status, Lifecycle::Ready);
+    let actions = |id: &str| {
+        let id = id.to_string();
+        let admin = &admin;
+        async move {
+            let (_, history) = admin.history(&id).await.unwrap();
+            history.iter().map(|e| e.action.name()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(actions(&d1_batch).await, ["create", "accept", "publish"]);
+    assert_eq!(actions(&d2_batch).await, ["create"]);
+
+    // The resellers of D1 run; those of D2 wait for D2's batch.
+    let second = run(&pipeline, "2026-10", &wh).await;
+    let r = second.stream("reseller-usage").unwrap();
+    assert_eq!(
+        (r.status.clone(), r.organization_batches),
+        (Status::Written, 2),
+        "{r:?}"
+    );
+    assert!(r.notes.iter().any(|n| n.contains("below D2")), "{:?}", r.notes);
+    let resellers = of("reseller-usage").await;
+    let orgs: Vec<&str> = resellers.iter().map(|e| e.manifest.organization.as_str()).collect();
+    assert_eq!(orgs, ["R1", "R2"]);
+    // R1 = 11 x 1.05 = 11.55, R2 = 22 x 1.1 = 24.2: each read only D1's batch.
+    assert_eq!(resellers[0].manifest.control_totals["reseller_price"], "11.5500");
+    assert_eq!(resellers[1].manifest.control_totals["reseller_price"], "24.2000");
+    for e in &resellers {
+        let read: Vec<&str> = e
+            .manifest
+            .inputs
+            .iter()
+            .filter(|i| i.kind == "stream")
+            .filter_map(|i| i.batch_id.as_deref())
+            .collect();
+        assert_eq!(read, [d1_batch.as_str()], "{}", e.manifest.organization);
+    }
+    let first_ids: Vec<String> = resellers.iter().map(|e| e.id().to_string()).collect();
+
+    // D2 publishes (in bulk: every batch of the stream and period it may publish).
+    let filter = Filter {
+        stream: Some("distributor-usage".into()),
+        period: Some("2026-10".into()),
+        ..Filter::default()
+    };
+    assert_eq!(d2.act_on_all(&filter, Action::Accept, None).await.unwrap().len(), 1);
+    assert_eq!(d2.act_on_all(&filter, Action::Publish, None).await.unwrap().len(), 1);
+    let third = run(&pipeline, "2026-10", &wh).await;
+    assert!(third.ok(), "{third:?}");
+    let resellers = of("reseller-usage").await;
+    let now: Vec<(&str, &str, usize, Lifecycle)> = resellers
+        .iter()
+        .map(|e| (e.manifest.organization.as_str(), e.id(), e.version, e.status))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            ("R1", first_ids[0].as_str(), 1, Lifecycle::Published),
+            ("R2", first_ids[1].as_str(), 1, Lifecycle::Published),
+            ("R3", now[2].1, 1, Lifecycle::Published),
+            ("R4", now[3].1, 1, Lifecycle::Published),
+        ]
+    );
+    assert_eq!(actions(&first_ids[0]).await, ["create", "accept", "publish"]);
+    // R3 = 12 at 0%; R4 has no rows.
+    assert_eq!(resellers[2].manifest.control_totals["reseller_price"], "12.0000");
+    assert_eq!(resellers[3].manifest.rows, 0);
+    let report = admin.reconcile("2026-10").await.unwrap();
+    assert!(report.clean(), "{:?}", report.findings);
+    // Published: the vendor's batch, 2 distributors', 4 resellers' and D1's report.
+    assert_eq!(report.published, 8);
+}
+
+/// Issue 16: `batch publish --stream S --period P` publishes every organisation's batch
+/// of a `for_each` stream in one command, each with its own event.
+#[test]
+fn one_command_publishes_every_organisations_batch_of_a_stream() {
+    let (tmp, pipeline) = scenario(&manual_distributors());
+    let wh = tmp.path().join("wh");
+    let bin = env!("CARGO_BIN_EXE_billflow");
+    let billflow = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--warehouse")
+            .arg(&wh)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, _) = billflow(&["run", "--quiet", "--period", "2026-10", pipeline.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "the resellers wait");
+    let select = ["--stream", "distributor-usage", "--period", "2026-10"];
+    let (code, out) = billflow(&[&["batch", "accept"][..], &select].concat());
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = billflow(&[&["batch", "publish"][..], &select].concat());
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = billflow(&["batch", "list", "--stream", "distributor-usage", "--format", "csv"]);
+    assert_eq!(code, Some(0), "{out}");
+    let published = out.lines().filter(|l| l.contains(",published,")).count();
+    assert_eq!(published, 2, "{out}");
+    let (code, out) = billflow(&["run", "--quiet", "--period", "2026-10", pipeline.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+/// Issue 16: `review: auto` publishes a batch only when what it read of the batch above
+/// adds up to what that batch published. Here the vendor's published file lost a row
+/// after publishing (a hand edit): each distributor's batch is written but left for
+/// review, the run says why, and the resellers wait.
+#[test]
+fn auto_review_leaves_a_batch_whose_input_does_not_add_up_to_what_was_published() {
+    use billflow::batches::lifecycle::Status as Lifecycle;
+    use billflow::batches::review::{Filter, Reviewer};
+    let (tmp, pipeline) = scenario(PIPELINE);
+    let wh = tmp.path().join("wh");
+    let billflow = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+            .args(args)
+            .arg("--warehouse")
+            .arg(&wh)
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = billflow(&["run", "--quiet", "--period", "2026-10", "--until-tier", "vendor"]);
+    assert_eq!(code, Some(0), "{out}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = Reviewer::open(&wh, None).unwrap();
+    let list = |stream: &str| {
+        let filter = Filter {
+            stream: Some(stream.into()),
+            ..Filter::default()
+        };
+        rt.block_on(admin.list(&filter)).unwrap()
+    };
+    let vendor = list("vendor-usage").remove(0);
+    assert_eq!(vendor.status, Lifecycle::Published);
+    for f in vendor.data_files() {
+        drop_first_row(&f);
+    }
+    let (code, out) = billflow(&["run", "--quiet", "--period", "2026-10"]);
+    assert_eq!(code, Some(1), "the resellers wait: {out}");
+    // 5 rows published, 5 - 1 (the first row of each file) read.
+    assert!(
+        out.contains("review: auto: left for review: ")
+            && out.contains(&format!("of batch {} it read rows ", vendor.id())),
+        "{out}"
+    );
+    let parts = list("distributor-usage");
+    assert_eq!(parts.len(), 2);
+    assert!(parts.iter().all(|e| e.status == Lifecycle::Ready), "{parts:?}");
+    let report = rt.block_on(admin.reconcile("2026-10")).unwrap();
+    assert!(!report.clean());
+}

@@ -215,6 +215,7 @@ fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
 
 mod review {
     use billflow::batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    use billflow::batches::reconcile::Against;
     use billflow::batches::review::{Filter, ReviewError, Reviewer};
 
     use crate::common::*;
@@ -347,6 +348,10 @@ mod review {
                 not_found
             );
             assert_eq!(r.history(&usage).await.unwrap_err().to_string(), not_found);
+            let keys = ["record_id".to_string()];
+            assert_eq!(r.diff(&usage, &usage, &keys).await.unwrap_err().to_string(), not_found);
+            let seen = r.reconcile("2026-10").await.unwrap();
+            assert_eq!((seen.published, seen.consumers), (0, 0));
         }
         assert!(eurodist.list(&Filter::default()).await.unwrap().is_empty());
 
@@ -665,5 +670,184 @@ mod review {
         admin.act(&usage, Action::Void, Some("wrong usage file")).await.unwrap();
         assert_eq!(stale("eurodist-usage").await, [true, true]);
         assert_eq!(stale("nimbus-rated-usage").await, [false], "voided, not stale");
+    }
+
+    /// Issue 16: `reconcile` on the sample run in one go finds nothing: each published
+    /// batch's files add up to its totals and each batch below read exactly what was
+    /// published. A hand-edited data file, a deleted one, and a batch below built from a
+    /// version since superseded are each named, and the exit status is 1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconcile_is_clean_on_the_sample_and_names_what_does_not_add_up() {
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        assert!(run(&pipeline, "2026-10", &wh).await.ok());
+        let reconcile = |as_org: Option<&str>| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_billflow"));
+            cmd.args(["reconcile", "--period", "2026-10", "--warehouse"]).arg(&wh);
+            if let Some(org) = as_org {
+                cmd.args(["--as", org]);
+            }
+            let out = cmd.output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let report = admin.reconcile("2026-10").await.unwrap();
+        assert!(report.clean(), "{:?}", report.findings);
+        // Every stream's batch is published (the sample's policies are `auto`); all but
+        // the vendor's three were built from one.
+        let all = admin.list(&Filter::default()).await.unwrap();
+        assert_eq!(report.published, all.len());
+        assert_eq!(report.consumers, all.len() - 3);
+        let (code, out) = reconcile(None);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("everything reconciles"), "{out}");
+
+        // EuroDist's batch loses a row to a hand edit; BritDist's loses its file.
+        let euro = admin.find(&ids(&admin, "eurodist-usage").await[0]).await.unwrap();
+        let brit = admin.find(&ids(&admin, "britdist-usage").await[0]).await.unwrap();
+        drop_first_row(&euro.data_files()[0]);
+        std::fs::remove_file(&brit.data_files()[0]).unwrap();
+        let report = admin.reconcile("2026-10").await.unwrap();
+        let found: Vec<(String, String)> = report
+            .findings
+            .iter()
+            .map(|f| {
+                let what = match &f.against {
+                    Against::DataFiles { problem: Some(p) } => p.clone(),
+                    _ => f
+                        .differences
+                        .iter()
+                        .map(|d| format!("{} {} -> {}", d.what, d.published, d.found))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+                (f.batch.manifest.stream.clone(), what)
+            })
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, "britdist-usage");
+        assert!(
+            found[0].1.starts_with("data file ") && found[0].1.ends_with(" is missing"),
+            "{found:?}"
+        );
+        assert_eq!(found[1].0, "eurodist-usage");
+        let rows = euro.manifest.rows;
+        assert!(
+            found[1].1.starts_with(&format!("rows {rows} -> {}", rows - 1)),
+            "{found:?}"
+        );
+        let (code, out) = reconcile(None);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(euro.id()) && out.contains(brit.id()), "{out}");
+        // An organisation reconciles what it sees: Alpha IT sees EuroDist's batch, Clyde
+        // Cloud (below BritDist) sees neither of EuroDist's.
+        let (code, out) = reconcile(Some("alpha-it"));
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(euro.id()) && !out.contains(brit.id()), "{out}");
+        let clyde = Reviewer::open(&wh, Some("clyde-cloud".into())).unwrap();
+        let seen = clyde.reconcile("2026-10").await.unwrap();
+        assert!(seen.findings.iter().all(|f| f.batch.id() != euro.id()));
+    }
+
+    /// Issue 16: `run --until-tier` runs the chain down to a tier; a correction published
+    /// above leaves what was built from the old version stale, and `reconcile` says so
+    /// until the next run builds it again.
+    #[test]
+    fn until_tier_stops_the_chain_and_reconcile_names_a_stale_batch_below() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tmp, pipeline) = sample_copy();
+        let wh = tmp.path().join("wh");
+        let billflow = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+                .args(args)
+                .arg("--warehouse")
+                .arg(&wh)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            (out.status.code(), text)
+        };
+        let p = pipeline.to_str().unwrap();
+        let (code, out) = billflow(&["run", "--quiet", "--period", "2026-10", "--until-tier", "resseller", p]);
+        assert_eq!(code, Some(2), "{out}");
+        assert!(
+            out.contains("--until-tier") && out.contains("did you mean `reseller`"),
+            "{out}"
+        );
+        let (code, out) = billflow(&[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--until-tier",
+            "distributor",
+            p,
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.contains("eurodist-usage") && !out.contains("alpha-it-invoice-lines"),
+            "{out}"
+        );
+        let admin = Reviewer::open(&wh, None).unwrap();
+        let tiers: std::collections::BTreeSet<String> = rt
+            .block_on(admin.list(&Filter::default()))
+            .unwrap()
+            .iter()
+            .map(|e| e.manifest.tier.clone())
+            .collect();
+        assert_eq!(tiers.into_iter().collect::<Vec<_>>(), ["distributor", "vendor"]);
+        let (code, out) = billflow(&["run", "--quiet", "--period", "2026-10", p]);
+        assert_eq!(code, Some(0), "{out}");
+
+        // A correction of BritDist's rates, run down to the distributors only.
+        let fx = tmp.path().join("data-samples/cloud-reseller/reference/fx_rates.csv");
+        let text = std::fs::read_to_string(&fx)
+            .unwrap()
+            .replace("0.78912345", "0.78912346");
+        std::fs::write(&fx, text).unwrap();
+        let (code, out) = billflow(&[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--until-tier",
+            "distributor",
+            p,
+        ]);
+        assert_eq!(code, Some(0), "{out}");
+        let clyde = rt.block_on(ids(&admin, "clyde-cloud-invoice-lines")).remove(0);
+        assert!(rt.block_on(admin.find(&clyde)).unwrap().stale);
+        let report = rt.block_on(admin.reconcile("2026-10")).unwrap();
+        let stale: Vec<String> = report
+            .findings
+            .iter()
+            .filter_map(|f| match &f.against {
+                Against::Stale { consumer, read } => Some(format!("{} {read}", consumer.manifest.stream)),
+                _ => None,
+            })
+            .collect();
+        // The rates feed both distributors: every reseller batch built from their first
+        // versions is stale, and reconcile names each (and only those).
+        let mut expected: Vec<String> = rt
+            .block_on(admin.list(&Filter::default()))
+            .unwrap()
+            .iter()
+            .filter(|e| e.stale)
+            .map(|e| e.manifest.stream.clone())
+            .collect();
+        expected.sort();
+        let mut named: Vec<String> = stale.iter().map(|s| s.split(' ').next().unwrap().to_string()).collect();
+        named.sort();
+        assert_eq!(named, expected, "{:?}", report.findings);
+        assert!(named.contains(&"clyde-cloud-invoice-lines".to_string()), "{named:?}");
+        assert!(stale.iter().all(|s| s.ends_with("(superseded)")), "{stale:?}");
+        let (code, out) = billflow(&["reconcile", "--period", "2026-10"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("stale") && out.contains(&clyde), "{out}");
+        // The next run builds it again from what is published: clean.
+        let (code, out) = billflow(&["run", "--quiet", "--period", "2026-10", p]);
+        assert_eq!(code, Some(0), "{out}");
+        let (code, out) = billflow(&["reconcile", "--period", "2026-10"]);
+        assert_eq!(code, Some(0), "{out}");
     }
 }
