@@ -4,7 +4,8 @@
 //! The modules follow the data: [`definition`] (YAML -> validated pipeline) -> [`plan`]
 //! (stages built, streams ordered into a DAG) -> [`stages`] (the stage kinds) ->
 //! [`execution`] (each stream's plan built and run into a batch) -> [`batches`] (the
-//! warehouse of immutable Parquet batches and their manifests). [`engine`] is the
+//! warehouse of immutable Parquet batches and their manifests) -> [`query`] (SQL over
+//! the committed batches; [`shell`] is its interactive shell). [`engine`] is the
 //! DataFusion-level machinery the stages and the execution build on (session, operators,
 //! exact money, side outputs, the Polars bridge); it imports nothing else from billflow.
 //! [`cli`] renders for the terminal.
@@ -34,6 +35,8 @@ pub mod engine;
 pub mod execution;
 pub mod generate;
 pub mod plan;
+pub mod query;
+pub mod shell;
 pub mod stages;
 pub mod testing;
 

@@ -96,6 +96,28 @@ enum Command {
         #[arg(long = "as", global = true, value_name = "ORG")]
         as_org: Option<String>,
     },
+    /// SQL over the committed batches: one statement, or with none an interactive shell.
+    /// A schema per organisation with a table per stream (`-` written `_`), plus
+    /// `billflow.batches`, `billflow.events` and `billflow.streams`. Read-only.
+    Query {
+        /// The statement (or `\d`, `\d NAME`); none: the shell.
+        #[arg(allow_hyphen_values = true, conflicts_with = "file")]
+        sql: Option<String>,
+        /// Run the statement in FILE (e.g. one of queries/).
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The warehouse; default: ./warehouse.
+        #[arg(long, default_value = "warehouse")]
+        warehouse: PathBuf,
+        /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
+        #[arg(long = "as", value_name = "ORG")]
+        as_org: Option<String>,
+        #[arg(long, value_enum, default_value_t = billflow::query::output::Format::Table)]
+        format: billflow::query::output::Format,
+        /// Write the result to FILE instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Check a period's published batches: each one's data files still add up to its
     /// control totals, and every batch of the tier below built from it read exactly
     /// what was published (from the version published now). Exit 1 on any difference.
@@ -299,6 +321,27 @@ async fn run(cli: Cli) -> ExitCode {
             quiet,
             until_tier,
         } => run_pipeline(&env, &pipeline, &period, warehouse, quiet, until_tier.as_deref()).await,
+        Command::Query {
+            sql,
+            file,
+            warehouse,
+            as_org,
+            format,
+            output,
+        } => {
+            let org = as_org.or_else(|| std::env::var("BILLFLOW_ORG").ok());
+            let warehouse =
+                billflow::query::Warehouse::open(&warehouse, org, env.engine.runtime(), env.engine.partitions());
+            let sql = match file.map(|path| std::fs::read_to_string(&path).map_err(|e| (path, e))) {
+                Some(Ok(text)) => Some(text),
+                Some(Err((path, e))) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+                None => sql,
+            };
+            query(&warehouse, sql.as_deref(), format, output.as_deref()).await
+        }
         Command::Reconcile {
             period,
             warehouse,
@@ -551,6 +594,42 @@ async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) 
     if refused > 0 {
         return Err(ExitCode::from(1));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn query(
+    warehouse: &billflow::query::Warehouse,
+    sql: Option<&str>,
+    format: billflow::query::output::Format,
+    output: Option<&Path>,
+) -> Result<ExitCode, ExitCode> {
+    let Some(sql) = sql else {
+        return match billflow::shell::run(warehouse, format).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: the shell: {e}");
+                Err(ExitCode::from(2))
+            }
+        };
+    };
+    let sql = billflow::shell::statement_sql(sql).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    let answer = warehouse.query(&sql).await.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })?;
+    let written = match output {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|e| billflow::query::QueryError::Internal(format!("{}: {e}", path.display())))
+            .and_then(|f| billflow::query::output::write(&answer, format, f)),
+        None => billflow::query::output::write(&answer, format, std::io::stdout()),
+    };
+    written.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,6 +13,8 @@ pub struct Entry {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub status: Status,
+    /// Its lifecycle log, in order (the status is the last event's).
+    pub history: Vec<lifecycle::Event>,
     /// 1 for the first batch of its stream and period, then one more each (by creation).
     pub version: usize,
     /// Built from a batch that was since superseded or voided: the next run of its stream
@@ -124,11 +126,12 @@ pub async fn entries(warehouse: &Path, log: &Log) -> Result<Vec<Entry>, Lifecycl
     // One history read per batch, many at once (thousands of batches on object storage).
     let mut out: Vec<Entry> = futures::stream::iter(committed(warehouse))
         .map(|(dir, manifest)| async move {
-            let status = log.status(&manifest.batch_id).await?;
+            let history = log.history(&manifest.batch_id).await?;
             Ok::<_, LifecycleError>(Entry {
                 dir,
                 manifest,
-                status,
+                status: lifecycle::status_of(&history),
+                history,
                 version: 0,
                 stale: false,
             })

@@ -93,31 +93,42 @@ impl Manifest {
         if self.organizations.is_empty() || self.organizations.values().any(|p| p.batch_id.is_empty()) {
             return vec![self.clone()];
         }
+        // Each part is the run's manifest without the run-wide lists (cloned once, not
+        // once per organisation: thousands of parts), plus its own.
+        let shell = Manifest {
+            files: Vec::new(),
+            inputs: Vec::new(),
+            organizations: BTreeMap::new(),
+            ..self.clone()
+        };
+        let mut files: BTreeMap<&str, Vec<FileInfo>> = BTreeMap::new();
+        for f in &self.files {
+            let org = f
+                .path
+                .strip_prefix(DATA_DIR)
+                .and_then(|p| p.strip_prefix('/'))
+                .and_then(|p| p.split_once('/'))
+                .map(|(org, _)| org);
+            if let Some(org) = org {
+                files.entry(org).or_default().push(f.clone());
+            }
+        }
         self.organizations
             .iter()
-            .map(|(org, part)| {
-                let prefix = format!("{DATA_DIR}/{org}/");
-                Manifest {
-                    batch_id: part.batch_id.clone(),
-                    organization: org.clone(),
-                    rows: part.rows,
-                    control_totals: part.control_totals.clone(),
-                    files: self
-                        .files
-                        .iter()
-                        .filter(|f| f.path.starts_with(&prefix))
-                        .cloned()
-                        .collect(),
-                    inputs: if part.inputs.is_empty() {
-                        self.inputs.clone()
-                    } else {
-                        part.inputs.clone()
-                    },
-                    organizations: BTreeMap::new(),
-                    audience: part.audience.clone(),
-                    part_of: Some(self.batch_id.clone()),
-                    ..self.clone()
-                }
+            .map(|(org, part)| Manifest {
+                batch_id: part.batch_id.clone(),
+                organization: org.clone(),
+                rows: part.rows,
+                control_totals: part.control_totals.clone(),
+                files: files.remove(org.as_str()).unwrap_or_default(),
+                inputs: if part.inputs.is_empty() {
+                    self.inputs.clone()
+                } else {
+                    part.inputs.clone()
+                },
+                audience: part.audience.clone(),
+                part_of: Some(self.batch_id.clone()),
+                ..shell.clone()
             })
             .collect()
     }

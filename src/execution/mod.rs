@@ -177,6 +177,16 @@ impl Engine {
         Ok(Engine { runtime, ..self })
     }
 
+    /// The runtime (memory pool, spill) every session of this engine shares.
+    pub fn runtime(&self) -> Arc<RuntimeEnv> {
+        self.runtime.clone()
+    }
+
+    /// Partitions per plan.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
     /// A fresh session per stream: stages register `input` without stepping on each other.
     pub fn session(&self) -> SessionContext {
         session::session(&self.runtime, self.partitions)

@@ -11,5 +11,6 @@ mod generate;
 mod golden;
 mod lifecycle;
 mod properties;
+mod query;
 mod rejects;
 mod stages;

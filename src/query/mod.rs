@@ -1,0 +1,186 @@
+//! SQL over what a warehouse holds (`billflow query`, `billflow serve`): everything
+//! committed, with no registration. A schema per organisation and in it a table per
+//! stream holding all its batches (`_batch_id`, `_period`, `_status` beside the batch's
+//! columns); schema `billflow` holds the catalog: `batches`, `events` (the lifecycle
+//! log) and `streams`. Names are the ids with `-` written `_` (`alpha_it.
+//! alpha_it_invoice_lines`), so they need no quotes. Acting as an organisation, only its
+//! batches and those published to it exist. Statements are read-only: anything that
+//! would define, change or write something is refused before it runs.
+
+mod catalog_tables;
+pub mod errors;
+pub mod output;
+pub mod stream_table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SQLOptions, SessionContext};
+
+use crate::batches::catalog::{self, Entry};
+use crate::batches::lifecycle::Log;
+pub use errors::QueryError;
+use stream_table::{StreamTable, TableBatch};
+
+/// The schema of the catalog tables.
+pub const CATALOG_SCHEMA: &str = "billflow";
+
+/// A warehouse as one organisation (or, with none, everyone) sees it, for SQL.
+pub struct Warehouse {
+    root: PathBuf,
+    organization: Option<String>,
+    runtime: Arc<RuntimeEnv>,
+    partitions: usize,
+}
+
+/// A statement's result.
+pub struct Answer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Warehouse {
+    pub fn open(root: &Path, organization: Option<String>, runtime: Arc<RuntimeEnv>, partitions: usize) -> Self {
+        Warehouse {
+            // Absolute: the Parquet scan addresses files by URL, which a relative path is not.
+            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+            organization,
+            runtime,
+            partitions,
+        }
+    }
+
+    /// The batches this warehouse's reader may see, with their status now.
+    async fn visible(&self) -> Result<Vec<Entry>, QueryError> {
+        let log = Log::local(&self.root)?;
+        let all = catalog::entries(&self.root, &log).await?;
+        Ok(all
+            .into_iter()
+            .filter(|e| e.visible_to(self.organization.as_deref()))
+            .collect())
+    }
+
+    /// A session over what is committed now: each call sees new batches and statuses.
+    pub async fn session(&self) -> Result<SessionContext, QueryError> {
+        let entries = self.visible().await?;
+        let ctx = crate::engine::session::session(&self.runtime, self.partitions);
+        let Some(root) = ctx.catalog("datafusion") else {
+            return Err(QueryError::Internal("the session has no default catalog".into()));
+        };
+        let billflow = Arc::new(MemorySchemaProvider::new());
+        for (name, table) in catalog_tables::tables(&entries)? {
+            billflow.register_table(name.into(), table)?;
+        }
+        root.register_schema(CATALOG_SCHEMA, billflow)?;
+        for (schema_name, tables) in stream_tables(&entries)? {
+            if schema_name == CATALOG_SCHEMA {
+                tracing::warn!("organisation `{CATALOG_SCHEMA}` is not queryable: its name is the catalog's schema");
+                continue;
+            }
+            let schema = Arc::new(MemorySchemaProvider::new());
+            for (table_name, table) in tables {
+                schema.register_table(table_name, Arc::new(table))?;
+            }
+            root.register_schema(&schema_name, schema)?;
+        }
+        Ok(ctx)
+    }
+
+    /// Run one read-only statement.
+    pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
+        let ctx = self.session().await?;
+        execute(&ctx, sql).await
+    }
+}
+
+/// Run one statement on `ctx`, refusing any that defines, changes or writes something.
+pub async fn execute(ctx: &SessionContext, sql: &str) -> Result<Answer, QueryError> {
+    let wrap = |e| QueryError::from_datafusion(ctx, sql, e);
+    let df = ctx.sql_with_options(sql, read_only()).await.map_err(wrap)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(wrap)?;
+    Ok(Answer { schema, batches })
+}
+
+/// What a statement may do: read.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A name as SQL writes it without quotes: the id in lower case with `-` as `_` (SQL
+/// folds unquoted names to lower case, as Postgres does).
+pub fn sql_name(id: &str) -> String {
+    id.to_lowercase().replace('-', "_")
+}
+
+/// The stream tables, by schema (organisation) and table (stream) name.
+fn stream_tables(entries: &[Entry]) -> Result<BTreeMap<String, Vec<(String, StreamTable)>>, QueryError> {
+    let mut by_table: BTreeMap<(String, String), Vec<&Entry>> = BTreeMap::new();
+    for e in entries {
+        let m = &e.manifest;
+        by_table
+            .entry((sql_name(&m.organization), sql_name(&m.stream)))
+            .or_default()
+            .push(e);
+    }
+    let mut out: BTreeMap<String, Vec<(String, StreamTable)>> = BTreeMap::new();
+    for ((schema, table), batches) in by_table {
+        let columns = columns_of(&batches)?;
+        let batches = batches
+            .iter()
+            .map(|e| TableBatch {
+                batch_id: e.id().to_string(),
+                period: e.manifest.period.label.clone(),
+                status: e.status.name().to_string(),
+                files: e
+                    .manifest
+                    .files
+                    .iter()
+                    .filter(|f| f.path.ends_with(".parquet"))
+                    .map(|f| (e.dir.join(&f.path), f.bytes))
+                    .collect(),
+            })
+            .collect();
+        out.entry(schema)
+            .or_default()
+            .push((table, StreamTable::new(columns, batches)));
+    }
+    Ok(out)
+}
+
+/// A stream's columns: those of the newest of its batches that has a data file (read
+/// from the file's footer), without metadata.
+fn columns_of(batches: &[&Entry]) -> Result<SchemaRef, QueryError> {
+    let newest = batches
+        .iter()
+        .rev()
+        .filter_map(|e| e.data_files().into_iter().next())
+        .next();
+    let Some(file) = newest else {
+        return Ok(Arc::new(Schema::empty()));
+    };
+    let opened = std::fs::File::open(&file).map_err(|e| QueryError::Warehouse(format!("{file}: {e}")))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(opened)
+        .map_err(|e| QueryError::Warehouse(format!("{file}: {e}")))?;
+    Ok(Arc::new(Schema::new(reader.schema().fields().clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_need_no_quotes() {
+        assert_eq!(sql_name("alpha-it-invoice-lines"), "alpha_it_invoice_lines");
+        assert_eq!(sql_name("nimbus"), "nimbus");
+        assert_eq!(sql_name("D1"), "d1");
+    }
+}
