@@ -5,7 +5,8 @@
 //! (stages built, streams ordered into a DAG) -> [`stages`] (the stage kinds) ->
 //! [`execution`] (each stream's plan built and run into a batch) -> [`batches`] (the
 //! warehouse of immutable Parquet batches and their manifests) -> [`query`] (SQL over
-//! the committed batches; [`shell`] is its interactive shell). [`engine`] is the
+//! the committed batches; [`shell`] is its interactive shell, [`serve`] its Postgres
+//! wire-protocol server). [`engine`] is the
 //! DataFusion-level machinery the stages and the execution build on (session, operators,
 //! exact money, side outputs, the Polars bridge); it imports nothing else from billflow.
 //! [`cli`] renders for the terminal.
@@ -36,6 +37,7 @@ pub mod execution;
 pub mod generate;
 pub mod plan;
 pub mod query;
+pub mod serve;
 pub mod shell;
 pub mod stages;
 pub mod testing;

@@ -118,6 +118,29 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// A Postgres wire-protocol server over the same catalog as `query`, so psql, DBeaver,
+    /// Metabase, Grafana or any Postgres driver can query the batches. Read-only; each
+    /// user (SCRAM-SHA-256) sees what `--as` their organisation sees. Stops on Ctrl-C.
+    Serve {
+        /// The warehouse; default: ./warehouse.
+        #[arg(long, default_value = "warehouse")]
+        warehouse: PathBuf,
+        /// Who may connect, YAML: `users: { NAME: { organization: ORG ("*": all),
+        /// password: P | password_env: VAR } }` (also `BILLFLOW_USERS`).
+        #[arg(long, value_name = "FILE", env = "BILLFLOW_USERS")]
+        users: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0: any free port (the one taken is printed).
+        #[arg(long, default_value_t = 5433)]
+        port: u16,
+        /// A PEM certificate chain: clients connect with TLS (needs --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
     /// Check a period's published batches: each one's data files still add up to its
     /// control totals, and every batch of the tier below built from it read exactly
     /// what was published (from the version published now). Exit 1 on any difference.
@@ -341,6 +364,23 @@ async fn run(cli: Cli) -> ExitCode {
                 None => sql,
             };
             query(&warehouse, sql.as_deref(), format, output.as_deref()).await
+        }
+        Command::Serve {
+            warehouse,
+            users,
+            host,
+            port,
+            tls_cert,
+            tls_key,
+        } => {
+            let warehouse =
+                billflow::query::Warehouse::open(&warehouse, None, env.engine.runtime(), env.engine.partitions());
+            let options = billflow::serve::ServeOptions {
+                host,
+                port,
+                tls: tls_cert.zip(tls_key),
+            };
+            serve(warehouse, &users, &options).await
         }
         Command::Reconcile {
             period,
@@ -631,6 +671,43 @@ async fn query(
         ExitCode::from(2)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    warehouse: billflow::query::Warehouse,
+    users: &Path,
+    options: &billflow::serve::ServeOptions,
+) -> Result<ExitCode, ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let users = billflow::serve::users::Users::load(users, |var| std::env::var(var).ok()).map_err(|e| fail(&e))?;
+    let server = billflow::serve::Server::bind(warehouse, users, options)
+        .await
+        .map_err(|e| fail(&e))?;
+    let address = server.local_addr().map_err(|e| fail(&e))?;
+    eprintln!(
+        "billflow serve: listening on {address} ({} users, {}); Ctrl-C stops",
+        server.users(),
+        if server.tls() { "TLS" } else { "no TLS" }
+    );
+    tokio::select! {
+        () = server.run() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM, as a service manager stops a server.
+async fn terminated() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        term.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
 }
 
 async fn reconcile(period: &str, warehouse: &Path, as_org: Option<String>) -> Result<ExitCode, ExitCode> {

@@ -76,7 +76,7 @@ impl QueryError {
                 }
             }
         }
-        if let Some((line, column, message)) = position(&e) {
+        if let Some((line, column, message)) = position(&e).or_else(|| at_the_end(sql, &e)) {
             return QueryError::At {
                 message,
                 statement: sql.to_string(),
@@ -105,7 +105,7 @@ fn tables_closest_to(ctx: &SessionContext, name: &str) -> Vec<String> {
     let mut tables: Vec<String> = catalog
         .schema_names()
         .into_iter()
-        .filter(|s| s != "information_schema")
+        .filter(|s| s != "information_schema" && s != "pg_catalog")
         .filter_map(|s| catalog.schema(&s).map(|schema| (s, schema)))
         .flat_map(|(s, schema)| schema.table_names().into_iter().map(move |t| format!("{s}.{t}")))
         .collect();
@@ -119,6 +119,24 @@ fn tables_closest_to(ctx: &SessionContext, name: &str) -> Vec<String> {
     };
     tables.sort_by_key(distance);
     tables
+}
+
+/// A parser error that ran out of statement (it carries no position): the caret goes
+/// just past the statement's last character.
+fn at_the_end(sql: &str, e: &DataFusionError) -> Option<(u64, u64, String)> {
+    let DataFusionError::SQL(parse, _) = e.find_root() else {
+        return None;
+    };
+    let ParserError::ParserError(message) = parse.as_ref() else {
+        return None;
+    };
+    if !message.ends_with("found: EOF") {
+        return None;
+    }
+    let text = sql.trim_end();
+    let line = text.lines().count().max(1);
+    let column = text.lines().last().map_or(0, |l| l.chars().count()) + 1;
+    Some((line as u64, column as u64, format!("syntax error: {message}")))
 }
 
 /// A parser error's line, column and message without the position; else the place a
@@ -146,5 +164,17 @@ mod tests {
     #[test]
     fn a_caret_points_at_the_column_of_the_line() {
         assert_eq!(caret("SELECT 1\nFROM  x y z", 2, 7), "  FROM  x y z\n        ^");
+    }
+
+    #[test]
+    fn a_statement_that_ends_too_soon_gets_a_caret_past_its_end() {
+        let parse = ParserError::ParserError("Expected: an expression, found: EOF".into());
+        let e = DataFusionError::SQL(Box::new(parse), None);
+        let ctx = SessionContext::new();
+        let shown = QueryError::from_datafusion(&ctx, "SELECT 1\nFROM x WHERE \n", e).to_string();
+        assert_eq!(
+            shown,
+            "syntax error: Expected: an expression, found: EOF\n  FROM x WHERE \n              ^"
+        );
     }
 }

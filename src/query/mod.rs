@@ -30,6 +30,10 @@ use stream_table::{StreamTable, TableBatch};
 /// The schema of the catalog tables.
 pub const CATALOG_SCHEMA: &str = "billflow";
 
+/// Schemas a session has that are not an organisation's: DataFusion's and the Postgres
+/// catalog a server adds.
+const NOT_OURS: [&str; 3] = ["public", "information_schema", "pg_catalog"];
+
 /// A warehouse as one organisation (or, with none, everyone) sees it, for SQL.
 pub struct Warehouse {
     root: PathBuf,
@@ -55,6 +59,21 @@ impl Warehouse {
         }
     }
 
+    /// The organisation this warehouse is seen as (none: everyone).
+    pub fn organization(&self) -> Option<&str> {
+        self.organization.as_deref()
+    }
+
+    /// The same warehouse as `organization` sees it.
+    pub fn as_organization(&self, organization: Option<String>) -> Warehouse {
+        Warehouse {
+            root: self.root.clone(),
+            organization,
+            runtime: self.runtime.clone(),
+            partitions: self.partitions,
+        }
+    }
+
     /// The batches this warehouse's reader may see, with their status now.
     async fn visible(&self) -> Result<Vec<Entry>, QueryError> {
         let log = Log::local(&self.root)?;
@@ -67,8 +86,22 @@ impl Warehouse {
 
     /// A session over what is committed now: each call sees new batches and statuses.
     pub async fn session(&self) -> Result<SessionContext, QueryError> {
-        let entries = self.visible().await?;
         let ctx = crate::engine::session::session(&self.runtime, self.partitions);
+        self.register(&ctx).await?;
+        Ok(ctx)
+    }
+
+    /// A fresh session with no batches registered yet ([`Warehouse::register`] adds them):
+    /// the server keeps one per connection and brings it up to date before each statement.
+    pub fn empty_session(&self) -> SessionContext {
+        crate::engine::session::session(&self.runtime, self.partitions)
+    }
+
+    /// Bring `ctx` up to date with what is committed now: the catalog schema and a schema
+    /// per visible organisation, replacing what an earlier call registered and dropping
+    /// the schemas of organisations no longer visible (a voided batch).
+    pub async fn register(&self, ctx: &SessionContext) -> Result<(), QueryError> {
+        let entries = self.visible().await?;
         let Some(root) = ctx.catalog("datafusion") else {
             return Err(QueryError::Internal("the session has no default catalog".into()));
         };
@@ -77,9 +110,10 @@ impl Warehouse {
             billflow.register_table(name.into(), table)?;
         }
         root.register_schema(CATALOG_SCHEMA, billflow)?;
+        let mut registered = vec![CATALOG_SCHEMA.to_string()];
         for (schema_name, tables) in stream_tables(&entries)? {
-            if schema_name == CATALOG_SCHEMA {
-                tracing::warn!("organisation `{CATALOG_SCHEMA}` is not queryable: its name is the catalog's schema");
+            if schema_name == CATALOG_SCHEMA || NOT_OURS.contains(&schema_name.as_str()) {
+                tracing::warn!("organisation `{schema_name}` is not queryable: its name is a reserved schema's");
                 continue;
             }
             let schema = Arc::new(MemorySchemaProvider::new());
@@ -87,8 +121,14 @@ impl Warehouse {
                 schema.register_table(table_name, Arc::new(table))?;
             }
             root.register_schema(&schema_name, schema)?;
+            registered.push(schema_name);
         }
-        Ok(ctx)
+        for gone in root.schema_names() {
+            if !NOT_OURS.contains(&gone.as_str()) && !registered.contains(&gone) {
+                root.deregister_schema(&gone, true)?;
+            }
+        }
+        Ok(())
     }
 
     /// Run one read-only statement.

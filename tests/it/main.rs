@@ -13,4 +13,5 @@ mod lifecycle;
 mod properties;
 mod query;
 mod rejects;
+mod serve;
 mod stages;
