@@ -12,9 +12,9 @@ pub mod errors;
 pub mod output;
 pub mod stream_table;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -40,6 +40,9 @@ pub struct Warehouse {
     organization: Option<String>,
     runtime: Arc<RuntimeEnv>,
     partitions: usize,
+    /// Data files' columns, read once from their footers: a committed file never changes,
+    /// and the server registers every table again before each statement.
+    footers: Arc<Mutex<HashMap<String, SchemaRef>>>,
 }
 
 /// A statement's result.
@@ -56,6 +59,7 @@ impl Warehouse {
             organization,
             runtime,
             partitions,
+            footers: Arc::default(),
         }
     }
 
@@ -71,6 +75,7 @@ impl Warehouse {
             organization,
             runtime: self.runtime.clone(),
             partitions: self.partitions,
+            footers: self.footers.clone(),
         }
     }
 
@@ -111,7 +116,7 @@ impl Warehouse {
         }
         root.register_schema(CATALOG_SCHEMA, billflow)?;
         let mut registered = vec![CATALOG_SCHEMA.to_string()];
-        for (schema_name, tables) in stream_tables(&entries)? {
+        for (schema_name, tables) in stream_tables(&entries, &self.footers)? {
             if schema_name == CATALOG_SCHEMA || NOT_OURS.contains(&schema_name.as_str()) {
                 tracing::warn!("organisation `{schema_name}` is not queryable: its name is a reserved schema's");
                 continue;
@@ -162,7 +167,10 @@ pub fn sql_name(id: &str) -> String {
 }
 
 /// The stream tables, by schema (organisation) and table (stream) name.
-fn stream_tables(entries: &[Entry]) -> Result<BTreeMap<String, Vec<(String, StreamTable)>>, QueryError> {
+fn stream_tables(
+    entries: &[Entry],
+    footers: &Mutex<HashMap<String, SchemaRef>>,
+) -> Result<BTreeMap<String, Vec<(String, StreamTable)>>, QueryError> {
     let mut by_table: BTreeMap<(String, String), Vec<&Entry>> = BTreeMap::new();
     for e in entries {
         let m = &e.manifest;
@@ -173,7 +181,7 @@ fn stream_tables(entries: &[Entry]) -> Result<BTreeMap<String, Vec<(String, Stre
     }
     let mut out: BTreeMap<String, Vec<(String, StreamTable)>> = BTreeMap::new();
     for ((schema, table), batches) in by_table {
-        let columns = columns_of(&batches)?;
+        let columns = columns_of(&batches, footers)?;
         let batches = batches
             .iter()
             .map(|e| TableBatch {
@@ -197,8 +205,8 @@ fn stream_tables(entries: &[Entry]) -> Result<BTreeMap<String, Vec<(String, Stre
 }
 
 /// A stream's columns: those of the newest of its batches that has a data file (read
-/// from the file's footer), without metadata.
-fn columns_of(batches: &[&Entry]) -> Result<SchemaRef, QueryError> {
+/// from the file's footer, or remembered from an earlier read), without metadata.
+fn columns_of(batches: &[&Entry], footers: &Mutex<HashMap<String, SchemaRef>>) -> Result<SchemaRef, QueryError> {
     let newest = batches
         .iter()
         .rev()
@@ -207,10 +215,17 @@ fn columns_of(batches: &[&Entry]) -> Result<SchemaRef, QueryError> {
     let Some(file) = newest else {
         return Ok(Arc::new(Schema::empty()));
     };
+    if let Some(known) = footers.lock().ok().and_then(|f| f.get(&file).cloned()) {
+        return Ok(known);
+    }
     let opened = std::fs::File::open(&file).map_err(|e| QueryError::Warehouse(format!("{file}: {e}")))?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(opened)
         .map_err(|e| QueryError::Warehouse(format!("{file}: {e}")))?;
-    Ok(Arc::new(Schema::new(reader.schema().fields().clone())))
+    let columns: SchemaRef = Arc::new(Schema::new(reader.schema().fields().clone()));
+    if let Ok(mut f) = footers.lock() {
+        f.insert(file, columns.clone());
+    }
+    Ok(columns)
 }
 
 #[cfg(test)]
