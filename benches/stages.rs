@@ -98,7 +98,7 @@ fn stages(c: &mut Criterion) {
                         plan.clone(),
                         RunOptions {
                             period: Period::parse("2026-10").expect("period"),
-                            warehouse: warehouse.clone(),
+                            warehouse: warehouse.clone().into(),
                             until_level: None,
                         },
                         Arc::new(NoProgress),

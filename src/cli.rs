@@ -119,9 +119,7 @@ pub fn summary_table(report: &RunReport) -> String {
     }
     let mut out = format!(
         "pipeline {} - period {} - warehouse {}\n{t}\n",
-        report.pipeline,
-        report.period,
-        report.warehouse.display()
+        report.pipeline, report.period, report.warehouse
     );
     for s in &report.streams {
         if s.rows_rejected > 0 {
@@ -129,11 +127,16 @@ pub fn summary_table(report: &RunReport) -> String {
             for r in &s.reject_samples {
                 out.push_str(&format!("  - {r}\n"));
             }
-            if let Some(dir) = &s.batch_dir {
-                out.push_str(&format!(
+            match (&s.batch_dir, &s.batch_location) {
+                (Some(dir), _) => out.push_str(&format!(
                     "  all of them with their values: {}\n",
                     dir.join(crate::batches::REJECTS_DIR).display()
-                ));
+                )),
+                (None, Some(url)) => out.push_str(&format!(
+                    "  all of them with their values: the `rejects` files named in {url}/{}\n",
+                    crate::batches::MANIFEST
+                )),
+                (None, None) => {}
             }
         }
     }
@@ -298,7 +301,7 @@ pub fn batch_details(e: &Entry, history: &[Event]) -> String {
         m.rows_in,
         m.rows_rejected,
         m.created_at,
-        e.dir.display()
+        e.dir()
     );
     if !m.audience.is_empty() {
         out.push_str(&format!("  published to: {}\n", m.audience.join(", ")));

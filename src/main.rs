@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use billflow::batches::WarehouseLocation;
 use billflow::execution::{NoProgress, Progress};
 use billflow::{Engine, Period, RunOptions, cli, plan};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -56,9 +57,10 @@ enum Command {
         /// `YYYY-MM` or `YYYY-MM-DD..YYYY-MM-DD` (end exclusive).
         #[arg(long)]
         period: String,
-        /// Where batches go; default: the pipeline's `warehouse`, else ./warehouse.
-        #[arg(long)]
-        warehouse: Option<PathBuf>,
+        /// Where batches go (a folder or `s3://bucket/prefix`); default: the pipeline's
+        /// `warehouse`, else ./warehouse.
+        #[arg(long, value_parser = location)]
+        warehouse: Option<WarehouseLocation>,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -88,9 +90,9 @@ enum Command {
     Batch {
         #[command(subcommand)]
         command: BatchCommand,
-        /// The warehouse; default: ./warehouse.
-        #[arg(long, global = true, default_value = "warehouse")]
-        warehouse: PathBuf,
+        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        #[arg(long, global = true, default_value = "warehouse", value_parser = location)]
+        warehouse: WarehouseLocation,
         /// Act as this organisation: see only its batches and those published to it, and
         /// change only its own (also `BILLFLOW_ORG`).
         #[arg(long = "as", global = true, value_name = "ORG")]
@@ -106,9 +108,9 @@ enum Command {
         /// Run the statement in FILE (e.g. one of queries/).
         #[arg(long, short = 'f', value_name = "FILE")]
         file: Option<PathBuf>,
-        /// The warehouse; default: ./warehouse.
-        #[arg(long, default_value = "warehouse")]
-        warehouse: PathBuf,
+        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        #[arg(long, default_value = "warehouse", value_parser = location)]
+        warehouse: WarehouseLocation,
         /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
         #[arg(long = "as", value_name = "ORG")]
         as_org: Option<String>,
@@ -122,9 +124,9 @@ enum Command {
     /// Metabase, Grafana or any Postgres driver can query the batches. Read-only; each
     /// user (SCRAM-SHA-256) sees what `--as` their organisation sees. Stops on Ctrl-C.
     Serve {
-        /// The warehouse; default: ./warehouse.
-        #[arg(long, default_value = "warehouse")]
-        warehouse: PathBuf,
+        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        #[arg(long, default_value = "warehouse", value_parser = location)]
+        warehouse: WarehouseLocation,
         /// Who may connect, YAML: `users: { NAME: { organization: ORG ("*": all),
         /// password: P | password_env: VAR } }` (also `BILLFLOW_USERS`).
         #[arg(long, value_name = "FILE", env = "BILLFLOW_USERS")]
@@ -147,9 +149,9 @@ enum Command {
     Reconcile {
         #[arg(long)]
         period: String,
-        /// The warehouse; default: ./warehouse.
-        #[arg(long, default_value = "warehouse")]
-        warehouse: PathBuf,
+        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        #[arg(long, default_value = "warehouse", value_parser = location)]
+        warehouse: WarehouseLocation,
         /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
         #[arg(long = "as", value_name = "ORG")]
         as_org: Option<String>,
@@ -354,7 +356,7 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             let org = as_org.or_else(|| std::env::var("BILLFLOW_ORG").ok());
             let warehouse =
-                billflow::query::Warehouse::open(&warehouse, org, env.engine.runtime(), env.engine.partitions());
+                billflow::query::Warehouse::open(warehouse, org, env.engine.runtime(), env.engine.partitions());
             let sql = match file.map(|path| std::fs::read_to_string(&path).map_err(|e| (path, e))) {
                 Some(Ok(text)) => Some(text),
                 Some(Err((path, e))) => {
@@ -374,7 +376,7 @@ async fn run(cli: Cli) -> ExitCode {
             tls_key,
         } => {
             let warehouse =
-                billflow::query::Warehouse::open(&warehouse, None, env.engine.runtime(), env.engine.partitions());
+                billflow::query::Warehouse::open(warehouse, None, env.engine.runtime(), env.engine.partitions());
             let options = billflow::serve::ServeOptions {
                 host,
                 port,
@@ -412,6 +414,11 @@ async fn run(cli: Cli) -> ExitCode {
     outcome.unwrap_or_else(|code| code)
 }
 
+/// `--warehouse`: a folder, or a URL of an object store.
+fn location(text: &str) -> Result<WarehouseLocation, String> {
+    WarehouseLocation::parse(text).map_err(|e| e.to_string())
+}
+
 async fn validate(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
     let plan = load(env, pipeline).await?;
     let p = &plan.pipeline;
@@ -447,7 +454,7 @@ async fn run_pipeline(
     env: &Env,
     pipeline: &Path,
     period: &str,
-    warehouse: Option<PathBuf>,
+    warehouse: Option<WarehouseLocation>,
     quiet: bool,
     until_tier: Option<&str>,
 ) -> Result<ExitCode, ExitCode> {
@@ -460,9 +467,13 @@ async fn run_pipeline(
         eprintln!("error: --until-tier: {e}");
         ExitCode::from(2)
     })?;
-    let warehouse = warehouse
-        .or_else(|| plan.pipeline.warehouse.clone())
-        .unwrap_or_else(|| PathBuf::from("warehouse"));
+    let warehouse = match warehouse {
+        Some(w) => w,
+        None => location(plan.pipeline.warehouse.as_deref().unwrap_or("warehouse")).map_err(|e| {
+            eprintln!("error: warehouse: {e}");
+            ExitCode::from(2)
+        })?,
+    };
     let progress: Arc<dyn Progress> = if quiet {
         Arc::new(NoProgress)
     } else {
@@ -535,14 +546,18 @@ async fn test(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
     })
 }
 
-async fn batch(command: BatchCommand, warehouse: &Path, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
+async fn batch(
+    command: BatchCommand,
+    warehouse: &WarehouseLocation,
+    as_org: Option<String>,
+) -> Result<ExitCode, ExitCode> {
     use billflow::batches::lifecycle::{Action, Status};
     use billflow::batches::review::Reviewer;
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         ExitCode::from(1)
     };
-    let reviewer = Reviewer::open(warehouse, as_org).map_err(|e| fail(&e))?;
+    let reviewer = Reviewer::open(warehouse.clone(), as_org).map_err(|e| fail(&e))?;
     let (action, step) = match command {
         BatchCommand::List { filter, status, format } => {
             let status = match status.as_deref().map(|s| (s, Status::parse(s))) {
@@ -710,7 +725,7 @@ async fn terminated() {
     std::future::pending::<()>().await
 }
 
-async fn reconcile(period: &str, warehouse: &Path, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
+async fn reconcile(period: &str, warehouse: &WarehouseLocation, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         ExitCode::from(2)
@@ -719,7 +734,7 @@ async fn reconcile(period: &str, warehouse: &Path, as_org: Option<String>) -> Re
         eprintln!("error: --period: {e}");
         ExitCode::from(2)
     })?;
-    let reviewer = billflow::batches::review::Reviewer::open(warehouse, as_org).map_err(|e| fail(&e))?;
+    let reviewer = billflow::batches::review::Reviewer::open(warehouse.clone(), as_org).map_err(|e| fail(&e))?;
     let report = reviewer.reconcile(&period.label).await.map_err(|e| fail(&e))?;
     print!("{}", cli::reconcile_report(&period.label, &report));
     Ok(if report.clean() {

@@ -2,15 +2,19 @@
 //! manifest, its status (from the lifecycle log), its version among the batches of its
 //! stream and period, and who may see it.
 
-use std::path::{Path, PathBuf};
+use object_store::path::Path as ObjectPath;
 
 use super::lifecycle::{self, LifecycleError, Log, Status};
-use super::{MANIFEST, Manifest, read_manifest};
+use super::{Manifest, WarehouseLocation};
 
 /// One committed batch.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    pub dir: PathBuf,
+    /// The warehouse it is in.
+    pub root: WarehouseLocation,
+    /// Its directory, as a key of the warehouse (`tier/org/stream/batch_id`; a `for_each`
+    /// run's directory for an organisation's batch).
+    pub key: String,
     pub manifest: Manifest,
     pub status: Status,
     /// Its lifecycle log, in order (the status is the last event's).
@@ -27,14 +31,24 @@ impl Entry {
         &self.manifest.batch_id
     }
 
-    /// The batch's Parquet files (paths as text, as DataFusion takes them).
-    pub fn data_files(&self) -> Vec<String> {
+    /// Where the batch's directory is: a folder, or a URL.
+    pub fn dir(&self) -> String {
+        self.root.url_of(&self.key)
+    }
+
+    /// The batch's Parquet files, as keys of the warehouse.
+    pub fn data_keys(&self) -> Vec<(String, u64)> {
         self.manifest
             .files
             .iter()
             .filter(|f| f.path.ends_with(".parquet"))
-            .map(|f| self.dir.join(&f.path).to_string_lossy().into_owned())
+            .map(|f| (format!("{}/{}", self.key, self.manifest.file_path(f)), f.bytes))
             .collect()
+    }
+
+    /// The batch's Parquet files (paths or URLs, as DataFusion takes them).
+    pub fn data_files(&self) -> Vec<String> {
+        self.data_keys().iter().map(|(k, _)| self.root.url_of(k)).collect()
     }
 
     /// Whether `organization` may see the batch: its own, or published to it.
@@ -55,58 +69,97 @@ pub enum FindError {
     Ambiguous { id: String, matches: Vec<String> },
 }
 
-/// The committed batches of one stream's directory with their manifests.
-pub fn in_stream_dir(stream_dir: &Path) -> Vec<(PathBuf, Manifest)> {
-    let mut out: Vec<(PathBuf, Manifest)> = std::fs::read_dir(stream_dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-                .filter(|p| p.join(MANIFEST).is_file())
-                .filter_map(|p| read_manifest(&p).ok().map(|m| (p, m)))
-                .collect()
+/// The folders directly under `key` (`None`: the warehouse's top), by name. Hidden ones
+/// (staging) and the lifecycle log are not batches' folders.
+async fn folders(root: &WarehouseLocation, key: Option<&str>) -> Result<Vec<String>, object_store::Error> {
+    let prefix = key.map(ObjectPath::from);
+    let listed = root.store().list_with_delimiter(prefix.as_ref()).await?;
+    let mut out: Vec<String> = listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .filter(|name| !name.starts_with('.') && name != lifecycle::LOG_DIR)
+        .map(|name| match key {
+            Some(k) => format!("{k}/{name}"),
+            None => name,
         })
-        .unwrap_or_default();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The committed batch directories of one stream (`tier/org/stream`) with their
+/// manifests, by key. A directory with no manifest, or one that is not billflow's, is
+/// not a batch; a store that cannot be read is an error.
+pub async fn in_stream(
+    root: &WarehouseLocation,
+    stream_key: &str,
+) -> Result<Vec<(String, Manifest)>, object_store::Error> {
+    use futures::{StreamExt, TryStreamExt};
+    let dirs = folders(root, Some(stream_key)).await?;
+    // Each read owns what it uses: a future borrowing across `buffered` is not `Send`
+    // for every lifetime, which the scheduler's tasks need.
+    let found: Vec<Option<(String, Manifest)>> = futures::stream::iter(dirs)
+        .map(|dir| {
+            let root = root.clone();
+            async move { read_batch_manifest(&root, dir).await }
+        })
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// The manifest of the directory `dir`, if it is a batch's.
+async fn read_batch_manifest(
+    root: &WarehouseLocation,
+    dir: String,
+) -> Result<Option<(String, Manifest)>, object_store::Error> {
+    use super::storage::ReadError;
+    match super::storage::read_manifest(root, &dir).await {
+        Ok(m) => Ok(Some((dir, m))),
+        Err(ReadError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        })
+        | Err(ReadError::Format { .. }) => Ok(None),
+        Err(ReadError::Store { source, .. }) => Err(source),
+    }
 }
 
 /// Every committed batch directory of the warehouse with its manifest:
-/// `<tier>/<organisation>/<stream>/<batch id>/batch.json`. Hidden entries (staging) and
-/// the lifecycle log are not batches.
-pub fn committed(warehouse: &Path) -> Vec<(PathBuf, Manifest)> {
-    let dirs = |dir: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| {
-                        let name = e.file_name().to_string_lossy().to_string();
-                        !name.starts_with('.') && name != lifecycle::LOG_DIR
-                    })
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
+/// `<tier>/<organisation>/<stream>/<batch id>/batch.json`.
+pub async fn committed(root: &WarehouseLocation) -> Result<Vec<(String, Manifest)>, object_store::Error> {
+    use futures::{StreamExt, TryStreamExt};
+    let mut streams = Vec::new();
+    for tier in folders(root, None).await? {
+        let orgs = folders(root, Some(&tier)).await?;
+        let listed: Vec<Vec<String>> = futures::stream::iter(orgs)
+            .map(|org| {
+                let root = root.clone();
+                async move { folders(&root, Some(&org)).await }
             })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let mut runs = Vec::new();
-    for tier in dirs(warehouse) {
-        for org in dirs(&tier) {
-            for stream in dirs(&org) {
-                runs.extend(in_stream_dir(&stream));
-            }
-        }
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        streams.extend(listed.into_iter().flatten());
     }
-    batches_of(runs)
+    let runs: Vec<Vec<(String, Manifest)>> = futures::stream::iter(streams)
+        .map(|stream| {
+            let root = root.clone();
+            async move { in_stream(&root, &stream).await }
+        })
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(batches_of(runs.into_iter().flatten().collect()))
 }
 
 /// The batches committed runs hold (a `for_each` run: one per organisation). An
 /// organisation's batch that a later run computed again from the same inputs (its id is
 /// the same) is the first run's: each batch is listed once.
-pub fn batches_of(runs: Vec<(PathBuf, Manifest)>) -> Vec<(PathBuf, Manifest)> {
-    let mut out: Vec<(PathBuf, Manifest)> = runs
+pub fn batches_of(runs: Vec<(String, Manifest)>) -> Vec<(String, Manifest)> {
+    let mut out: Vec<(String, Manifest)> = runs
         .into_iter()
         .flat_map(|(dir, run)| run.batches().into_iter().map(move |m| (dir.clone(), m)))
         .collect();
@@ -121,14 +174,19 @@ pub const READ_CONCURRENCY: usize = 32;
 
 /// Every committed batch with its status and version, in the order tier, organisation,
 /// stream, period, version.
-pub async fn entries(warehouse: &Path, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
+pub async fn entries(root: &WarehouseLocation, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
     use futures::{StreamExt, TryStreamExt};
     // One history read per batch, many at once (thousands of batches on object storage).
-    let mut out: Vec<Entry> = futures::stream::iter(committed(warehouse))
-        .map(|(dir, manifest)| async move {
+    let found = committed(root).await.map_err(|source| LifecycleError::Warehouse {
+        url: root.to_string(),
+        source,
+    })?;
+    let mut out: Vec<Entry> = futures::stream::iter(found)
+        .map(|(key, manifest)| async move {
             let history = log.history(&manifest.batch_id).await?;
             Ok::<_, LifecycleError>(Entry {
-                dir,
+                root: root.clone(),
+                key,
                 manifest,
                 status: lifecycle::status_of(&history),
                 history,

@@ -60,6 +60,7 @@ pub async fn diff(a: &Entry, b: &Entry, keys: &[String]) -> Result<Diff, DiffErr
         return Err(DiffError::NoKey);
     }
     let ctx = SessionContext::new();
+    a.root.register(&ctx.runtime_env());
     let (a_files, b_files) = (a.data_files(), b.data_files());
     let (left, right) = if a_files.is_empty() {
         let right = read(&ctx, &b_files, None).await?;
@@ -69,7 +70,7 @@ pub async fn diff(a: &Entry, b: &Entry, keys: &[String]) -> Result<Diff, DiffErr
         let right = read(&ctx, &b_files, Some(&left)).await?;
         (left, right)
     };
-    let (a, b) = ((&a.dir, &a.manifest), (&b.dir, &b.manifest));
+    let (a, b) = ((a.dir(), &a.manifest), (b.dir(), &b.manifest));
     let names = |df: &DataFrame| -> Vec<String> { df.schema().fields().iter().map(|f| f.name().clone()).collect() };
     let (a_cols, b_cols) = (names(&left), names(&right));
     for (cols, which) in [(&a_cols, &a.1.batch_id), (&b_cols, &b.1.batch_id)] {

@@ -185,6 +185,8 @@ pub enum LifecycleError {
     Gap { batch: String, missing: u64, found: u64 },
     #[error("lifecycle log: {0}")]
     Store(#[from] object_store::Error),
+    #[error("{url}: {source}")]
+    Warehouse { url: String, source: object_store::Error },
 }
 
 fn past(a: Action) -> &'static str {
@@ -223,13 +225,14 @@ pub struct Log {
 impl Log {
     /// The log of a warehouse on a local disk.
     pub fn local(warehouse: &Path) -> Result<Self, LifecycleError> {
-        std::fs::create_dir_all(warehouse).map_err(|e| object_store::Error::Generic {
-            store: "local",
-            source: Box::new(e),
-        })?;
-        Ok(Log {
-            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(warehouse)?),
-        })
+        Ok(Log::open(&super::WarehouseLocation::local(warehouse)))
+    }
+
+    /// The log of a warehouse, local or in an object store.
+    pub fn open(warehouse: &super::WarehouseLocation) -> Self {
+        Log {
+            store: warehouse.store(),
+        }
     }
 
     /// A log in any object store (the warehouse's root).

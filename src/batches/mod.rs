@@ -24,6 +24,9 @@ pub mod diff;
 pub mod lifecycle;
 pub mod reconcile;
 pub mod review;
+pub mod storage;
+
+pub use storage::WarehouseLocation;
 
 pub const MANIFEST: &str = "batch.json";
 pub const DATA_DIR: &str = "data";
@@ -66,6 +69,12 @@ pub struct Manifest {
     /// manifest above names it; `organizations` there holds this batch's part).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_of: Option<String>,
+    /// Where `files` and `rejects` are under the batch's directory: in an object store,
+    /// the prefix of the run that committed it (`<pid>-<nanos>`: two runs of one batch
+    /// never write the same key, and the manifest names the winner's); none: the
+    /// directory itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_in: Option<String>,
 }
 
 /// One organisation's batch inside a `for_each` run's directory: its rows are
@@ -86,6 +95,14 @@ pub struct OrganizationPart {
 }
 
 impl Manifest {
+    /// A file of the batch (one of `files` or `rejects`), relative to its directory.
+    pub fn file_path(&self, f: &FileInfo) -> String {
+        match &self.files_in {
+            Some(attempt) => format!("{attempt}/{}", f.path),
+            None => f.path.clone(),
+        }
+    }
+
     /// The batches a committed directory holds: itself, or, for a `for_each` run, one per
     /// organisation, each seen through a manifest of its own (its rows, control totals,
     /// files, audience and inputs; the run's rejects and refused counts are shared).
@@ -233,7 +250,7 @@ pub const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(36
 /// The warehouse: where every stream's batches live.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub root: PathBuf,
+    pub root: WarehouseLocation,
 }
 
 /// Where one stream's batches go.
@@ -244,42 +261,64 @@ pub struct StreamLocation {
     pub stream: String,
 }
 
+impl StreamLocation {
+    /// The stream's folder, as a key of the warehouse: `tier/organisation/stream`.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.tier, self.organization, self.stream)
+    }
+}
+
 impl Store {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub fn new(root: impl Into<WarehouseLocation>) -> Self {
         Self { root: root.into() }
     }
 
+    /// The stream's folder on this machine: in a local warehouse, where its batches
+    /// are; in an object store, where they are written before they are uploaded.
     pub fn stream_dir(&self, at: &StreamLocation) -> PathBuf {
-        self.root.join(&at.tier).join(&at.organization).join(&at.stream)
+        match self.root.local_dir() {
+            Some(root) => root.join(&at.tier).join(&at.organization).join(&at.stream),
+            None => std::env::temp_dir()
+                .join("billflow-staging")
+                .join(&fingerprint(&[("warehouse", &self.root.to_string())])[..16])
+                .join(at.key()),
+        }
     }
 
-    pub fn batch_dir(&self, at: &StreamLocation, batch_id: &str) -> PathBuf {
-        self.stream_dir(at).join(batch_id)
+    /// A batch's folder, when the warehouse is on this machine.
+    pub fn local_batch_dir(&self, at: &StreamLocation, batch_id: &str) -> Option<PathBuf> {
+        self.root.local_dir().map(|_| self.stream_dir(at).join(batch_id))
+    }
+
+    /// Where a batch is, as a user finds it: a folder, or a URL.
+    pub fn batch_dir(&self, at: &StreamLocation, batch_id: &str) -> String {
+        self.root.url_of(&format!("{}/{batch_id}", at.key()))
     }
 
     /// The committed manifest of a batch, if the batch exists.
-    pub fn committed(&self, at: &StreamLocation, batch_id: &str) -> Option<Manifest> {
-        read_manifest(&self.batch_dir(at, batch_id)).ok()
+    pub async fn committed(&self, at: &StreamLocation, batch_id: &str) -> Option<Manifest> {
+        storage::read_manifest(&self.root, &format!("{}/{batch_id}", at.key()))
+            .await
+            .ok()
     }
 
-    /// Every committed batch of a stream, oldest first. Staging directories are hidden.
-    pub fn list(&self, at: &StreamLocation) -> Vec<Manifest> {
-        let Ok(entries) = fs::read_dir(self.stream_dir(at)) else {
-            return Vec::new();
-        };
-        let mut out: Vec<Manifest> = entries
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| read_manifest(&e.path()).ok())
+    /// Every committed batch of a stream (a run's directory, as committed), oldest first.
+    pub async fn list(&self, at: &StreamLocation) -> Vec<Manifest> {
+        let mut out: Vec<Manifest> = catalog::in_stream(&self.root, &at.key())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, m)| m)
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         out
     }
 
-    /// Start writing a batch: a fresh hidden directory next to where it will live. Staging
-    /// directories left by killed runs are removed first: those of the same batch at once,
-    /// those of other batches of the stream (left before an input changed) once they are
-    /// older than [`STAGING_GRACE`]. Either only when the process that wrote it is gone.
+    /// Start writing a batch: a fresh hidden directory next to where it will live (in an
+    /// object store warehouse: in this machine's temporary folder). Staging directories
+    /// left by killed runs are removed first: those of the same batch at once, those of
+    /// other batches of the stream (left before an input changed) once they are older
+    /// than [`STAGING_GRACE`]. Either only when the process that wrote it is gone.
     pub fn begin(&self, at: &StreamLocation, batch_id: &str) -> std::io::Result<Staging> {
         // Every directory billflow writes lies inside the warehouse: each part of a batch's
         // path is one plain name (the definition checks them as identifiers already).
@@ -318,18 +357,45 @@ impl Store {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let staging = dir.join(format!("{prefix}{}-{nanos}", std::process::id()));
+        let attempt = attempt_token();
+        let staging = dir.join(format!("{prefix}{attempt}"));
         fs::create_dir_all(staging.join(DATA_DIR))?;
         Ok(Staging {
             dir: staging,
             target: dir.join(batch_id),
+            attempt,
             committed: false,
         })
     }
+
+    /// Make a written batch visible. A local warehouse renames the staging directory
+    /// into place ([`Staging::commit`]); an object store has no rename, so the files are
+    /// uploaded under a prefix of their own and the manifest, naming them, is put last
+    /// with create-if-absent ([`storage::commit`]).
+    pub async fn commit(
+        &self,
+        staging: Staging,
+        manifest: &Manifest,
+        at: &StreamLocation,
+    ) -> std::io::Result<Committed> {
+        if self.root.local_dir().is_some() {
+            return staging.commit(manifest);
+        }
+        let key = format!("{}/{}", at.key(), manifest.batch_id);
+        storage::collect_abandoned(&self.root, &key, STAGING_GRACE).await;
+        let committed = storage::commit(&self.root, &key, &staging, manifest).await?;
+        drop(staging);
+        Ok(committed)
+    }
+}
+
+/// `<pid>-<nanos>`: one run's attempt at writing a batch.
+fn attempt_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// Why a batch's manifest could not be read.
@@ -355,19 +421,27 @@ pub fn read_manifest(batch_dir: &Path) -> Result<Manifest, ManifestError> {
 pub struct Staging {
     pub dir: PathBuf,
     target: PathBuf,
+    /// This run's attempt (`<pid>-<nanos>`): in an object store, the prefix its files
+    /// are uploaded under.
+    attempt: String,
     committed: bool,
 }
 
 /// How a commit ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
-    /// The batch is now visible at this path.
-    New(PathBuf),
+    /// The batch is now visible at this path (or URL).
+    New(String),
     /// Another run committed the same batch id first; ours was discarded.
-    AlreadyThere(PathBuf),
+    AlreadyThere(String),
 }
 
 impl Staging {
+    /// This run's attempt at the batch (`<pid>-<nanos>`).
+    pub fn attempt(&self) -> &str {
+        &self.attempt
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join(DATA_DIR)
     }
@@ -435,7 +509,7 @@ impl Staging {
                 // Same id, same inputs: the existing batch is the same batch.
                 let _ = fs::remove_dir_all(&self.dir);
                 self.committed = true;
-                return Ok(Committed::AlreadyThere(self.target.clone()));
+                return Ok(Committed::AlreadyThere(self.target.display().to_string()));
             }
             if self.target.exists() {
                 return Err(std::io::Error::new(
@@ -453,7 +527,7 @@ impl Staging {
             fs::File::open(parent)?.sync_all()?;
         }
         self.committed = true;
-        Ok(Committed::New(self.target.clone()))
+        Ok(Committed::New(self.target.display().to_string()))
     }
 }
 
@@ -506,18 +580,19 @@ mod tests {
             organizations: BTreeMap::new(),
             audience: Vec::new(),
             part_of: None,
+            files_in: None,
         }
     }
 
-    #[test]
-    fn staging_is_invisible_until_commit_and_dropped_staging_is_removed() {
+    #[tokio::test]
+    async fn staging_is_invisible_until_commit_and_dropped_staging_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
         let at = location();
         let staging = store.begin(&at, "2026-10-abc").unwrap();
         fs::write(staging.data_dir().join("part-0.parquet"), b"x").unwrap();
-        assert!(store.list(&at).is_empty(), "a staging batch must not be listed");
-        assert!(store.committed(&at, "2026-10-abc").is_none());
+        assert!(store.list(&at).await.is_empty(), "a staging batch must not be listed");
+        assert!(store.committed(&at, "2026-10-abc").await.is_none());
         drop(staging);
         assert_eq!(
             fs::read_dir(store.stream_dir(&at)).unwrap().count(),
@@ -528,14 +603,14 @@ mod tests {
         let staging = store.begin(&at, "2026-10-abc").unwrap();
         let r = staging.commit(&manifest("2026-10-abc")).unwrap();
         assert!(matches!(r, Committed::New(_)));
-        assert_eq!(store.list(&at).len(), 1);
+        assert_eq!(store.list(&at).await.len(), 1);
         // The same batch again: the first stays, nothing is duplicated.
         let again = store.begin(&at, "2026-10-abc").unwrap();
         assert!(matches!(
             again.commit(&manifest("2026-10-abc")).unwrap(),
             Committed::AlreadyThere(_)
         ));
-        assert_eq!(store.list(&at).len(), 1);
+        assert_eq!(store.list(&at).await.len(), 1);
         assert_eq!(fs::read_dir(store.stream_dir(&at)).unwrap().count(), 1);
     }
 
@@ -546,13 +621,14 @@ mod tests {
         fs::write(dir.join(DATA_DIR).join("part-00000.parquet"), format!("run {run}")).unwrap();
         Staging {
             dir,
-            target: store.batch_dir(at, batch_id),
+            target: store.stream_dir(at).join(batch_id),
+            attempt: format!("run{run}"),
             committed: false,
         }
     }
 
-    #[test]
-    fn runs_committing_one_batch_at_once_leave_exactly_one_and_never_replace_it() {
+    #[tokio::test]
+    async fn runs_committing_one_batch_at_once_leave_exactly_one_and_never_replace_it() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
         let at = location();
@@ -580,9 +656,15 @@ mod tests {
                 .collect();
             assert_eq!(new.len(), 1, "round {round}: exactly one run commits the batch");
             // The winner's batch is whole: its manifest and its one data file.
-            let data = fs::read_to_string(store.batch_dir(&at, &id).join(DATA_DIR).join("part-00000.parquet"));
+            let data = fs::read_to_string(
+                store
+                    .stream_dir(&at)
+                    .join(&id)
+                    .join(DATA_DIR)
+                    .join("part-00000.parquet"),
+            );
             assert!(data.unwrap().starts_with("run "), "round {round}");
-            assert!(store.committed(&at, &id).is_some(), "round {round}");
+            assert!(store.committed(&at, &id).await.is_some(), "round {round}");
         }
         // Nothing left behind: 20 batches, no staging.
         assert_eq!(fs::read_dir(store.stream_dir(&at)).unwrap().count(), 20);
@@ -594,7 +676,7 @@ mod tests {
         let store = Store::new(tmp.path());
         let at = location();
         let id = "2026-10-abc";
-        let target = store.batch_dir(&at, id);
+        let target = store.stream_dir(&at).join(id);
         fs::create_dir_all(&target).unwrap();
         fs::write(target.join("notes.txt"), "mine").unwrap();
         let e = staging(&store, &at, id, 0).commit(&manifest(id)).unwrap_err();

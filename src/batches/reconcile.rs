@@ -98,6 +98,9 @@ pub fn difference(rows: u64, totals: &BTreeMap<String, String>, read: &Consumed)
 /// Reconcile the published batches of `period` among `entries` (what the reviewer sees).
 pub async fn reconcile(entries: &[Entry], period: &str) -> Result<Report, datafusion::error::DataFusionError> {
     let ctx = SessionContext::new();
+    if let Some(e) = entries.first() {
+        e.root.register(&ctx.runtime_env());
+    }
     let mut report = Report::default();
     let current = |e: &Entry| !matches!(e.status, Status::Superseded | Status::Voided | Status::Rejected);
     for b in entries
@@ -162,9 +165,15 @@ pub async fn reconcile(entries: &[Entry], period: &str) -> Result<Report, datafu
 /// A batch's rows and the sum of each decimal column, from its data files.
 async fn recompute(ctx: &SessionContext, b: &Entry) -> Result<Consumed, String> {
     let files = b.data_files();
-    for f in &files {
-        if !std::path::Path::new(f).is_file() {
-            return Err(format!("data file {f} is missing"));
+    for (key, _) in b.data_keys() {
+        let found =
+            object_store::ObjectStoreExt::head(&*b.root.store(), &object_store::path::Path::from(key.as_str())).await;
+        if let Err(e) = found {
+            let f = b.root.url_of(&key);
+            return Err(match e {
+                object_store::Error::NotFound { .. } => format!("data file {f} is missing"),
+                e => format!("data file {f} cannot be read: {e}"),
+            });
         }
     }
     if files.is_empty() {

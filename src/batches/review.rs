@@ -5,8 +5,7 @@
 //! published to it) is "not found", exactly as a batch that does not exist; it may act
 //! only on its own batches.
 
-use std::path::{Path, PathBuf};
-
+use super::WarehouseLocation;
 use super::catalog::{self, Entry, FindError};
 use super::lifecycle::{Action, Event, LifecycleError, Log, Status};
 
@@ -55,7 +54,7 @@ impl Filter {
 
 /// A warehouse seen by one reviewer.
 pub struct Reviewer {
-    warehouse: PathBuf,
+    warehouse: WarehouseLocation,
     log: Log,
     /// The organisation acting (`--as`); `None`: the whole warehouse.
     organization: Option<String>,
@@ -64,7 +63,8 @@ pub struct Reviewer {
 }
 
 impl Reviewer {
-    pub fn open(warehouse: &Path, organization: Option<String>) -> Result<Self, ReviewError> {
+    pub fn open(warehouse: impl Into<WarehouseLocation>, organization: Option<String>) -> Result<Self, ReviewError> {
+        let warehouse: WarehouseLocation = warehouse.into();
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "unknown".into());
@@ -73,8 +73,8 @@ impl Reviewer {
             None => user,
         };
         Ok(Reviewer {
-            warehouse: warehouse.to_path_buf(),
-            log: Log::local(warehouse)?,
+            log: Log::open(&warehouse),
+            warehouse,
             organization,
             actor,
         })

@@ -17,7 +17,8 @@ pub struct Pipeline {
     pub file: Arc<SourceFile>,
     /// Directory of the pipeline file: relative paths in the file resolve against it.
     pub dir: PathBuf,
-    pub warehouse: Option<PathBuf>,
+    /// A folder (relative to the pipeline's), or a URL (`s3://bucket/prefix`).
+    pub warehouse: Option<String>,
     pub organizations: Vec<Organization>,
     pub sources: Vec<TableDef>,
     pub references: Vec<TableDef>,
@@ -354,4 +355,10 @@ impl StreamDef {
     pub fn output_columns(&self) -> impl Iterator<Item = &ColumnDef> {
         self.columns.iter().filter(|c| c.output)
     }
+}
+
+/// Whether `text` is a URL (`s3://bucket/key`) rather than a local path.
+pub fn is_url(text: &str) -> bool {
+    text.split_once("://")
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
 }

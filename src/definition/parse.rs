@@ -245,7 +245,11 @@ fn parse_root(r: &mut Reader, root: &Node) -> Option<Pipeline> {
         description,
         warehouse: warehouse.map(|w| {
             let p = Path::new(&w);
-            if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+            if super::model::is_url(&w) || p.is_absolute() {
+                w
+            } else {
+                dir.join(p).display().to_string()
+            }
         }),
         file,
         dir,

@@ -424,15 +424,15 @@ fn read_text(
     Ok((kept, Some(origin)))
 }
 
-/// Committed upstream batches (their data directories) as the input of a stream below
-/// them, restricted to the period.
+/// Committed upstream batches (their data files) as the input of a stream below them,
+/// restricted to the period.
 pub async fn read_stream_batch(
     ctx: &SessionContext,
-    data_dirs: &[PathBuf],
+    data_files: &[String],
     schema: &Schema,
     period: Option<PeriodSelection<'_>>,
 ) -> Result<StreamInput, InputError> {
-    let df = read_batch(ctx, data_dirs, schema).await?;
+    let df = read_batch(ctx, data_files, schema).await?;
     select_period(df, period, "upstream batch")
 }
 
@@ -443,14 +443,14 @@ pub async fn read_stream_batch(
 /// organisation (`None` for a whole batch).
 pub async fn consumed(
     ctx: &SessionContext,
-    data_dirs: &[PathBuf],
+    data_files: &[String],
     schema: &Schema,
     period: Option<PeriodSelection<'_>>,
     by: Option<&str>,
 ) -> Result<std::collections::BTreeMap<Option<String>, crate::batches::Consumed>, InputError> {
     use arrow::array::{Array, AsArray};
     use datafusion::functions_aggregate::expr_fn::{count, sum};
-    let mut df = read_batch(ctx, data_dirs, schema).await?;
+    let mut df = read_batch(ctx, data_files, schema).await?;
     if let Some(sel) = period {
         let field = schema
             .field_with_name(sel.column)
@@ -540,37 +540,13 @@ fn count_period_rows(df: DataFrame, keep: Expr, refused: Expr, tap: &Tap) -> Res
 
 pub use crate::engine::side::reject_rows;
 
-fn is_parquet(p: &Path) -> bool {
-    p.extension().is_some_and(|x| x == "parquet")
-}
-
-/// Committed batches' data directories, read as one table: the Parquet files of each
-/// directory and of its sub-directories (a `for_each` run's organisations, when a whole
-/// run is read).
-pub async fn read_batch(ctx: &SessionContext, data_dirs: &[PathBuf], schema: &Schema) -> Result<DataFrame, InputError> {
-    let mut files = Vec::new();
-    for data in data_dirs {
-        let entries = |dir: &Path| -> Result<Vec<PathBuf>, InputError> {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(io(dir))?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .collect();
-            v.sort();
-            Ok(v)
-        };
-        for p in entries(data)? {
-            if p.is_dir() {
-                files.extend(entries(&p)?.into_iter().filter(|f| is_parquet(f)));
-            } else if is_parquet(&p) {
-                files.push(p);
-            }
-        }
-    }
+/// Committed batches' data files (as their manifests list them: paths, or URLs of a
+/// warehouse in an object store), read as one table.
+pub async fn read_batch(ctx: &SessionContext, files: &[String], schema: &Schema) -> Result<DataFrame, InputError> {
     if files.is_empty() {
         return Ok(ctx.read_batch(arrow::array::RecordBatch::new_empty(Arc::new(schema.clone())))?);
     }
     Ok(ctx
-        .read_parquet(paths(&files), ParquetReadOptions::default().schema(schema))
+        .read_parquet(files.to_vec(), ParquetReadOptions::default().schema(schema))
         .await?)
 }

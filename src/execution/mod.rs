@@ -35,7 +35,8 @@ pub struct Engine {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub period: Period,
-    pub warehouse: PathBuf,
+    /// A local folder, or a prefix in an object store (`s3://bucket/prefix`).
+    pub warehouse: crate::batches::WarehouseLocation,
     /// Run only the streams of tiers at this level of the chain and above (`run
     /// --until-tier`, through [`Plan::tier_level`]); `None`: every stream.
     pub until_level: Option<usize>,
@@ -130,7 +131,12 @@ pub struct StreamReport {
     pub control_totals: BTreeMap<String, String>,
     pub elapsed: Duration,
     pub batch_id: Option<String>,
+    /// Where the batch is: a folder, or a URL in an object store.
+    pub batch_location: Option<String>,
+    /// The batch's folder, when the warehouse is on this machine.
     pub batch_dir: Option<PathBuf>,
+    /// The stream's place in the warehouse (where its batches are).
+    pub at: Option<crate::batches::StreamLocation>,
     /// A `for_each` stream: the organisations' batches its run holds.
     pub organization_batches: usize,
     /// What the run noticed and left (organisations of a `for_each` stream whose input is
@@ -142,7 +148,7 @@ pub struct StreamReport {
 pub struct RunReport {
     pub pipeline: String,
     pub period: Period,
-    pub warehouse: PathBuf,
+    pub warehouse: crate::batches::WarehouseLocation,
     pub streams: Vec<StreamReport>,
 }
 
@@ -196,6 +202,9 @@ impl Engine {
     /// finish. The report says what happened to each.
     pub async fn run(self: &Arc<Self>, plan: Arc<Plan>, options: RunOptions, progress: Arc<dyn Progress>) -> RunReport {
         let n = plan.streams.len();
+        // Upstream batches are read by the streams' scans: a warehouse in an object
+        // store must be known to the runtime they share.
+        options.warehouse.register(&self.runtime);
         let mut senders = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -307,7 +316,9 @@ fn empty_report(s: &StreamDef, ps: &PlannedStream) -> StreamReport {
         control_totals: BTreeMap::new(),
         elapsed: Duration::ZERO,
         batch_id: None,
+        batch_location: None,
         batch_dir: None,
+        at: None,
         organization_batches: 0,
         notes: vec![],
     }

@@ -3,7 +3,7 @@
 //! into a staging batch, write what was refused, commit, report.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use datafusion::prelude::DataFrame;
 
 use super::stream_plan::{self, Inputs, PlanError, StreamPlan, template_vars};
 use super::{Engine, Progress, RunOptions, Status, StreamError, StreamReport, empty_report, inputs, write};
+use crate::batches::WarehouseLocation;
 use crate::batches::{
     self, Committed, InputInfo, Manifest, OrganizationPart, PeriodInfo, Staging, Store, StreamLocation,
 };
@@ -162,11 +163,13 @@ impl Engine {
         progress.started(&s.id.value, ps.stages.len());
         let mut id = identify(plan, ps, upstream.as_ref(), &options.period)?;
         phase.done("identify the batch");
-        let store = Store::new(&options.warehouse);
+        let store = Store::new(options.warehouse.clone());
         report.batch_id = Some(id.batch_id.clone());
-        report.batch_dir = Some(store.batch_dir(&id.at, &id.batch_id));
+        report.batch_location = Some(store.batch_dir(&id.at, &id.batch_id));
+        report.batch_dir = store.local_batch_dir(&id.at, &id.batch_id);
+        report.at = Some(id.at.clone());
         report.organization_batches = id.parts.len();
-        if let Some(m) = store.committed(&id.at, &id.batch_id) {
+        if let Some(m) = store.committed(&id.at, &id.batch_id).await {
             report.status = Status::Reused;
             report.rows_in = m.rows_in;
             report.rows_out = m.rows;
@@ -181,11 +184,9 @@ impl Engine {
 
         let ctx = self.session();
         let on_stage = |k: usize, name: &str| progress.stage(&s.id.value, k, name);
-        let upstream_dirs: Option<Vec<PathBuf>> = upstream
-            .as_ref()
-            .map(|u| u.batches.iter().map(|b| b.data.clone()).collect());
+        let upstream_files: Option<Vec<String>> = upstream.as_ref().map(Upstream::files);
         let inputs = Inputs::Read {
-            upstream: upstream_dirs.as_deref(),
+            upstream: upstream_files.as_deref(),
         };
         let sp = stream_plan::build(&ctx, plan, ps, &options.period, inputs, true, &on_stage).await?;
         phase.done("build the plan");
@@ -211,7 +212,7 @@ impl Engine {
         report.control_totals = written.totals_as_text();
         let at = id.at.clone();
         let manifest = manifest(plan, ps, &options.period, id, report, &staging, organizations);
-        let (status, dir) = match staging.commit(&manifest) {
+        let (status, dir) = match store.commit(staging, &manifest, &at).await {
             Ok(Committed::New(dir)) => (Status::Written, dir),
             Ok(Committed::AlreadyThere(dir)) => (Status::Reused, dir),
             Err(e) => return Err(Stop::failed(format!("committing the batch: {e}"))),
@@ -220,7 +221,7 @@ impl Engine {
         auto_review(&options.warehouse, s, &manifest, upstream.as_ref(), report).await?;
         phase.done("commit");
         report.status = status;
-        report.batch_dir = Some(dir);
+        report.batch_location = Some(dir);
         Ok(())
     }
 
@@ -301,7 +302,7 @@ const LOG_CONCURRENCY: usize = 32;
 /// organisation and period still current superseded by it. Of two runs doing this at
 /// once, one records each event; the other finds it recorded.
 async fn record_in_log(
-    warehouse: &Path,
+    warehouse: &WarehouseLocation,
     store: &Store,
     at: &batches::StreamLocation,
     committed: &Manifest,
@@ -314,13 +315,13 @@ async fn record_in_log(
         Ok(_) | Err(LifecycleError::Conflict { .. } | LifecycleError::Refused { .. }) => Ok(()),
         Err(e) => Err(fail(e)),
     };
-    let log = Log::local(warehouse).map_err(fail)?;
+    let log = Log::open(warehouse);
     let ours = committed.batches();
     // (batch, older version it supersedes)
     let mut steps: Vec<(String, Option<String>)> = ours.iter().map(|b| (b.batch_id.clone(), None)).collect();
     if supersede {
         let ids: std::collections::HashSet<&str> = ours.iter().map(|b| b.batch_id.as_str()).collect();
-        for run in store.list(at) {
+        for run in store.list(at).await {
             for older in run.batches() {
                 let newer = ours
                     .iter()
@@ -355,6 +356,13 @@ async fn record_in_log(
     Ok(())
 }
 
+impl Upstream {
+    /// Every data file of the batches read.
+    fn files(&self) -> Vec<String> {
+        self.batches.iter().flat_map(|b| b.files.iter().cloned()).collect()
+    }
+}
+
 /// The batches of the stream above that a run reads.
 pub(super) struct Upstream {
     report: Arc<StreamReport>,
@@ -369,21 +377,25 @@ struct UpstreamBatch {
     batch_id: String,
     /// A `for_each` stream's batch: its organisation.
     organization: Option<String>,
-    data: PathBuf,
+    /// Its data files (paths, or URLs in an object store), as its manifest lists them.
+    files: Vec<String>,
     rows: u64,
     control_totals: BTreeMap<String, String>,
 }
 
 impl UpstreamBatch {
-    fn of(dir: &Path, m: &Manifest) -> Self {
-        let data = match &m.part_of {
-            Some(_) => dir.join(batches::DATA_DIR).join(&m.organization),
-            None => dir.join(batches::DATA_DIR),
-        };
+    /// The batch `m` of the run directory `dir` (a key of the warehouse).
+    fn of(warehouse: &WarehouseLocation, dir: &str, m: &Manifest) -> Self {
+        let files = m
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".parquet"))
+            .map(|f| warehouse.url_of(&format!("{dir}/{}", m.file_path(f))))
+            .collect();
         UpstreamBatch {
             batch_id: m.batch_id.clone(),
             organization: m.part_of.as_ref().map(|_| m.organization.clone()),
-            data,
+            files,
             rows: m.rows,
             control_totals: m.control_totals.clone(),
         }
@@ -401,16 +413,23 @@ async fn published_input(
     ps: &PlannedStream,
     up: Arc<StreamReport>,
     period: &Period,
-    warehouse: &Path,
+    warehouse: &WarehouseLocation,
 ) -> Result<Upstream, Stop> {
     use batches::lifecycle::{Log, Status as Lifecycle};
     let s = plan.def(ps);
     let p = &plan.pipeline;
-    let (Some(above), Some(run_dir)) = (p.stream(&up.stream), up.batch_dir.clone()) else {
+    let (Some(above), Some(at), Some(run_id)) = (p.stream(&up.stream), up.at.clone(), up.batch_id.clone()) else {
         return Err(Stop::failed(format!("stream `{}` left no batch", up.stream)));
     };
-    let run = batches::read_manifest(&run_dir).map_err(|e| Stop::failed(format!("reading the batch above: {e}")))?;
-    let this_run: Vec<UpstreamBatch> = run.batches().iter().map(|m| UpstreamBatch::of(&run_dir, m)).collect();
+    let run_dir = format!("{}/{run_id}", at.key());
+    let run = batches::storage::read_manifest(warehouse, &run_dir)
+        .await
+        .map_err(|e| Stop::failed(format!("reading the batch above: {e}")))?;
+    let this_run: Vec<UpstreamBatch> = run
+        .batches()
+        .iter()
+        .map(|m| UpstreamBatch::of(warehouse, &run_dir, m))
+        .collect();
     let one_organisation = s.for_each.is_none() && above.for_each.is_none() && above.owner.value == s.owner.value;
     if one_organisation {
         return Ok(Upstream {
@@ -431,11 +450,13 @@ async fn published_input(
         (Some(e), Some(_)) => p.organizations_of(&e.tier.value).map(|o| o.id.value.clone()).collect(),
     };
     let fail = |e: batches::lifecycle::LifecycleError| Stop::failed(format!("reading the lifecycle log: {e}"));
-    let log = Log::local(warehouse).map_err(fail)?;
-    let stream_dir = run_dir.parent().unwrap_or(&run_dir);
+    let log = Log::open(warehouse);
+    let runs = batches::catalog::in_stream(warehouse, &at.key())
+        .await
+        .map_err(|e| Stop::failed(format!("listing the batches above: {e}")))?;
     // (created, batch) of the newest published version for each organisation.
     let mut newest: BTreeMap<String, (String, UpstreamBatch)> = BTreeMap::new();
-    for (dir, m) in batches::catalog::batches_of(batches::catalog::in_stream_dir(stream_dir)) {
+    for (dir, m) in batches::catalog::batches_of(runs) {
         if m.period.label != period.label
             || !wanted.contains(&m.organization)
             || (above.for_each.is_some() && m.organization == s.owner.value)
@@ -448,7 +469,7 @@ async fn published_input(
         }
         newest.insert(
             m.organization.clone(),
-            (m.created_at.clone(), UpstreamBatch::of(&dir, &m)),
+            (m.created_at.clone(), UpstreamBatch::of(warehouse, &dir, &m)),
         );
     }
     let mut this_run = this_run;
@@ -527,13 +548,13 @@ async fn account_for_input(
     let Some(above) = plan.pipeline.stream(&up.report.stream) else {
         return Ok(());
     };
-    let dirs: Vec<PathBuf> = up.batches.iter().map(|b| b.data.clone()).collect();
+    let files = up.files();
     let selection = s.period.as_ref().map(|c| inputs::PeriodSelection {
         column: &c.value,
         period,
     });
     let by = above.for_each.as_ref().map(|e| e.column.value.as_str());
-    let read = inputs::consumed(ctx, &dirs, &arrow_schema(&above.columns, true), selection, by)
+    let read = inputs::consumed(ctx, &files, &arrow_schema(&above.columns, true), selection, by)
         .await
         .map_err(|e| Stop::failed(format!("accounting for what was read of `{}`: {e}", above.id.value)))?;
     let fill = |infos: &mut Vec<InputInfo>| {
@@ -554,7 +575,7 @@ async fn account_for_input(
 /// upstream batch equal to what that batch published); otherwise it stays ready for a
 /// person to review, and the report says why.
 async fn auto_review(
-    warehouse: &Path,
+    warehouse: &WarehouseLocation,
     s: &StreamDef,
     committed: &Manifest,
     upstream: Option<&Upstream>,
@@ -566,7 +587,7 @@ async fn auto_review(
         return Ok(());
     };
     let fail = |e: LifecycleError| Stop::failed(format!("review: auto: {e}"));
-    let log = Log::local(warehouse).map_err(fail)?;
+    let log = Log::open(warehouse);
     let (rejected, rows_in) = (committed.rows_rejected, committed.rows_in);
     let share = if rows_in == 0 {
         0.0
@@ -905,6 +926,7 @@ fn manifest(
         format: batches::FORMAT_VERSION,
         batch_id: id.batch_id,
         status: "committed".into(),
+        files_in: None,
         pipeline: p.id.value.clone(),
         stream: s.id.value.clone(),
         kind: s.kind.name().into(),

@@ -22,8 +22,8 @@ use crate::stages::{StageEnv, StageError, TemplateVars};
 #[derive(Clone, Copy, Debug)]
 pub enum Inputs<'a> {
     /// The rows of the period: the source's files, or the committed batches (their data
-    /// directories) of the stream it reads.
-    Read { upstream: Option<&'a [std::path::PathBuf]> },
+    /// files) of the stream it reads.
+    Read { upstream: Option<&'a [String]> },
     /// An empty table of the input's schema: the plan's shape, with no data read (the
     /// source's file headers are).
     Empty,
@@ -229,13 +229,13 @@ pub async fn read_input(
         }
         (InputRef::Stream(name), Inputs::Read { upstream: batches }) => {
             let up = upstream(plan, &name.value)?;
-            let Some(dirs) = batches else {
+            let Some(files) = batches else {
                 return Err(PlanError::input(
                     format!("no batch of input stream `{}`", name.value),
                     None,
                 ));
             };
-            inputs::read_stream_batch(ctx, dirs, &arrow_schema(&up.columns, true), selection)
+            inputs::read_stream_batch(ctx, files, &arrow_schema(&up.columns, true), selection)
                 .await
                 .map_err(|e| PlanError::input(format!("reading batch of `{}`: {e}", name.value), None))
         }

@@ -29,6 +29,8 @@ pub enum QueryError {
     #[error("reading the lifecycle log: {0}")]
     Lifecycle(#[from] crate::batches::lifecycle::LifecycleError),
     #[error("{0}")]
+    Storage(#[from] crate::batches::storage::StorageError),
+    #[error("{0}")]
     Internal(String),
 }
 

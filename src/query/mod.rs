@@ -12,8 +12,7 @@ pub mod errors;
 pub mod output;
 pub mod stream_table;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -22,8 +21,9 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SQLOptions, SessionContext};
 
+use crate::batches::WarehouseLocation;
 use crate::batches::catalog::{self, Entry};
-use crate::batches::lifecycle::Log;
+use crate::batches::lifecycle::{LifecycleError, Log};
 pub use errors::QueryError;
 use stream_table::{StreamTable, TableBatch};
 
@@ -36,7 +36,7 @@ const NOT_OURS: [&str; 3] = ["public", "information_schema", "pg_catalog"];
 
 /// A warehouse as one organisation (or, with none, everyone) sees it, for SQL.
 pub struct Warehouse {
-    root: PathBuf,
+    root: WarehouseLocation,
     organization: Option<String>,
     runtime: Arc<RuntimeEnv>,
     partitions: usize,
@@ -52,20 +52,23 @@ pub struct Answer {
 }
 
 impl Warehouse {
-    pub fn open(root: &Path, organization: Option<String>, runtime: Arc<RuntimeEnv>, partitions: usize) -> Self {
+    /// `root`: a local folder, or a prefix in an object store (registered with `runtime`
+    /// here, so that the sessions' scans find it).
+    pub fn open(
+        root: impl Into<WarehouseLocation>,
+        organization: Option<String>,
+        runtime: Arc<RuntimeEnv>,
+        partitions: usize,
+    ) -> Self {
+        let root: WarehouseLocation = root.into();
+        root.register(&runtime);
         Warehouse {
-            // Absolute: the Parquet scan addresses files by URL, which a relative path is not.
-            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+            root,
             organization,
             runtime,
             partitions,
             footers: Arc::default(),
         }
-    }
-
-    /// The organisation this warehouse is seen as (none: everyone).
-    pub fn organization(&self) -> Option<&str> {
-        self.organization.as_deref()
     }
 
     /// The same warehouse as `organization` sees it.
@@ -81,8 +84,11 @@ impl Warehouse {
 
     /// The batches this warehouse's reader may see, with their status now.
     async fn visible(&self) -> Result<Vec<Entry>, QueryError> {
-        let log = Log::local(&self.root)?;
-        let all = catalog::entries(&self.root, &log).await?;
+        let log = Log::open(&self.root);
+        let all = catalog::entries(&self.root, &log).await.map_err(|e| match e {
+            LifecycleError::Warehouse { .. } => QueryError::Warehouse(e.to_string()),
+            e => QueryError::Lifecycle(e),
+        })?;
         Ok(all
             .into_iter()
             .filter(|e| e.visible_to(self.organization.as_deref()))
@@ -91,7 +97,7 @@ impl Warehouse {
 
     /// A session over what is committed now: each call sees new batches and statuses.
     pub async fn session(&self) -> Result<SessionContext, QueryError> {
-        let ctx = crate::engine::session::session(&self.runtime, self.partitions);
+        let ctx = self.empty_session();
         self.register(&ctx).await?;
         Ok(ctx)
     }
@@ -115,8 +121,8 @@ impl Warehouse {
             billflow.register_table(name.into(), table)?;
         }
         root.register_schema(CATALOG_SCHEMA, billflow)?;
-        let mut registered = vec![CATALOG_SCHEMA.to_string()];
-        for (schema_name, tables) in stream_tables(&entries, &self.footers)? {
+        let mut registered = BTreeSet::from([CATALOG_SCHEMA.to_string()]);
+        for (schema_name, tables) in stream_tables(&self.root, &entries, &self.footers).await? {
             if schema_name == CATALOG_SCHEMA || NOT_OURS.contains(&schema_name.as_str()) {
                 tracing::warn!("organisation `{schema_name}` is not queryable: its name is a reserved schema's");
                 continue;
@@ -126,7 +132,7 @@ impl Warehouse {
                 schema.register_table(table_name, Arc::new(table))?;
             }
             root.register_schema(&schema_name, schema)?;
-            registered.push(schema_name);
+            registered.insert(schema_name);
         }
         for gone in root.schema_names() {
             if !NOT_OURS.contains(&gone.as_str()) && !registered.contains(&gone) {
@@ -167,7 +173,8 @@ pub fn sql_name(id: &str) -> String {
 }
 
 /// The stream tables, by schema (organisation) and table (stream) name.
-fn stream_tables(
+async fn stream_tables(
+    root: &WarehouseLocation,
     entries: &[Entry],
     footers: &Mutex<HashMap<String, SchemaRef>>,
 ) -> Result<BTreeMap<String, Vec<(String, StreamTable)>>, QueryError> {
@@ -180,52 +187,89 @@ fn stream_tables(
             .push(e);
     }
     let mut out: BTreeMap<String, Vec<(String, StreamTable)>> = BTreeMap::new();
+    let (store, _) = root.scan_path("")?;
     for ((schema, table), batches) in by_table {
-        let columns = columns_of(&batches, footers)?;
+        let columns = columns_of(root, &batches, footers).await?;
         let batches = batches
             .iter()
-            .map(|e| TableBatch {
-                batch_id: e.id().to_string(),
-                period: e.manifest.period.label.clone(),
-                status: e.status.name().to_string(),
-                files: e
-                    .manifest
-                    .files
-                    .iter()
-                    .filter(|f| f.path.ends_with(".parquet"))
-                    .map(|f| (e.dir.join(&f.path), f.bytes))
-                    .collect(),
+            .map(|e| {
+                Ok(TableBatch {
+                    batch_id: e.id().to_string(),
+                    period: e.manifest.period.label.clone(),
+                    status: e.status.name().to_string(),
+                    files: e
+                        .data_keys()
+                        .into_iter()
+                        .map(|(key, bytes)| root.scan_path(&key).map(|(_, path)| (path, bytes)))
+                        .collect::<Result<_, _>>()?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, QueryError>>()?;
         out.entry(schema)
             .or_default()
-            .push((table, StreamTable::new(columns, batches)));
+            .push((table, StreamTable::new(columns, store.clone(), batches)));
     }
     Ok(out)
 }
 
 /// A stream's columns: those of the newest of its batches that has a data file (read
 /// from the file's footer, or remembered from an earlier read), without metadata.
-fn columns_of(batches: &[&Entry], footers: &Mutex<HashMap<String, SchemaRef>>) -> Result<SchemaRef, QueryError> {
-    let newest = batches
-        .iter()
-        .rev()
-        .filter_map(|e| e.data_files().into_iter().next())
-        .next();
-    let Some(file) = newest else {
+async fn columns_of(
+    root: &WarehouseLocation,
+    batches: &[&Entry],
+    footers: &Mutex<HashMap<String, SchemaRef>>,
+) -> Result<SchemaRef, QueryError> {
+    let newest = batches.iter().rev().find_map(|e| e.data_keys().into_iter().next());
+    let Some((key, size)) = newest else {
         return Ok(Arc::new(Schema::empty()));
     };
-    if let Some(known) = footers.lock().ok().and_then(|f| f.get(&file).cloned()) {
+    if let Some(known) = footers.lock().ok().and_then(|f| f.get(&key).cloned()) {
         return Ok(known);
     }
-    let opened = std::fs::File::open(&file).map_err(|e| QueryError::Warehouse(format!("{file}: {e}")))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(opened)
-        .map_err(|e| QueryError::Warehouse(format!("{file}: {e}")))?;
-    let columns: SchemaRef = Arc::new(Schema::new(reader.schema().fields().clone()));
+    let unreadable = |e: &dyn std::fmt::Display| QueryError::Warehouse(format!("{}: {e}", root.url_of(&key)));
+    let footer = read_footer(root, &key, size).await.map_err(|e| unreadable(&e))?;
+    let metadata =
+        parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| unreadable(&e))?;
+    let file = metadata.file_metadata();
+    let schema = parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())
+        .map_err(|e| unreadable(&e))?;
+    let columns: SchemaRef = Arc::new(Schema::new(schema.fields().clone()));
     if let Ok(mut f) = footers.lock() {
-        f.insert(file, columns.clone());
+        f.insert(key, columns.clone());
     }
     Ok(columns)
+}
+
+/// A Parquet file's metadata bytes (what its footer's length names), read from the end
+/// of the file: one read when it fits the last 64 KiB, as it nearly always does.
+async fn read_footer(root: &WarehouseLocation, key: &str, size: u64) -> Result<bytes::Bytes, String> {
+    use object_store::ObjectStoreExt;
+    let path = object_store::path::Path::from(key);
+    let store = root.store();
+    let tail_len = size.min(64 * 1024);
+    if tail_len < 8 {
+        return Err("not a Parquet file: shorter than its footer".into());
+    }
+    let tail = store
+        .get_range(&path, size - tail_len..size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = tail.len();
+    if &tail[n - 4..] != b"PAR1" {
+        return Err("not a Parquet file: no PAR1 at its end".into());
+    }
+    let len = u64::from(u32::from_le_bytes([tail[n - 8], tail[n - 7], tail[n - 6], tail[n - 5]]));
+    if len + 8 > size {
+        return Err(format!("its footer names {len} bytes of metadata in a file of {size}"));
+    }
+    if len + 8 <= tail_len {
+        let end = n - 8;
+        return Ok(tail.slice(end - len as usize..end));
+    }
+    store
+        .get_range(&path, size - 8 - len..size - 8)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

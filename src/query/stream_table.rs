@@ -10,7 +10,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue, project_schema};
+use datafusion::common::{DFSchema, Result, ScalarValue, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -35,20 +35,22 @@ pub struct TableBatch {
     pub batch_id: String,
     pub period: String,
     pub status: String,
-    /// Absolute path and size in bytes of each Parquet file.
-    pub files: Vec<(std::path::PathBuf, u64)>,
+    /// Each Parquet file's path in the warehouse's store and its size in bytes.
+    pub files: Vec<(object_store::path::Path, u64)>,
 }
 
 #[derive(Debug)]
 pub struct StreamTable {
     /// The files' columns, then the three batch columns.
     schema: TableSchema,
+    /// The store every file is in (registered with the session's runtime).
+    store: ObjectStoreUrl,
     batches: Vec<TableBatch>,
 }
 
 impl StreamTable {
     /// `columns`: the stream's columns as its newest batch wrote them.
-    pub fn new(columns: SchemaRef, batches: Vec<TableBatch>) -> Self {
+    pub fn new(columns: SchemaRef, store: ObjectStoreUrl, batches: Vec<TableBatch>) -> Self {
         let batch_columns: Vec<FieldRef> = BATCH_COLUMNS
             .iter()
             .map(|n| Arc::new(Field::new(*n, DataType::Utf8, false)))
@@ -56,7 +58,7 @@ impl StreamTable {
         let schema = TableSchemaBuilder::new(columns)
             .with_table_partition_cols(batch_columns)
             .build();
-        StreamTable { schema, batches }
+        StreamTable { schema, store, batches }
     }
 
     /// Which batches `filters` (on the batch columns only) keep, evaluated once over a
@@ -134,11 +136,9 @@ impl TableProvider for StreamTable {
                 ScalarValue::Utf8(Some(b.period.clone())),
                 ScalarValue::Utf8(Some(b.status.clone())),
             ];
-            for (path, size) in &b.files {
-                let location = object_store::path::Path::from_absolute_path(path)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            for (location, size) in &b.files {
                 let meta = object_store::ObjectMeta {
-                    location,
+                    location: location.clone(),
                     last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
                     size: *size,
                     e_tag: None,
@@ -153,7 +153,7 @@ impl TableProvider for StreamTable {
         let source =
             ParquetSource::new(self.schema.clone()).with_table_parquet_options(state.default_table_options().parquet);
         let groups = FileGroup::new(files).split_files(state.config().target_partitions());
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let config = FileScanConfigBuilder::new(self.store.clone(), Arc::new(source))
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)

@@ -85,7 +85,7 @@ pub fn client_error(e: QueryError) -> PgWireError {
         QueryError::UnknownTable { .. } => "42P01",
         QueryError::ReadOnly { .. } => "25006",
         QueryError::At { .. } => "42601",
-        QueryError::Warehouse(_) | QueryError::Lifecycle(_) => "58030",
+        QueryError::Warehouse(_) | QueryError::Lifecycle(_) | QueryError::Storage(_) => "58030",
         QueryError::Sql(_) | QueryError::Internal(_) => "XX000",
     };
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), e.to_string())))
@@ -228,28 +228,25 @@ impl SimpleQueryHandler for Session {
             return Ok(vec![Response::EmptyQuery]);
         }
         // Every statement is checked before any runs: a refused one stops the lot.
-        for statement in &statements {
-            if let Kind::Refused(what) = kind(statement) {
-                return Err(client_error(QueryError::ReadOnly { what }));
-            }
-        }
-        let mut responses = Vec::with_capacity(statements.len());
+        let mut checked = Vec::with_capacity(statements.len());
         for statement in statements {
             match kind(&statement) {
-                Kind::Read => {
-                    self.parser.refresh(client).await?;
-                    let plan = self.parser.plan(&statement).await?;
-                    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                    responses.push(self.parser.run(plan, &statement, &Format::UnifiedText, options).await?);
-                }
-                Kind::Describe => {
-                    self.parser.refresh(client).await?;
-                    responses
-                        .extend(SimpleQueryHandler::do_query(&*self.library, client, &statement.to_string()).await?);
-                }
-                Kind::Session => responses
-                    .extend(SimpleQueryHandler::do_query(&*self.library, client, &statement.to_string()).await?),
-                Kind::Refused(_) => unreachable!("refused statements were answered above"),
+                Kind::Refused(what) => return Err(client_error(QueryError::ReadOnly { what })),
+                allowed => checked.push((statement, allowed)),
+            }
+        }
+        let mut responses = Vec::with_capacity(checked.len());
+        for (statement, allowed) in checked {
+            if allowed != Kind::Session {
+                self.parser.refresh(client).await?;
+            }
+            if allowed == Kind::Read {
+                let plan = self.parser.plan(&statement).await?;
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                responses.push(self.parser.run(plan, &statement, &Format::UnifiedText, options).await?);
+            } else {
+                let sql = statement.to_string();
+                responses.extend(SimpleQueryHandler::do_query(&*self.library, client, &sql).await?);
             }
         }
         Ok(responses)

@@ -98,7 +98,7 @@ pub async fn render(case: &Path) -> String {
     };
     let options = RunOptions {
         period: Period::parse("2026-10").unwrap(),
-        warehouse: tmp.path().join("warehouse"),
+        warehouse: tmp.path().join("warehouse").into(),
         until_level: None,
     };
     let report = engine.run(Arc::new(plan), options, Arc::new(NoProgress)).await;

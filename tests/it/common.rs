@@ -71,7 +71,7 @@ pub async fn run(pipeline: &Path, period: &str, warehouse: &Path) -> RunReport {
             Arc::new(plan),
             RunOptions {
                 period: Period::parse(period).unwrap(),
-                warehouse: warehouse.to_path_buf(),
+                warehouse: warehouse.into(),
                 until_level: None,
             },
             Arc::new(NoProgress),
@@ -126,4 +126,22 @@ pub fn drop_first_row(file: &str) {
         w.write(&b).unwrap();
     }
     w.close().unwrap();
+}
+
+/// Void the batch of `stream` for `period` (as everyone may), returning its id.
+pub async fn void_batch(warehouse: &Path, stream: &str, period: &str) -> String {
+    use billflow::batches::lifecycle::Action;
+    use billflow::batches::review::{Filter, Reviewer};
+    let reviewer = Reviewer::open(warehouse, None).unwrap();
+    let filter = Filter {
+        stream: Some(stream.into()),
+        period: Some(period.into()),
+        ..Filter::default()
+    };
+    let batch = reviewer.list(&filter).await.unwrap().remove(0);
+    reviewer
+        .act(batch.id(), Action::Void, Some("wrong file"))
+        .await
+        .unwrap();
+    batch.id().to_string()
 }

@@ -90,7 +90,7 @@ async fn rerun_reuses_the_same_batches_and_a_changed_input_makes_new_ones() {
 }
 
 /// Build a big single-stream pipeline so a run takes long enough to be killed mid-write.
-fn big_pipeline(dir: &Path, rows: usize) -> std::path::PathBuf {
+pub fn big_pipeline(dir: &Path, rows: usize) -> std::path::PathBuf {
     let data = dir.join("big.csv");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&data).unwrap());
     writeln!(f, "id,day,amount").unwrap();
@@ -130,8 +130,8 @@ streams:
     p
 }
 
-#[test]
-fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
+#[tokio::test]
+async fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
     let tmp = tempfile::tempdir().unwrap();
     let pipeline = big_pipeline(tmp.path(), 1_500_000);
     let wh = tmp.path().join("wh");
@@ -177,7 +177,7 @@ fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
         organization: "v".into(),
         stream: "totals".into(),
     };
-    assert!(store.list(&at).is_empty(), "no batch may be visible after a kill");
+    assert!(store.list(&at).await.is_empty(), "no batch may be visible after a kill");
     assert!(
         visible_entries(&stream_dir).is_empty(),
         "only hidden staging remains: {:?}",
@@ -192,7 +192,7 @@ fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let batches = store.list(&at);
+    let batches = store.list(&at).await;
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0].rows, 1_500_000);
     let all: Vec<String> = std::fs::read_dir(&stream_dir)
@@ -210,7 +210,7 @@ fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one() {
         .unwrap();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("unchanged"));
-    assert_eq!(store.list(&at).len(), 1);
+    assert_eq!(store.list(&at).await.len(), 1);
 }
 
 mod review {
@@ -627,7 +627,10 @@ mod review {
         let last = history.last().unwrap();
         assert_eq!(last.action, Action::Supersede);
         assert_eq!(last.by.as_deref(), Some(versions[1].id()));
-        assert!(versions[0].dir.join("batch.json").is_file(), "the old version stays");
+        assert!(
+            std::path::Path::new(&versions[0].dir()).join("batch.json").is_file(),
+            "the old version stays"
+        );
         // A superseded batch cannot be published any more.
         let e = admin.act(&first, Action::Publish, None).await.unwrap_err();
         assert!(

@@ -13,5 +13,6 @@ mod lifecycle;
 mod properties;
 mod query;
 mod rejects;
+mod s3;
 mod serve;
 mod stages;

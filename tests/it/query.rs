@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-use billflow::batches::lifecycle::Action;
 use billflow::batches::review::{Filter, Reviewer};
 use billflow::query::output::{self, Format};
 use billflow::query::{QueryError, Warehouse};
@@ -147,14 +146,7 @@ async fn a_query_on_one_period_reads_only_that_periods_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voided_batches_are_hidden_unless_asked_for_and_organisations_see_their_own() {
     let (_tmp, wh) = sample_warehouse().await;
-    let admin = Reviewer::open(&wh, None).unwrap();
-    let filter = Filter {
-        stream: Some("nimbus-rated-usage".into()),
-        period: Some("2026-09".into()),
-        ..Filter::default()
-    };
-    let sept = admin.list(&filter).await.unwrap().remove(0);
-    admin.act(sept.id(), Action::Void, Some("wrong file")).await.unwrap();
+    void_batch(&wh, "nimbus-rated-usage", "2026-09").await;
     let w = warehouse(&wh, None);
     assert_eq!(
         csv(&w, "SELECT DISTINCT _period FROM nimbus.nimbus_rated_usage").await,

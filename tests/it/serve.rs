@@ -7,8 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use billflow::batches::lifecycle::Action;
-use billflow::batches::review::{Filter, Reviewer};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, Type};
 
@@ -24,7 +22,7 @@ const USERS: &str = "users:
 ";
 
 /// A running `billflow serve`, stopped (killed and reaped) when dropped.
-struct Served {
+pub struct Served {
     child: Child,
     port: u16,
     _users: tempfile::TempDir,
@@ -40,6 +38,15 @@ impl Drop for Served {
 /// Start the server on any free port of 127.0.0.1 over `warehouse`; `Err` holds what it
 /// printed when it did not start.
 fn start(warehouse: &Path, extra: &[&str]) -> Result<Served, String> {
+    start_with_env(warehouse, extra, &[])
+}
+
+/// [`start`] over any warehouse (a folder or a URL), with `env` set for the server.
+pub fn start_with_env(
+    warehouse: impl AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Result<Served, String> {
     let users = tempfile::tempdir().unwrap();
     let file = users.path().join("users.yaml");
     std::fs::write(&file, USERS).unwrap();
@@ -50,6 +57,7 @@ fn start(warehouse: &Path, extra: &[&str]) -> Result<Served, String> {
         .arg(&file)
         .args(extra)
         .env("BILLFLOW_TEST_EURODIST_PASSWORD", "eurodist-secret")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -119,7 +127,7 @@ fn psql(served: &Served, user: &str, password: &str, conninfo: &str, commands: &
     )
 }
 
-fn psql_ok(served: &Served, user: &str, password: &str, command: &str) -> String {
+pub fn psql_ok(served: &Served, user: &str, password: &str, command: &str) -> String {
     let (ok, out, err) = psql(served, user, password, "", &[command]);
     assert!(ok, "{command}: {err}");
     out
@@ -186,19 +194,9 @@ async fn psql_lists_describes_and_queries_the_batches_read_only() {
         admin("SELECT count(DISTINCT _period) FROM nimbus.nimbus_rated_usage"),
         "2\n"
     );
-    let reviewer = Reviewer::open(&wh, None).unwrap();
-    let filter = Filter {
-        stream: Some("nimbus-rated-usage".into()),
-        period: Some("2026-09".into()),
-        ..Filter::default()
-    };
-    let sept = reviewer.list(&filter).await.unwrap().remove(0);
-    reviewer.act(sept.id(), Action::Void, Some("wrong file")).await.unwrap();
+    let sept = void_batch(&wh, "nimbus-rated-usage", "2026-09").await;
     assert_eq!(
-        admin(&format!(
-            "SELECT status FROM billflow.batches WHERE id = '{}'",
-            sept.id()
-        )),
+        admin(&format!("SELECT status FROM billflow.batches WHERE id = '{sept}'")),
         "voided\n"
     );
 

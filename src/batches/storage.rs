@@ -1,0 +1,348 @@
+//! Where a warehouse lives: a folder on this machine or a prefix in an object store
+//! (`s3://bucket/prefix`). Everything that reads the warehouse (the catalog walk,
+//! manifests, the lifecycle log, the Parquet scans) goes through one `object_store`
+//! rooted at the warehouse, so a local folder and a bucket are read the same way; only
+//! the commit differs (a directory rename on a disk, create-if-absent puts in a store:
+//! see [`super::Store`]).
+//!
+//! S3 is configured as the AWS tools are, from the environment: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_SESSION_TOKEN`,
+//! and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`) for an S3-compatible store; an `http://`
+//! endpoint is allowed as given.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+/// Why a warehouse (or an input) URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("`{url}` is not a place billflow can read or write: {why}")]
+    Unusable { url: String, why: String },
+}
+
+/// A warehouse's root: a local folder, or a prefix in an object store.
+#[derive(Clone, Debug)]
+pub struct WarehouseLocation {
+    /// As the user wrote it (a local path made absolute), for messages.
+    text: String,
+    /// The store rooted at the warehouse: every key is relative to it.
+    store: Arc<dyn ObjectStore>,
+    place: Place,
+}
+
+#[derive(Clone, Debug)]
+enum Place {
+    Local(PathBuf),
+    Remote {
+        /// `s3://bucket`: how DataFusion's scans find the store.
+        url: ObjectStoreUrl,
+        /// The whole bucket, registered with DataFusion under `url`.
+        bucket: Arc<dyn ObjectStore>,
+        /// The warehouse's prefix in the bucket.
+        prefix: ObjectPath,
+    },
+}
+
+pub use crate::definition::model::is_url;
+
+impl WarehouseLocation {
+    /// A local folder (made absolute: scans address files by URL, which a relative path
+    /// is not) or `s3://bucket/prefix`.
+    pub fn parse(text: &str) -> Result<WarehouseLocation, StorageError> {
+        if is_url(text) {
+            Self::remote(text)
+        } else {
+            Ok(Self::local(Path::new(text)))
+        }
+    }
+
+    pub fn local(path: &Path) -> WarehouseLocation {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        // The whole file system under the folder's path as a prefix: nothing is created
+        // until something is written, and a folder that does not exist lists as empty.
+        let prefix = ObjectPath::from_absolute_path(&path).unwrap_or_default();
+        let disk = Arc::new(object_store::local::LocalFileSystem::new());
+        WarehouseLocation {
+            text: path.display().to_string(),
+            store: Arc::new(object_store::prefix::PrefixStore::new(disk, prefix)),
+            place: Place::Local(path),
+        }
+    }
+
+    fn remote(text: &str) -> Result<WarehouseLocation, StorageError> {
+        let unusable = |why: String| StorageError::Unusable {
+            url: text.to_string(),
+            why,
+        };
+        let url = url::Url::parse(text).map_err(|e| unusable(e.to_string()))?;
+        let bucket_name = url.host_str().unwrap_or_default().to_string();
+        let bucket: Arc<dyn ObjectStore> = match url.scheme() {
+            "s3" | "s3a" => Arc::new(s3_from_env(&bucket_name).map_err(|e| unusable(e.to_string()))?),
+            "gs" | "az" | "abfs" | "abfss" => {
+                return Err(unusable(format!(
+                    "this billflow is built with S3 support only; `{}://` needs object_store's `gcp` or \
+                     `azure` feature",
+                    url.scheme()
+                )));
+            }
+            other => {
+                return Err(unusable(format!(
+                    "unknown scheme `{other}://`: expected a local path or s3://"
+                )));
+            }
+        };
+        if bucket_name.is_empty() {
+            return Err(unusable("no bucket: expected s3://bucket/prefix".into()));
+        }
+        let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| unusable(e.to_string()))?;
+        let store_url =
+            ObjectStoreUrl::parse(format!("{}://{bucket_name}", url.scheme())).map_err(|e| unusable(e.to_string()))?;
+        Ok(WarehouseLocation {
+            text: text.trim_end_matches('/').to_string(),
+            store: Arc::new(object_store::prefix::PrefixStore::new(bucket.clone(), prefix.clone())),
+            place: Place::Remote {
+                url: store_url,
+                bucket,
+                prefix,
+            },
+        })
+    }
+
+    /// The store rooted at the warehouse.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The folder, when the warehouse is on this machine.
+    pub fn local_dir(&self) -> Option<&Path> {
+        match &self.place {
+            Place::Local(p) => Some(p),
+            Place::Remote { .. } => None,
+        }
+    }
+
+    /// A key of the warehouse (`tier/org/stream/batch/data/part-0.parquet`) as DataFusion
+    /// reads it: an absolute path, or `s3://bucket/prefix/key`.
+    pub fn url_of(&self, key: &str) -> String {
+        match &self.place {
+            Place::Local(p) => p.join(key).to_string_lossy().into_owned(),
+            Place::Remote { .. } => format!("{}/{key}", self.text),
+        }
+    }
+
+    /// A key of the warehouse as a scan addresses it: the store's URL and the object's
+    /// path in that store.
+    pub fn scan_path(&self, key: &str) -> Result<(ObjectStoreUrl, ObjectPath), StorageError> {
+        let bad = |e: object_store::path::Error| StorageError::Unusable {
+            url: self.url_of(key),
+            why: e.to_string(),
+        };
+        match &self.place {
+            Place::Local(p) => Ok((
+                ObjectStoreUrl::local_filesystem(),
+                ObjectPath::from_absolute_path(p.join(key)).map_err(bad)?,
+            )),
+            Place::Remote { url, prefix, .. } => {
+                let mut path = prefix.clone();
+                for part in ObjectPath::parse(key).map_err(bad)?.parts() {
+                    path = path.join(part);
+                }
+                Ok((url.clone(), path))
+            }
+        }
+    }
+
+    /// Let the scans of sessions built on `runtime` read this warehouse (a local folder
+    /// needs nothing: DataFusion reads local files already).
+    pub fn register(&self, runtime: &RuntimeEnv) {
+        if let Place::Remote { url, bucket, .. } = &self.place {
+            runtime.register_object_store(url.as_ref(), bucket.clone());
+        }
+    }
+}
+
+impl std::fmt::Display for WarehouseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<&Path> for WarehouseLocation {
+    fn from(path: &Path) -> Self {
+        WarehouseLocation::local(path)
+    }
+}
+
+impl From<PathBuf> for WarehouseLocation {
+    fn from(path: PathBuf) -> Self {
+        WarehouseLocation::local(&path)
+    }
+}
+
+impl From<&PathBuf> for WarehouseLocation {
+    fn from(path: &PathBuf) -> Self {
+        WarehouseLocation::local(path)
+    }
+}
+
+/// An S3 bucket configured from the environment as the AWS tools are.
+fn s3_from_env(bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
+    use object_store::aws::AmazonS3Builder;
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // The AWS CLI's and SDKs' names, which object_store does not read itself.
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+        .ok();
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    builder.build()
+}
+
+/// Why a manifest could not be read from the warehouse.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{url}: {source}")]
+    Store { url: String, source: object_store::Error },
+    #[error("{url}: not a billflow manifest: {source}")]
+    Format { url: String, source: serde_json::Error },
+}
+
+/// The manifest of the batch directory `batch_key` (`tier/org/stream/batch_id`).
+pub async fn read_manifest(root: &WarehouseLocation, batch_key: &str) -> Result<super::Manifest, ReadError> {
+    let key = format!("{batch_key}/{}", super::MANIFEST);
+    let url = root.url_of(&key);
+    let store = root.store();
+    let bytes = match store.get(&ObjectPath::from(key.as_str())).await {
+        Ok(got) => got.bytes().await,
+        Err(e) => Err(e),
+    }
+    .map_err(|source| ReadError::Store {
+        url: url.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| ReadError::Format { url, source })
+}
+
+/// Commit a batch written in `staging` to an object store at `batch_key`: its files are
+/// uploaded under `batch_key/<attempt>/`, then the manifest, naming them, is put with
+/// create-if-absent. A reader sees a batch only once its manifest exists, and a killed
+/// run's uploads are files no manifest names. Of two runs committing the same batch, one
+/// puts the manifest; the other finds it there and removes its own uploads.
+pub async fn commit(
+    root: &WarehouseLocation,
+    batch_key: &str,
+    staging: &super::Staging,
+    manifest: &super::Manifest,
+) -> std::io::Result<super::Committed> {
+    use super::Committed;
+    use object_store::{PutMode, PutOptions};
+    let store = root.store();
+    let url = root.url_of(batch_key);
+    let manifest_key = ObjectPath::from(format!("{batch_key}/{}", super::MANIFEST));
+    let failed = |what: &str, e: object_store::Error| std::io::Error::other(format!("{what} {url}: {e}"));
+    match store.head(&manifest_key).await {
+        Ok(_) => return Ok(Committed::AlreadyThere(url)),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(failed("reading", e)),
+    }
+    let manifest = super::Manifest {
+        files_in: Some(staging.attempt().to_string()),
+        ..manifest.clone()
+    };
+    let uploads: Vec<ObjectPath> = manifest
+        .files
+        .iter()
+        .chain(&manifest.rejects)
+        .map(|f| ObjectPath::from(format!("{batch_key}/{}", manifest.file_path(f))))
+        .collect();
+    let local: Vec<PathBuf> = manifest
+        .files
+        .iter()
+        .chain(&manifest.rejects)
+        .map(|f| staging.dir.join(&f.path))
+        .collect();
+    {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(local.into_iter().zip(uploads.clone()))
+            .map(|(from, to)| upload(store.clone(), from, to))
+            .buffer_unordered(UPLOAD_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map_err(|e| std::io::Error::other(format!("uploading to {url}: {e}")))?;
+    }
+    let mut body = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store.put_opts(&manifest_key, body.into(), create).await {
+        Ok(_) => Ok(Committed::New(url)),
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+            for key in &uploads {
+                let _ = store.delete(key).await;
+            }
+            Ok(Committed::AlreadyThere(url))
+        }
+        Err(e) => Err(failed("writing the manifest of", e)),
+    }
+}
+
+/// Files uploaded at once by a commit.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// One local file to `to`, in parts when it is large (object_store's buffered writer
+/// puts a small file whole and a large one as a multipart upload).
+async fn upload(store: Arc<dyn ObjectStore>, from: PathBuf, to: ObjectPath) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::open(&from)
+        .await
+        .map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut writer = object_store::buffered::BufWriter::new(store, to.clone());
+    let copied = tokio::io::copy(&mut file, &mut writer).await;
+    match copied {
+        Ok(_) => writer.shutdown().await.map_err(|e| format!("{to}: {e}")),
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(format!("{to}: {e}"))
+        }
+    }
+}
+
+/// Objects under `batch_key` that no manifest names: the uploads of runs killed before
+/// their commit, or of a run that lost the commit to another. Removed once older than
+/// `grace`, so a run still uploading is never disturbed.
+pub async fn collect_abandoned(root: &WarehouseLocation, batch_key: &str, grace: std::time::Duration) {
+    use futures::TryStreamExt;
+    if root.local_dir().is_some() {
+        return; // a local batch is committed whole by a rename: nothing is left beside it
+    }
+    let store = root.store();
+    let named: Option<String> = read_manifest(root, batch_key).await.ok().and_then(|m| m.files_in);
+    let prefix = ObjectPath::from(batch_key);
+    let Ok(objects) = store.list(Some(&prefix)).try_collect::<Vec<_>>().await else {
+        return;
+    };
+    let now = chrono::Utc::now();
+    for o in objects {
+        let Some(rest) = o.location.as_ref().strip_prefix(&format!("{batch_key}/")) else {
+            continue;
+        };
+        let Some((attempt, _)) = rest.split_once('/') else {
+            continue; // batch.json
+        };
+        let old = (now - o.last_modified).to_std().is_ok_and(|age| age > grace);
+        if named.as_deref() != Some(attempt) && old {
+            let _ = store.delete(&o.location).await;
+        }
+    }
+}
