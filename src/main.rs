@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use billflow::batches::WarehouseLocation;
+use billflow::batches::StoreLocation;
 use billflow::execution::{NoProgress, Progress};
 use billflow::{Engine, Period, RunOptions, cli, plan};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,7 +60,7 @@ enum Command {
         /// Where batches go (a folder or `s3://bucket/prefix`); default: the pipeline's
         /// `warehouse`, else ./warehouse.
         #[arg(long, value_parser = location)]
-        warehouse: Option<WarehouseLocation>,
+        warehouse: Option<StoreLocation>,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -92,7 +92,7 @@ enum Command {
         command: BatchCommand,
         /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
         #[arg(long, global = true, default_value = "warehouse", value_parser = location)]
-        warehouse: WarehouseLocation,
+        warehouse: StoreLocation,
         /// Act as this organisation: see only its batches and those published to it, and
         /// change only its own (also `BILLFLOW_ORG`).
         #[arg(long = "as", global = true, value_name = "ORG")]
@@ -110,7 +110,7 @@ enum Command {
         file: Option<PathBuf>,
         /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
         #[arg(long, default_value = "warehouse", value_parser = location)]
-        warehouse: WarehouseLocation,
+        warehouse: StoreLocation,
         /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
         #[arg(long = "as", value_name = "ORG")]
         as_org: Option<String>,
@@ -126,7 +126,7 @@ enum Command {
     Serve {
         /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
         #[arg(long, default_value = "warehouse", value_parser = location)]
-        warehouse: WarehouseLocation,
+        warehouse: StoreLocation,
         /// Who may connect, YAML: `users: { NAME: { organization: ORG ("*": all),
         /// password: P | password_env: VAR } }` (also `BILLFLOW_USERS`).
         #[arg(long, value_name = "FILE", env = "BILLFLOW_USERS")]
@@ -151,7 +151,7 @@ enum Command {
         period: String,
         /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
         #[arg(long, default_value = "warehouse", value_parser = location)]
-        warehouse: WarehouseLocation,
+        warehouse: StoreLocation,
         /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
         #[arg(long = "as", value_name = "ORG")]
         as_org: Option<String>,
@@ -415,8 +415,8 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 /// `--warehouse`: a folder, or a URL of an object store.
-fn location(text: &str) -> Result<WarehouseLocation, String> {
-    WarehouseLocation::parse(text).map_err(|e| e.to_string())
+fn location(text: &str) -> Result<StoreLocation, String> {
+    StoreLocation::parse(text).map_err(|e| e.to_string())
 }
 
 async fn validate(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
@@ -454,7 +454,7 @@ async fn run_pipeline(
     env: &Env,
     pipeline: &Path,
     period: &str,
-    warehouse: Option<WarehouseLocation>,
+    warehouse: Option<StoreLocation>,
     quiet: bool,
     until_tier: Option<&str>,
 ) -> Result<ExitCode, ExitCode> {
@@ -546,11 +546,7 @@ async fn test(env: &Env, pipeline: &Path) -> Result<ExitCode, ExitCode> {
     })
 }
 
-async fn batch(
-    command: BatchCommand,
-    warehouse: &WarehouseLocation,
-    as_org: Option<String>,
-) -> Result<ExitCode, ExitCode> {
+async fn batch(command: BatchCommand, warehouse: &StoreLocation, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
     use billflow::batches::lifecycle::{Action, Status};
     use billflow::batches::review::Reviewer;
     let fail = |e: &dyn std::fmt::Display| {
@@ -725,7 +721,7 @@ async fn terminated() {
     std::future::pending::<()>().await
 }
 
-async fn reconcile(period: &str, warehouse: &WarehouseLocation, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
+async fn reconcile(period: &str, warehouse: &StoreLocation, as_org: Option<String>) -> Result<ExitCode, ExitCode> {
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         ExitCode::from(2)

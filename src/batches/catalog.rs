@@ -5,13 +5,13 @@
 use object_store::path::Path as ObjectPath;
 
 use super::lifecycle::{self, LifecycleError, Log, Status};
-use super::{Manifest, WarehouseLocation};
+use super::{Manifest, StoreLocation};
 
 /// One committed batch.
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// The warehouse it is in.
-    pub root: WarehouseLocation,
+    pub root: StoreLocation,
     /// Its directory, as a key of the warehouse (`tier/org/stream/batch_id`; a `for_each`
     /// run's directory for an organisation's batch).
     pub key: String,
@@ -71,7 +71,7 @@ pub enum FindError {
 
 /// The folders directly under `key` (`None`: the warehouse's top), by name. Hidden ones
 /// (staging) and the lifecycle log are not batches' folders.
-async fn folders(root: &WarehouseLocation, key: Option<&str>) -> Result<Vec<String>, object_store::Error> {
+async fn folders(root: &StoreLocation, key: Option<&str>) -> Result<Vec<String>, object_store::Error> {
     let prefix = key.map(ObjectPath::from);
     let listed = root.store().list_with_delimiter(prefix.as_ref()).await?;
     let mut out: Vec<String> = listed
@@ -91,10 +91,7 @@ async fn folders(root: &WarehouseLocation, key: Option<&str>) -> Result<Vec<Stri
 /// The committed batch directories of one stream (`tier/org/stream`) with their
 /// manifests, by key. A directory with no manifest, or one that is not billflow's, is
 /// not a batch; a store that cannot be read is an error.
-pub async fn in_stream(
-    root: &WarehouseLocation,
-    stream_key: &str,
-) -> Result<Vec<(String, Manifest)>, object_store::Error> {
+pub async fn in_stream(root: &StoreLocation, stream_key: &str) -> Result<Vec<(String, Manifest)>, object_store::Error> {
     use futures::{StreamExt, TryStreamExt};
     let dirs = folders(root, Some(stream_key)).await?;
     // Each read owns what it uses: a future borrowing across `buffered` is not `Send`
@@ -112,7 +109,7 @@ pub async fn in_stream(
 
 /// The manifest of the directory `dir`, if it is a batch's.
 async fn read_batch_manifest(
-    root: &WarehouseLocation,
+    root: &StoreLocation,
     dir: String,
 ) -> Result<Option<(String, Manifest)>, object_store::Error> {
     use super::storage::ReadError;
@@ -129,7 +126,7 @@ async fn read_batch_manifest(
 
 /// Every committed batch directory of the warehouse with its manifest:
 /// `<tier>/<organisation>/<stream>/<batch id>/batch.json`.
-pub async fn committed(root: &WarehouseLocation) -> Result<Vec<(String, Manifest)>, object_store::Error> {
+pub async fn committed(root: &StoreLocation) -> Result<Vec<(String, Manifest)>, object_store::Error> {
     use futures::{StreamExt, TryStreamExt};
     let mut streams = Vec::new();
     for tier in folders(root, None).await? {
@@ -174,7 +171,7 @@ pub const READ_CONCURRENCY: usize = 32;
 
 /// Every committed batch with its status and version, in the order tier, organisation,
 /// stream, period, version.
-pub async fn entries(root: &WarehouseLocation, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
+pub async fn entries(root: &StoreLocation, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
     use futures::{StreamExt, TryStreamExt};
     // One history read per batch, many at once (thousands of batches on object storage).
     let found = committed(root).await.map_err(|source| LifecycleError::Warehouse {

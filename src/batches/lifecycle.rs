@@ -225,11 +225,11 @@ pub struct Log {
 impl Log {
     /// The log of a warehouse on a local disk.
     pub fn local(warehouse: &Path) -> Result<Self, LifecycleError> {
-        Ok(Log::open(&super::WarehouseLocation::local(warehouse)))
+        Ok(Log::open(&super::StoreLocation::local(warehouse)))
     }
 
     /// The log of a warehouse, local or in an object store.
-    pub fn open(warehouse: &super::WarehouseLocation) -> Self {
+    pub fn open(warehouse: &super::StoreLocation) -> Self {
         Log {
             store: warehouse.store(),
         }

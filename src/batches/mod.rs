@@ -26,7 +26,7 @@ pub mod reconcile;
 pub mod review;
 pub mod storage;
 
-pub use storage::WarehouseLocation;
+pub use storage::StoreLocation;
 
 pub const MANIFEST: &str = "batch.json";
 pub const DATA_DIR: &str = "data";
@@ -250,7 +250,7 @@ pub const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(36
 /// The warehouse: where every stream's batches live.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub root: WarehouseLocation,
+    pub root: StoreLocation,
 }
 
 /// Where one stream's batches go.
@@ -269,7 +269,7 @@ impl StreamLocation {
 }
 
 impl Store {
-    pub fn new(root: impl Into<WarehouseLocation>) -> Self {
+    pub fn new(root: impl Into<StoreLocation>) -> Self {
         Self { root: root.into() }
     }
 

@@ -5,7 +5,7 @@
 //! published to it) is "not found", exactly as a batch that does not exist; it may act
 //! only on its own batches.
 
-use super::WarehouseLocation;
+use super::StoreLocation;
 use super::catalog::{self, Entry, FindError};
 use super::lifecycle::{Action, Event, LifecycleError, Log, Status};
 
@@ -54,7 +54,7 @@ impl Filter {
 
 /// A warehouse seen by one reviewer.
 pub struct Reviewer {
-    warehouse: WarehouseLocation,
+    warehouse: StoreLocation,
     log: Log,
     /// The organisation acting (`--as`); `None`: the whole warehouse.
     organization: Option<String>,
@@ -63,8 +63,8 @@ pub struct Reviewer {
 }
 
 impl Reviewer {
-    pub fn open(warehouse: impl Into<WarehouseLocation>, organization: Option<String>) -> Result<Self, ReviewError> {
-        let warehouse: WarehouseLocation = warehouse.into();
+    pub fn open(warehouse: impl Into<StoreLocation>, organization: Option<String>) -> Result<Self, ReviewError> {
+        let warehouse: StoreLocation = warehouse.into();
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_else(|_| "unknown".into());

@@ -25,12 +25,13 @@ pub enum StorageError {
     Unusable { url: String, why: String },
 }
 
-/// A warehouse's root: a local folder, or a prefix in an object store.
+/// A local folder, or a prefix in an object store: a warehouse's root, or the folder a
+/// source's files are in.
 #[derive(Clone, Debug)]
-pub struct WarehouseLocation {
+pub struct StoreLocation {
     /// As the user wrote it (a local path made absolute), for messages.
     text: String,
-    /// The store rooted at the warehouse: every key is relative to it.
+    /// The store rooted at the location: every key is relative to it.
     store: Arc<dyn ObjectStore>,
     place: Place,
 }
@@ -50,10 +51,10 @@ enum Place {
 
 pub use crate::definition::model::is_url;
 
-impl WarehouseLocation {
+impl StoreLocation {
     /// A local folder (made absolute: scans address files by URL, which a relative path
     /// is not) or `s3://bucket/prefix`.
-    pub fn parse(text: &str) -> Result<WarehouseLocation, StorageError> {
+    pub fn parse(text: &str) -> Result<StoreLocation, StorageError> {
         if is_url(text) {
             Self::remote(text)
         } else {
@@ -61,20 +62,20 @@ impl WarehouseLocation {
         }
     }
 
-    pub fn local(path: &Path) -> WarehouseLocation {
+    pub fn local(path: &Path) -> StoreLocation {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         // The whole file system under the folder's path as a prefix: nothing is created
         // until something is written, and a folder that does not exist lists as empty.
         let prefix = ObjectPath::from_absolute_path(&path).unwrap_or_default();
         let disk = Arc::new(object_store::local::LocalFileSystem::new());
-        WarehouseLocation {
+        StoreLocation {
             text: path.display().to_string(),
             store: Arc::new(object_store::prefix::PrefixStore::new(disk, prefix)),
             place: Place::Local(path),
         }
     }
 
-    fn remote(text: &str) -> Result<WarehouseLocation, StorageError> {
+    fn remote(text: &str) -> Result<StoreLocation, StorageError> {
         let unusable = |why: String| StorageError::Unusable {
             url: text.to_string(),
             why,
@@ -102,7 +103,7 @@ impl WarehouseLocation {
         let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| unusable(e.to_string()))?;
         let store_url =
             ObjectStoreUrl::parse(format!("{}://{bucket_name}", url.scheme())).map_err(|e| unusable(e.to_string()))?;
-        Ok(WarehouseLocation {
+        Ok(StoreLocation {
             text: text.trim_end_matches('/').to_string(),
             store: Arc::new(object_store::prefix::PrefixStore::new(bucket.clone(), prefix.clone())),
             place: Place::Remote {
@@ -166,27 +167,27 @@ impl WarehouseLocation {
     }
 }
 
-impl std::fmt::Display for WarehouseLocation {
+impl std::fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text)
     }
 }
 
-impl From<&Path> for WarehouseLocation {
+impl From<&Path> for StoreLocation {
     fn from(path: &Path) -> Self {
-        WarehouseLocation::local(path)
+        StoreLocation::local(path)
     }
 }
 
-impl From<PathBuf> for WarehouseLocation {
+impl From<PathBuf> for StoreLocation {
     fn from(path: PathBuf) -> Self {
-        WarehouseLocation::local(&path)
+        StoreLocation::local(&path)
     }
 }
 
-impl From<&PathBuf> for WarehouseLocation {
+impl From<&PathBuf> for StoreLocation {
     fn from(path: &PathBuf) -> Self {
-        WarehouseLocation::local(path)
+        StoreLocation::local(path)
     }
 }
 
@@ -217,7 +218,7 @@ pub enum ReadError {
 }
 
 /// The manifest of the batch directory `batch_key` (`tier/org/stream/batch_id`).
-pub async fn read_manifest(root: &WarehouseLocation, batch_key: &str) -> Result<super::Manifest, ReadError> {
+pub async fn read_manifest(root: &StoreLocation, batch_key: &str) -> Result<super::Manifest, ReadError> {
     let key = format!("{batch_key}/{}", super::MANIFEST);
     let url = root.url_of(&key);
     let store = root.store();
@@ -238,7 +239,7 @@ pub async fn read_manifest(root: &WarehouseLocation, batch_key: &str) -> Result<
 /// run's uploads are files no manifest names. Of two runs committing the same batch, one
 /// puts the manifest; the other finds it there and removes its own uploads.
 pub async fn commit(
-    root: &WarehouseLocation,
+    root: &StoreLocation,
     batch_key: &str,
     staging: &super::Staging,
     manifest: &super::Manifest,
@@ -321,7 +322,7 @@ async fn upload(store: Arc<dyn ObjectStore>, from: PathBuf, to: ObjectPath) -> R
 /// Objects under `batch_key` that no manifest names: the uploads of runs killed before
 /// their commit, or of a run that lost the commit to another. Removed once older than
 /// `grace`, so a run still uploading is never disturbed.
-pub async fn collect_abandoned(root: &WarehouseLocation, batch_key: &str, grace: std::time::Duration) {
+pub async fn collect_abandoned(root: &StoreLocation, batch_key: &str, grace: std::time::Duration) {
     use futures::TryStreamExt;
     if root.local_dir().is_some() {
         return; // a local batch is committed whole by a rename: nothing is left beside it

@@ -142,11 +142,7 @@ pub fn tier_name(level: usize) -> String {
 fn check_tables(p: &Pipeline, diags: &mut Diagnostics) {
     for t in p.sources.iter().chain(&p.references) {
         if t.url.value.contains("://") {
-            let d = diags.error(
-                format!("`{}`: only local paths are supported for now", t.url.value),
-                Some(t.url.location.clone()),
-            );
-            d.expected = Some("a local file path or glob, relative to the pipeline file".into());
+            check_object_url(p, t, diags);
             continue;
         }
         let full = p.resolve(&t.url.value);
@@ -187,6 +183,34 @@ fn check_tables(p: &Pipeline, diags: &mut Diagnostics) {
                 );
             }
         }
+    }
+}
+
+/// A table in an object store: `s3://bucket/key` or a glob over keys. Whether objects
+/// match is known only by asking the store, which a run does (validate reads no data).
+fn check_object_url(p: &Pipeline, t: &TableDef, diags: &mut Diagnostics) {
+    let url = &t.url.value;
+    let at = Some(t.url.location.clone());
+    let expected =
+        "a local file path or glob, relative to the pipeline file, or s3://bucket/key (a glob over keys too)";
+    if p.sandbox.is_some() {
+        diags.error(format!("`{url}` is not a file under the sandbox"), at).hint =
+            Some("with --sandbox DIR, every source, reference, query and manual file lies under DIR".into());
+        return;
+    }
+    let (scheme, rest) = url.split_once("://").unwrap_or_default();
+    let problem = match (scheme, rest.split_once('/')) {
+        ("s3" | "s3a", Some((bucket, key))) if !bucket.is_empty() && !key.is_empty() => glob::Pattern::new(key)
+            .err()
+            .map(|e| format!("`{url}` is not a valid glob: {}", e.msg)),
+        ("s3" | "s3a", _) => Some(format!("`{url}` names no object: expected s3://bucket/key")),
+        ("gs" | "az" | "abfs" | "abfss", _) => Some(format!(
+            "`{url}`: this billflow reads S3 only (`{scheme}://` needs object_store's gcp or azure feature)"
+        )),
+        _ => Some(format!("`{url}`: unknown scheme `{scheme}://`")),
+    };
+    if let Some(message) = problem {
+        diags.error(message, at).expected = Some(expected.into());
     }
 }
 

@@ -51,6 +51,8 @@ pub enum InputError {
     },
     #[error(transparent)]
     OutsideSandbox(#[from] crate::definition::OutsideSandbox),
+    #[error(transparent)]
+    Fetch(#[from] super::fetch::FetchError),
     #[error("reference `{name}`: {cause}")]
     Reference { name: String, cause: Box<InputError> },
     #[error("{}", .0.strip_backtrace())]
@@ -64,8 +66,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InputError + '_ {
     }
 }
 
-/// The files a table's url names, sorted (so fingerprints and reads are stable).
-pub fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, InputError> {
+/// The files a table's url names, sorted (so fingerprints and reads are stable): local
+/// files, or local copies of the objects an `s3://` URL names.
+pub async fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, InputError> {
+    Ok(table_files_named(pipeline, t)
+        .await?
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect())
+}
+
+/// [`table_files`], each with what the user calls it (its path, or its object's URL).
+pub async fn table_files_named(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<(PathBuf, String)>, InputError> {
+    if crate::definition::model::is_url(&t.url.value) {
+        return Ok(super::fetch::fetch(&t.url.value).await?);
+    }
     let full = pipeline.resolve(&t.url.value);
     let pattern = full.to_string_lossy().to_string();
     let mut files: Vec<PathBuf> = glob::glob(&pattern)
@@ -88,13 +103,19 @@ pub fn table_files(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<PathBuf>, In
             dir: pipeline.dir.clone(),
         });
     }
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let name = f.display().to_string();
+            (f, name)
+        })
+        .collect())
 }
 
-pub fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Result<InputInfo, InputError> {
-    let files = table_files(pipeline, t)?;
-    let mut parts = Vec::with_capacity(files.len());
-    for f in &files {
+pub async fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Result<InputInfo, InputError> {
+    let named = table_files_named(pipeline, t).await?;
+    let mut parts = Vec::with_capacity(named.len());
+    for (f, _) in &named {
         let fp = file_fingerprint(f).map_err(io(f))?;
         parts.push(format!(
             "{}={fp}",
@@ -108,7 +129,7 @@ pub fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Resul
         kind: kind.into(),
         name: t.name.value.clone(),
         fingerprint: crate::batches::fingerprint(&[("files", &joined), ("format", t.format.name())]),
-        files: files.iter().map(|f| f.display().to_string()).collect(),
+        files: named.into_iter().map(|(_, name)| name).collect(),
         batch_id: None,
         organization: None,
         consumed: None,
@@ -146,7 +167,7 @@ fn check_csv_header(file: &Path, delimiter: u8, declared: &Schema) -> Result<(),
 /// Read a table's files as declared (or inferred) types. Values that do not parse fail
 /// the read: this is for references, which are curated lookup tables.
 pub async fn read_table(ctx: &SessionContext, pipeline: &Pipeline, t: &TableDef) -> Result<DataFrame, InputError> {
-    let files = table_files(pipeline, t)?;
+    let files = table_files(pipeline, t).await?;
     let declared = t.schema.as_ref().map(|cols| arrow_schema(cols, false));
     read_files(ctx, &files, t.format, declared.as_ref()).await
 }
@@ -278,7 +299,7 @@ pub async fn read_source(
     t: &TableDef,
     period: Option<PeriodSelection<'_>>,
 ) -> Result<StreamInput, InputError> {
-    let files = table_files(pipeline, t)?;
+    let files = table_files(pipeline, t).await?;
     read_source_files(ctx, t, &files, period).await
 }
 
@@ -415,7 +436,7 @@ fn read_text(
         .iter()
         .map(|p| TextFile {
             path: p.clone(),
-            name: p.display().to_string(),
+            name: super::fetch::shown_name(p),
         })
         .collect();
     let partitions = ctx.state().config().target_partitions();

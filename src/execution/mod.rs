@@ -6,6 +6,7 @@
 
 mod check;
 pub mod contract;
+pub mod fetch;
 pub mod inputs;
 mod stream;
 pub mod stream_plan;
@@ -36,7 +37,7 @@ pub struct Engine {
 pub struct RunOptions {
     pub period: Period,
     /// A local folder, or a prefix in an object store (`s3://bucket/prefix`).
-    pub warehouse: crate::batches::WarehouseLocation,
+    pub warehouse: crate::batches::StoreLocation,
     /// Run only the streams of tiers at this level of the chain and above (`run
     /// --until-tier`, through [`Plan::tier_level`]); `None`: every stream.
     pub until_level: Option<usize>,
@@ -148,7 +149,7 @@ pub struct StreamReport {
 pub struct RunReport {
     pub pipeline: String,
     pub period: Period,
-    pub warehouse: crate::batches::WarehouseLocation,
+    pub warehouse: crate::batches::StoreLocation,
     pub streams: Vec<StreamReport>,
 }
 

@@ -11,7 +11,7 @@ use datafusion::prelude::DataFrame;
 
 use super::stream_plan::{self, Inputs, PlanError, StreamPlan, template_vars};
 use super::{Engine, Progress, RunOptions, Status, StreamError, StreamReport, empty_report, inputs, write};
-use crate::batches::WarehouseLocation;
+use crate::batches::StoreLocation;
 use crate::batches::{
     self, Committed, InputInfo, Manifest, OrganizationPart, PeriodInfo, Staging, Store, StreamLocation,
 };
@@ -161,7 +161,7 @@ impl Engine {
             ));
         }
         progress.started(&s.id.value, ps.stages.len());
-        let mut id = identify(plan, ps, upstream.as_ref(), &options.period)?;
+        let mut id = identify(plan, ps, upstream.as_ref(), &options.period).await?;
         phase.done("identify the batch");
         let store = Store::new(options.warehouse.clone());
         report.batch_id = Some(id.batch_id.clone());
@@ -302,7 +302,7 @@ const LOG_CONCURRENCY: usize = 32;
 /// organisation and period still current superseded by it. Of two runs doing this at
 /// once, one records each event; the other finds it recorded.
 async fn record_in_log(
-    warehouse: &WarehouseLocation,
+    warehouse: &StoreLocation,
     store: &Store,
     at: &batches::StreamLocation,
     committed: &Manifest,
@@ -385,7 +385,7 @@ struct UpstreamBatch {
 
 impl UpstreamBatch {
     /// The batch `m` of the run directory `dir` (a key of the warehouse).
-    fn of(warehouse: &WarehouseLocation, dir: &str, m: &Manifest) -> Self {
+    fn of(warehouse: &StoreLocation, dir: &str, m: &Manifest) -> Self {
         let files = m
             .files
             .iter()
@@ -413,7 +413,7 @@ async fn published_input(
     ps: &PlannedStream,
     up: Arc<StreamReport>,
     period: &Period,
-    warehouse: &WarehouseLocation,
+    warehouse: &StoreLocation,
 ) -> Result<Upstream, Stop> {
     use batches::lifecycle::{Log, Status as Lifecycle};
     let s = plan.def(ps);
@@ -575,7 +575,7 @@ async fn account_for_input(
 /// upstream batch equal to what that batch published); otherwise it stays ready for a
 /// person to review, and the report says why.
 async fn auto_review(
-    warehouse: &WarehouseLocation,
+    warehouse: &StoreLocation,
     s: &StreamDef,
     committed: &Manifest,
     upstream: Option<&Upstream>,
@@ -700,7 +700,7 @@ fn upstream_batch(upstream: &[Option<Arc<StreamReport>>]) -> Result<Option<Arc<S
 /// Everything that decides the stream's output goes into its batch id: its definition
 /// and stage texts, its input (file contents or upstream batch id), the references its
 /// stages read, the period and billflow's version.
-fn identify(
+async fn identify(
     plan: &Plan,
     ps: &PlannedStream,
     upstream: Option<&Upstream>,
@@ -708,7 +708,7 @@ fn identify(
 ) -> Result<BatchIdentity, Stop> {
     let p = &plan.pipeline;
     let s = plan.def(ps);
-    let inputs = input_fingerprints(plan, ps, upstream)?;
+    let inputs = input_fingerprints(plan, ps, upstream).await?;
     let vars = template_vars(plan, ps, period);
     let stage_prints: Vec<String> = ps
         .stages
@@ -770,7 +770,11 @@ fn identify(
 }
 
 /// The stream's input and the references its stages read, each with its fingerprint.
-fn input_fingerprints(plan: &Plan, ps: &PlannedStream, upstream: Option<&Upstream>) -> Result<Vec<InputInfo>, Stop> {
+async fn input_fingerprints(
+    plan: &Plan,
+    ps: &PlannedStream,
+    upstream: Option<&Upstream>,
+) -> Result<Vec<InputInfo>, Stop> {
     let p = &plan.pipeline;
     let s = plan.def(ps);
     let mut infos = Vec::new();
@@ -780,6 +784,7 @@ fn input_fingerprints(plan: &Plan, ps: &PlannedStream, upstream: Option<&Upstrea
                 Stop::failed(format!("unknown source `{}`", name.value)).at(Some(name.location.clone()))
             })?;
             let info = inputs::fingerprint_table("source", p, t)
+                .await
                 .map_err(|e| Stop::failed(e.to_string()).at(Some(t.url.location.clone())))?;
             infos.push(info);
         }
@@ -800,6 +805,7 @@ fn input_fingerprints(plan: &Plan, ps: &PlannedStream, upstream: Option<&Upstrea
     let read: Vec<String> = ps.stages.iter().flat_map(|st| st.stage.tables()).collect();
     for r in p.references.iter().filter(|r| read.contains(&r.name.value)) {
         let info = inputs::fingerprint_table("reference", p, r)
+            .await
             .map_err(|e| Stop::failed(format!("reference `{}`: {e}", r.name.value)).at(Some(r.url.location.clone())))?;
         infos.push(info);
     }

@@ -21,7 +21,7 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SQLOptions, SessionContext};
 
-use crate::batches::WarehouseLocation;
+use crate::batches::StoreLocation;
 use crate::batches::catalog::{self, Entry};
 use crate::batches::lifecycle::{LifecycleError, Log};
 pub use errors::QueryError;
@@ -36,7 +36,7 @@ const NOT_OURS: [&str; 3] = ["public", "information_schema", "pg_catalog"];
 
 /// A warehouse as one organisation (or, with none, everyone) sees it, for SQL.
 pub struct Warehouse {
-    root: WarehouseLocation,
+    root: StoreLocation,
     organization: Option<String>,
     runtime: Arc<RuntimeEnv>,
     partitions: usize,
@@ -55,12 +55,12 @@ impl Warehouse {
     /// `root`: a local folder, or a prefix in an object store (registered with `runtime`
     /// here, so that the sessions' scans find it).
     pub fn open(
-        root: impl Into<WarehouseLocation>,
+        root: impl Into<StoreLocation>,
         organization: Option<String>,
         runtime: Arc<RuntimeEnv>,
         partitions: usize,
     ) -> Self {
-        let root: WarehouseLocation = root.into();
+        let root: StoreLocation = root.into();
         root.register(&runtime);
         Warehouse {
             root,
@@ -174,7 +174,7 @@ pub fn sql_name(id: &str) -> String {
 
 /// The stream tables, by schema (organisation) and table (stream) name.
 async fn stream_tables(
-    root: &WarehouseLocation,
+    root: &StoreLocation,
     entries: &[Entry],
     footers: &Mutex<HashMap<String, SchemaRef>>,
 ) -> Result<BTreeMap<String, Vec<(String, StreamTable)>>, QueryError> {
@@ -215,7 +215,7 @@ async fn stream_tables(
 /// A stream's columns: those of the newest of its batches that has a data file (read
 /// from the file's footer, or remembered from an earlier read), without metadata.
 async fn columns_of(
-    root: &WarehouseLocation,
+    root: &StoreLocation,
     batches: &[&Entry],
     footers: &Mutex<HashMap<String, SchemaRef>>,
 ) -> Result<SchemaRef, QueryError> {
@@ -242,7 +242,7 @@ async fn columns_of(
 
 /// A Parquet file's metadata bytes (what its footer's length names), read from the end
 /// of the file: one read when it fits the last 64 KiB, as it nearly always does.
-async fn read_footer(root: &WarehouseLocation, key: &str, size: u64) -> Result<bytes::Bytes, String> {
+async fn read_footer(root: &StoreLocation, key: &str, size: u64) -> Result<bytes::Bytes, String> {
     use object_store::ObjectStoreExt;
     let path = object_store::path::Path::from(key);
     let store = root.store();

@@ -481,3 +481,108 @@ fn psql_queries_a_warehouse_in_a_bucket() {
         "391.19\n"
     );
 }
+
+/// Sources and references read from a bucket give the very batches (same ids, rows and
+/// totals) that the same files give on a local disk: the id hashes their bytes, not
+/// where they are kept.
+#[test]
+fn sources_and_references_in_a_bucket_give_the_same_batches_as_local_files() {
+    let moto = Moto::start();
+    let (tmp, pipeline) = sample_copy();
+    let sample = pipeline.parent().unwrap();
+    moto.python(&format!(
+        "import glob, os\nos.chdir('{}')\nfor f in glob.glob('inputs/*') + glob.glob('reference/*'):\n    \
+         s3.upload_file(f, '{BUCKET}', 'feeds/' + f)",
+        sample.display()
+    ));
+    let local_run = ok(billflow(
+        &moto,
+        &[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--warehouse",
+            tmp.path().join("local").to_str().unwrap(),
+            pipeline.to_str().unwrap(),
+        ],
+    ));
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let remote = text
+        .replace("url: inputs/", &format!("url: s3://{BUCKET}/feeds/inputs/"))
+        .replace("url: reference/", &format!("url: s3://{BUCKET}/feeds/reference/"));
+    assert!(
+        remote.contains("url: s3://billflow/feeds/inputs/usage-*.csv"),
+        "{remote}"
+    );
+    let remote_pipeline = sample.join("remote.yaml");
+    std::fs::write(&remote_pipeline, remote).unwrap();
+    let remote_run = ok(billflow(
+        &moto,
+        &[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--warehouse",
+            tmp.path().join("remote").to_str().unwrap(),
+            remote_pipeline.to_str().unwrap(),
+        ],
+    ));
+    let ids = |summary: &str| -> Vec<String> {
+        let mut v: Vec<String> = summary
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.len() == 24 && w.starts_with("2026-10-"))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&remote_run), ids(&local_run), "{remote_run}");
+    assert!(ids(&local_run).len() >= 10, "{local_run}");
+    let catalog = "SELECT id, rows, control_totals FROM billflow.batches ORDER BY id";
+    assert_eq!(
+        query(&moto, tmp.path().join("remote").to_str().unwrap(), catalog),
+        query(&moto, tmp.path().join("local").to_str().unwrap(), catalog)
+    );
+
+    // A URL that names no object, or one the store does not have: located errors.
+    let broken = std::fs::read_to_string(&remote_pipeline)
+        .unwrap()
+        .replace("s3://billflow/feeds/reference/fx_rates.csv", "s3://billflow");
+    std::fs::write(&remote_pipeline, broken).unwrap();
+    let out = billflow(&moto, &["validate", remote_pipeline.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("`s3://billflow` names no object") && err.contains("remote.yaml:"),
+        "{err}"
+    );
+    let missing = std::fs::read_to_string(&remote_pipeline).unwrap().replace(
+        "url: s3://billflow\n",
+        "url: s3://billflow/feeds/reference/no-such-rates.csv\n",
+    );
+    std::fs::write(&remote_pipeline, missing).unwrap();
+    let out = billflow(
+        &moto,
+        &[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--warehouse",
+            tmp.path().join("remote").to_str().unwrap(),
+            remote_pipeline.to_str().unwrap(),
+        ],
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(
+        said.contains("s3://billflow/feeds/reference/no-such-rates.csv") && said.contains("no object matches it"),
+        "{said}"
+    );
+}
