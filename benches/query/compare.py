@@ -66,7 +66,8 @@ files, sql, out, threads = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sy
 con = duckdb.connect()
 if threads != "0":
     con.execute(f"SET threads = {threads}")
-con.execute("CREATE VIEW batch AS SELECT * FROM read_parquet(?)", [files])
+listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+con.execute(f"CREATE VIEW batch AS SELECT * FROM read_parquet([{listed}])")
 con.execute(f"COPY ({sql}) TO '{out}' (HEADER, DELIMITER ',')")
 """
 

@@ -1,8 +1,9 @@
 //! One client connection's statements. Each statement is classified first: a query
-//! (`SELECT`, `EXPLAIN` of one) is planned here against the catalog as it is now, for the
-//! connection's organisation, checked to only read, run, and encoded with exact money;
-//! session statements (`SET`, `SHOW`, transactions, cursors) go to the library's
-//! handlers; anything else is refused before it is planned.
+//! (`SELECT`, `EXPLAIN` of one, `DECLARE ... CURSOR FOR` one) is planned here against
+//! the catalog as it is now, for the connection's organisation, checked to only read,
+//! run, and encoded with exact money; session statements (`SET`, `SHOW`, transactions,
+//! `FETCH`, `CLOSE`) go to the library's handlers; anything else is refused before it is
+//! planned.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -13,14 +14,14 @@ use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{DeclareType, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::{FieldInfo, Response};
-use datafusion_postgres::pgwire::api::stmt::QueryParser;
-use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::results::{FieldInfo, Response, Tag};
+use datafusion_postgres::pgwire::api::stmt::{QueryParser, StoredStatement};
+use datafusion_postgres::pgwire::api::store::{MemPortalStore, PortalStore};
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, METADATA_USER, Type};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
@@ -37,9 +38,12 @@ use crate::query::{QueryError, read_only};
 enum Kind {
     /// Reads batches: planned, checked and run here.
     Read,
-    /// Reads the catalog's names (`SHOW TABLES`, a cursor): the library's handlers run it
-    /// once the catalog is current.
+    /// Reads the catalog's names (`SHOW TABLES`): the library's handlers run it once the
+    /// catalog is current.
     Describe,
+    /// `DECLARE name CURSOR FOR` a reading query: planned, checked and run here, its rows
+    /// encoded here (exact money) and kept for `FETCH`, which the library serves.
+    Cursor,
     /// Changes only this connection's settings or transaction state.
     Session,
     /// Would define, change or write something.
@@ -53,7 +57,20 @@ fn kind(statement: &Statement) -> Kind {
             Kind::Read => Kind::Read,
             _ => Kind::Refused(what(statement)),
         },
-        Statement::ShowTables { .. } | Statement::ShowColumns { .. } | Statement::Declare { .. } => Kind::Describe,
+        Statement::Declare { stmts } => {
+            let reads = stmts.iter().all(|d| {
+                d.declare_type == Some(DeclareType::Cursor)
+                    && d.for_query
+                        .as_ref()
+                        .is_some_and(|q| kind(&Statement::Query(q.clone())) == Kind::Read)
+            });
+            if reads {
+                Kind::Cursor
+            } else {
+                Kind::Refused(what(statement))
+            }
+        }
+        Statement::ShowTables { .. } | Statement::ShowColumns { .. } => Kind::Describe,
         Statement::Set(_)
         | Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }
@@ -157,6 +174,57 @@ impl StatementParser {
     }
 }
 
+impl StatementParser {
+    /// `DECLARE name CURSOR FOR query`: the query is planned and checked as any read, run,
+    /// and its rows encoded here (the library's encoder cannot write money past 28
+    /// digits), then kept in the connection's portals, where `FETCH` finds them.
+    async fn declare<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        statement: &Statement,
+        portals: &dyn PortalStore<Statement = Prepared>,
+    ) -> PgWireResult<Response> {
+        let Statement::Declare { stmts } = statement else {
+            return Err(client_error(QueryError::Internal("not a DECLARE".into())));
+        };
+        self.refresh(client).await?;
+        for declare in stmts {
+            let (Some(name), Some(query)) = (declare.names.first(), &declare.for_query) else {
+                return Err(client_error(QueryError::Sql(
+                    "DECLARE needs a cursor name and a FOR query".into(),
+                )));
+            };
+            let read = Statement::Query(query.clone());
+            let plan = self.plan(&read).await?;
+            let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+            let Response::Query(rows) = self.run(plan, &read, &Format::UnifiedText, options).await? else {
+                return Err(client_error(QueryError::Internal("a query gave no rows".into())));
+            };
+            let stored = Arc::new(StoredStatement::new(
+                name.value.clone(),
+                (read.to_string(), None),
+                vec![],
+            ));
+            let portal = Portal::new_cursor(name.value.clone(), stored);
+            portal.start(rows).await;
+            portals.put_portal(Arc::new(portal));
+        }
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+}
+
+/// The connection's portals as the library keeps them (where its `FETCH` looks).
+fn portals_of<C: ClientPortalStore>(client: &C) -> PgWireResult<&MemPortalStore<Prepared>>
+where
+    C::PortalStore: PortalStore,
+{
+    client
+        .portal_store()
+        .as_any()
+        .downcast_ref::<MemPortalStore<Prepared>>()
+        .ok_or_else(|| client_error(QueryError::Internal("the connection keeps no cursors".into())))
+}
+
 type Prepared = (String, Option<(Statement, LogicalPlan)>);
 
 #[async_trait]
@@ -181,6 +249,17 @@ impl QueryParser for StatementParser {
                 self.refresh(client).await?;
                 self.library.parse_sql(client, sql, types).await
             }
+            // Planned when executed, as the library plans its own cursors.
+            Kind::Cursor => Ok(Some((
+                first.to_string(),
+                Some((
+                    first,
+                    LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                        produce_one_row: false,
+                        schema: Arc::new(datafusion::common::DFSchema::empty()),
+                    }),
+                )),
+            ))),
             Kind::Session => self.library.parse_sql(client, sql, types).await,
         }
     }
@@ -237,6 +316,11 @@ impl SimpleQueryHandler for Session {
         }
         let mut responses = Vec::with_capacity(checked.len());
         for (statement, allowed) in checked {
+            if allowed == Kind::Cursor {
+                let portals = portals_of(client)?;
+                responses.push(self.parser.declare(client, &statement, portals).await?);
+                continue;
+            }
             if allowed != Kind::Session {
                 self.parser.refresh(client).await?;
             }
@@ -272,6 +356,9 @@ impl ExtendedQueryHandler for Session {
         let (_, Some((statement, prepared))) = &portal.statement.statement else {
             return Ok(Response::EmptyQuery);
         };
+        if kind(statement) == Kind::Cursor {
+            return self.parser.declare(client, statement, client.portal_store()).await;
+        }
         if kind(statement) != Kind::Read {
             // Parse refused the rest; `Describe` statements were made current there.
             return ExtendedQueryHandler::do_query(&*self.library, client, portal, max_rows).await;
@@ -328,6 +415,10 @@ mod tests {
         assert_eq!(
             kinds("SET extra_float_digits = 3; SHOW search_path; BEGIN; COMMIT"),
             vec![Kind::Session; 4]
+        );
+        assert_eq!(
+            kinds("DECLARE c CURSOR FOR SELECT 1; FETCH ALL FROM c; CLOSE c"),
+            vec![Kind::Cursor, Kind::Session, Kind::Session]
         );
         for write in [
             "INSERT INTO t VALUES (1)",

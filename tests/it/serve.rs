@@ -428,3 +428,38 @@ async fn tls_when_a_certificate_is_given_and_no_server_when_it_is_unusable() {
         "{e}"
     );
 }
+
+/// Issue 15: rows fetched through a cursor carry money past 28 digits exactly (the
+/// library's encoder stops at 28), and a cursor reads only what its user may see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_fetches_exact_money_and_reads_only_what_its_user_sees() {
+    let (_tmp, _pipeline, wh) = sample_warehouse().await;
+    let served = start(&wh, &[]).unwrap();
+    let (ok, out, err) = psql(
+        &served,
+        "admin",
+        "admin-secret",
+        "",
+        &[
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT CAST('1234567890123456789012345678.9012345678' AS DECIMAL(38, 10)) AS v, \
+             (SELECT sum(amount) FROM alpha_it.alpha_it_invoice_lines) AS alpha",
+            "FETCH ALL FROM c",
+            "CLOSE c",
+            "COMMIT",
+        ],
+    );
+    assert!(ok, "{err}");
+    // Alpha IT's October invoice lines: 391.19 (golden).
+    assert!(out.contains("1234567890123456789012345678.9012345678|391.19"), "{out}");
+
+    let (ok, _, err) = psql(
+        &served,
+        "eurodist-finance",
+        "eurodist-secret",
+        "",
+        &["BEGIN", "DECLARE c CURSOR FOR SELECT * FROM britdist.britdist_usage"],
+    );
+    assert!(!ok);
+    assert!(err.contains("britdist.britdist_usage"), "{err}");
+}
