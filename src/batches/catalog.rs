@@ -2,6 +2,8 @@
 //! manifest, its status (from the lifecycle log), its version among the batches of its
 //! stream and period, and who may see it.
 
+use std::collections::HashMap;
+
 use object_store::path::Path as ObjectPath;
 
 use super::lifecycle::{self, LifecycleError, Log, Status};
@@ -124,32 +126,46 @@ async fn read_batch_manifest(
     }
 }
 
-/// Every committed batch directory of the warehouse with its manifest:
-/// `<tier>/<organisation>/<stream>/<batch id>/batch.json`.
-pub async fn committed(root: &StoreLocation) -> Result<Vec<(String, Manifest)>, object_store::Error> {
+/// Every committed batch directory of the warehouse
+/// (`<tier>/<organisation>/<stream>/<batch id>/batch.json`) with its manifest, those of
+/// directories not in `known` read and added to it: one listing of each tier's keys.
+async fn committed_with(
+    root: &StoreLocation,
+    known: &mut HashMap<String, Manifest>,
+) -> Result<Vec<(String, Manifest)>, object_store::Error> {
     use futures::{StreamExt, TryStreamExt};
-    let mut streams = Vec::new();
+    let mut dirs = Vec::new();
     for tier in folders(root, None).await? {
-        let orgs = folders(root, Some(&tier)).await?;
-        let listed: Vec<Vec<String>> = futures::stream::iter(orgs)
-            .map(|org| {
-                let root = root.clone();
-                async move { folders(&root, Some(&org)).await }
-            })
-            .buffered(READ_CONCURRENCY)
+        let listed: Vec<ObjectPath> = root
+            .store()
+            .list(Some(&ObjectPath::from(tier.as_str())))
+            .map_ok(|m| m.location)
             .try_collect()
             .await?;
-        streams.extend(listed.into_iter().flatten());
+        // `tier/organisation/stream/batch/batch.json`, outside hidden (staging) folders.
+        dirs.extend(listed.iter().filter_map(|key| {
+            let parts: Vec<&str> = key.as_ref().split('/').collect();
+            let batch_dir =
+                parts.len() == 5 && parts[4] == super::MANIFEST && !parts.iter().any(|p| p.starts_with('.'));
+            batch_dir.then(|| parts[..4].join("/"))
+        }));
     }
-    let runs: Vec<Vec<(String, Manifest)>> = futures::stream::iter(streams)
-        .map(|stream| {
+    dirs.sort();
+    let unread: Vec<String> = dirs.iter().filter(|d| !known.contains_key(*d)).cloned().collect();
+    let read: Vec<Option<(String, Manifest)>> = futures::stream::iter(unread)
+        .map(|dir| {
             let root = root.clone();
-            async move { in_stream(&root, &stream).await }
+            async move { read_batch_manifest(&root, dir).await }
         })
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
-    Ok(batches_of(runs.into_iter().flatten().collect()))
+    known.extend(read.into_iter().flatten());
+    let runs = dirs
+        .into_iter()
+        .filter_map(|d| known.get(&d).cloned().map(|m| (d, m)))
+        .collect();
+    Ok(batches_of(runs))
 }
 
 /// The batches committed runs hold (a `for_each` run: one per organisation). An
@@ -169,19 +185,37 @@ pub fn batches_of(runs: Vec<(String, Manifest)>) -> Vec<(String, Manifest)> {
 /// How many batch histories are read at once.
 pub const READ_CONCURRENCY: usize = 32;
 
+/// What one read of the catalog keeps for the next: the manifests of committed batch
+/// directories (a committed batch is never replaced) and the lifecycle events read (an
+/// event is never rewritten). A reader that reads the catalog again and again (the
+/// server, before every statement) then reads only what is new.
+#[derive(Debug, Default)]
+pub struct Cache {
+    manifests: HashMap<String, Manifest>,
+    events: HashMap<String, Vec<lifecycle::Event>>,
+}
+
 /// Every committed batch with its status and version, in the order tier, organisation,
 /// stream, period, version.
 pub async fn entries(root: &StoreLocation, log: &Log) -> Result<Vec<Entry>, LifecycleError> {
-    use futures::{StreamExt, TryStreamExt};
-    // One history read per batch, many at once (thousands of batches on object storage).
-    let found = committed(root).await.map_err(|source| LifecycleError::Warehouse {
-        url: root.to_string(),
-        source,
-    })?;
-    let mut out: Vec<Entry> = futures::stream::iter(found)
-        .map(|(key, manifest)| async move {
-            let history = log.history(&manifest.batch_id).await?;
-            Ok::<_, LifecycleError>(Entry {
+    entries_with(root, log, &mut Cache::default()).await
+}
+
+/// [`entries`], reading only what `cache` does not hold yet: a listing of each tier and
+/// one of the log, then the new manifests and events.
+pub async fn entries_with(root: &StoreLocation, log: &Log, cache: &mut Cache) -> Result<Vec<Entry>, LifecycleError> {
+    let found = committed_with(root, &mut cache.manifests)
+        .await
+        .map_err(|source| LifecycleError::Warehouse {
+            url: root.to_string(),
+            source,
+        })?;
+    log.histories(&mut cache.events).await?;
+    let mut out: Vec<Entry> = found
+        .into_iter()
+        .map(|(key, manifest)| {
+            let history = cache.events.get(&manifest.batch_id).cloned().unwrap_or_default();
+            Entry {
                 root: root.clone(),
                 key,
                 manifest,
@@ -189,11 +223,9 @@ pub async fn entries(root: &StoreLocation, log: &Log) -> Result<Vec<Entry>, Life
                 history,
                 version: 0,
                 stale: false,
-            })
+            }
         })
-        .buffered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect();
     let withdrawn: std::collections::HashSet<String> = out
         .iter()
         .filter(|e| matches!(e.status, Status::Superseded | Status::Voided))

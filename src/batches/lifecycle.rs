@@ -9,6 +9,7 @@
 //! a conflict naming what won. The same code runs on a local folder and on object storage.
 //! A put makes the whole object visible at once, so no event is ever half-written.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -217,6 +218,28 @@ pub fn status_of(history: &[Event]) -> Status {
     history.last().map_or(Status::Ready, |e| e.to)
 }
 
+/// Event `seq` of `batch`, checked to be that event.
+async fn read_event(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    batch: &str,
+    seq: u64,
+) -> Result<Event, LifecycleError> {
+    let bytes = store.get(path).await?.bytes().await?;
+    let event: Event = serde_json::from_slice(&bytes).map_err(|e| LifecycleError::BadEvent {
+        path: path.to_string(),
+        why: e.to_string(),
+    })?;
+    if event.seq != seq || event.batch != batch {
+        return Err(LifecycleError::Gap {
+            batch: batch.to_string(),
+            missing: seq,
+            found: event.seq,
+        });
+    }
+    Ok(event)
+}
+
 /// The lifecycle log of a warehouse.
 pub struct Log {
     store: Arc<dyn ObjectStore>,
@@ -257,21 +280,52 @@ impl Log {
         paths.sort();
         let mut events = Vec::with_capacity(paths.len());
         for (i, path) in paths.iter().enumerate() {
-            let bytes = self.store.get(path).await?.bytes().await?;
-            let event: Event = serde_json::from_slice(&bytes).map_err(|e| LifecycleError::BadEvent {
-                path: path.to_string(),
-                why: e.to_string(),
-            })?;
-            if event.seq != i as u64 + 1 || event.batch != batch {
-                return Err(LifecycleError::Gap {
-                    batch: batch.to_string(),
-                    missing: i as u64 + 1,
-                    found: event.seq,
-                });
-            }
-            events.push(event);
+            events.push(read_event(&self.store, path, batch, i as u64 + 1).await?);
         }
         Ok(events)
+    }
+
+    /// Every batch's history, brought up to date in `known` (batch id -> its events so
+    /// far): one listing of the whole log, then only the events not read before. An
+    /// event is never rewritten, so what was read once stays true.
+    pub async fn histories(&self, known: &mut HashMap<String, Vec<Event>>) -> Result<(), LifecycleError> {
+        use futures::StreamExt;
+        let prefix = ObjectPath::from(LOG_DIR);
+        let listed: Vec<ObjectPath> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        let mut by_batch: BTreeMap<String, Vec<ObjectPath>> = BTreeMap::new();
+        for path in listed.into_iter().filter(|p| p.extension() == Some("json")) {
+            let batch = path.parts().nth(1).map(|p| p.as_ref().to_string());
+            if let Some(batch) = batch {
+                by_batch.entry(batch).or_default().push(path);
+            }
+        }
+        // (batch, event path, its sequence number) of each event not read yet.
+        let mut unread = Vec::new();
+        for (batch, mut paths) in by_batch {
+            paths.sort();
+            let read = known.get(&batch).map_or(0, Vec::len);
+            for (i, path) in paths.into_iter().enumerate().skip(read) {
+                unread.push((batch.clone(), path, i as u64 + 1));
+            }
+        }
+        let store = &self.store;
+        let events: Vec<Event> = futures::stream::iter(unread)
+            .map(|(batch, path, seq)| {
+                let store = store.clone();
+                async move { read_event(&store, &path, &batch, seq).await }
+            })
+            .buffered(super::catalog::READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for event in events {
+            known.entry(event.batch.clone()).or_default().push(event);
+        }
+        Ok(())
     }
 
     pub async fn status(&self, batch: &str) -> Result<Status, LifecycleError> {

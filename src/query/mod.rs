@@ -43,6 +43,9 @@ pub struct Warehouse {
     /// Data files' columns, read once from their footers: a committed file never changes,
     /// and the server registers every table again before each statement.
     footers: Arc<Mutex<HashMap<String, SchemaRef>>>,
+    /// The manifests and lifecycle events read so far: the server reads the catalog
+    /// before every statement, and then reads only what is new.
+    catalog: Arc<tokio::sync::Mutex<catalog::Cache>>,
 }
 
 /// A statement's result.
@@ -68,6 +71,7 @@ impl Warehouse {
             runtime,
             partitions,
             footers: Arc::default(),
+            catalog: Arc::default(),
         }
     }
 
@@ -79,16 +83,20 @@ impl Warehouse {
             runtime: self.runtime.clone(),
             partitions: self.partitions,
             footers: self.footers.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 
     /// The batches this warehouse's reader may see, with their status now.
     async fn visible(&self) -> Result<Vec<Entry>, QueryError> {
         let log = Log::open(&self.root);
-        let all = catalog::entries(&self.root, &log).await.map_err(|e| match e {
-            LifecycleError::Warehouse { .. } => QueryError::Warehouse(e.to_string()),
-            e => QueryError::Lifecycle(e),
-        })?;
+        let mut cache = self.catalog.lock().await;
+        let all = catalog::entries_with(&self.root, &log, &mut cache)
+            .await
+            .map_err(|e| match e {
+                LifecycleError::Warehouse { .. } => QueryError::Warehouse(e.to_string()),
+                e => QueryError::Lifecycle(e),
+            })?;
         Ok(all
             .into_iter()
             .filter(|e| e.visible_to(self.organization.as_deref()))
