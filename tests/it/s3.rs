@@ -51,6 +51,16 @@ fn need_moto() {
 impl Moto {
     /// Start moto on a free port of 127.0.0.1 with an empty bucket `billflow`.
     pub fn start() -> Moto {
+        Moto::start_with(&[])
+    }
+
+    /// [`Moto::start`], then every request after the bucket's creation must be signed
+    /// with credentials moto knows (none of ours are).
+    pub fn start_checking_credentials() -> Moto {
+        Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Moto {
         need_moto();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -59,6 +69,7 @@ impl Moto {
             .port();
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -585,4 +596,27 @@ fn sources_and_references_in_a_bucket_give_the_same_batches_as_local_files() {
         said.contains("s3://billflow/feeds/reference/no-such-rates.csv") && said.contains("no object matches it"),
         "{said}"
     );
+}
+
+/// Credentials the store refuses: the error says so (the store's own words) and names the
+/// warehouse, and the secret is never printed.
+#[test]
+fn credentials_the_store_refuses_are_named_without_the_secret() {
+    let moto = Moto::start_checking_credentials();
+    let out = billflow(
+        &moto,
+        &[
+            "query",
+            "--warehouse",
+            &format!("s3://{BUCKET}/wh"),
+            "SELECT count(*) FROM billflow.batches",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("s3://billflow/wh") && err.contains("InvalidAccessKeyId"),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
 }
