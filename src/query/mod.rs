@@ -48,6 +48,11 @@ pub struct Warehouse {
     catalog: Arc<tokio::sync::Mutex<catalog::Cache>>,
 }
 
+/// What a session's tables were last registered from (a fingerprint of the batches and
+/// their statuses), kept in the session's config.
+#[derive(Debug, Default)]
+struct Registered(Mutex<Option<String>>);
+
 /// A statement's result.
 pub struct Answer {
     pub schema: SchemaRef,
@@ -121,6 +126,31 @@ impl Warehouse {
     /// the schemas of organisations no longer visible (a voided batch).
     pub async fn register(&self, ctx: &SessionContext) -> Result<(), QueryError> {
         let entries = self.visible().await?;
+        // The batches and histories this session's tables show: when they are those of
+        // the last call (a client sending statement after statement), nothing changes.
+        let states: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{}:{}", e.status.name(), e.history.len()))
+            .collect();
+        let seen = crate::batches::fingerprint(
+            &entries
+                .iter()
+                .zip(&states)
+                .map(|(e, state)| (e.id(), state.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        let marker = {
+            let state = ctx.state_ref();
+            let found = state.read().config().get_extension::<Registered>();
+            found.unwrap_or_else(|| {
+                let made = Arc::new(Registered::default());
+                state.write().config_mut().set_extension(made.clone());
+                made
+            })
+        };
+        if marker.0.lock().is_ok_and(|last| last.as_deref() == Some(seen.as_str())) {
+            return Ok(());
+        }
         let Some(root) = ctx.catalog("datafusion") else {
             return Err(QueryError::Internal("the session has no default catalog".into()));
         };
@@ -146,6 +176,9 @@ impl Warehouse {
             if !NOT_OURS.contains(&gone.as_str()) && !registered.contains(&gone) {
                 root.deregister_schema(&gone, true)?;
             }
+        }
+        if let Ok(mut last) = marker.0.lock() {
+            *last = Some(seen);
         }
         Ok(())
     }
