@@ -14,7 +14,7 @@ use datafusion::logical_expr::{Expr, cast, when};
 use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 
-use super::reference::{Join, MATCHES, join_reference};
+use super::reference::{Join, MATCHES, ValidTo, join_reference};
 use super::settings::{ROUNDING, all_but, existing, plan_err, read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -56,7 +56,7 @@ const SETTINGS: &[Setting] = &[
         ty: "mapping",
         required: "no",
         default: "`from_currency`, `to_currency`, `rate`, `valid_from`, `valid_to`",
-        doc: "the reference's column names, under those keys",
+        doc: "the reference's column names, under those keys. A table without a `valid_to` column (and none named here) has each rate valid until the next one of its pair starts: the latest rate on or before the date",
     },
     Setting {
         keys: &["date"],
@@ -124,6 +124,8 @@ pub struct ConvertCurrencyStage {
     to: Currency,
     rates: Text,
     columns: [String; 5],
+    /// Whether `rate_columns` names the end of validity (then the table must have it).
+    valid_to_named: bool,
     date: RateDate,
     output: String,
     rate_output: Option<String>,
@@ -164,6 +166,7 @@ impl StageKind for ConvertCurrencyKind {
         let to = currency(f, r, "to", "to_column");
         let rates = f.required_text(r, "rates", "the exchange-rate reference, e.g. `fx_rates`");
         let mut columns = ["from_currency", "to_currency", "rate", "valid_from", "valid_to"].map(String::from);
+        let mut valid_to_named = false;
         if let Some(n) = f.get("rate_columns") {
             let mut m = r.mapping(n, "rate_columns")?;
             for (i, key) in ["from_currency", "to_currency", "rate", "valid_from", "valid_to"]
@@ -172,6 +175,7 @@ impl StageKind for ConvertCurrencyKind {
             {
                 if let Some(t) = m.text(r, key) {
                     columns[i] = t.value;
+                    valid_to_named |= *key == "valid_to";
                 }
             }
             m.finish(r, &[]);
@@ -212,6 +216,7 @@ impl StageKind for ConvertCurrencyKind {
             to: to?,
             rates: rates?,
             columns,
+            valid_to_named,
             date: date?,
             rate_output,
             scale: scale?,
@@ -277,7 +282,15 @@ impl Stage for ConvertCurrencyStage {
             reference: self.rates.clone(),
             keys: vec![(from.clone(), c_from), (to.clone(), c_to)],
             pulled: vec![(c_rate, "__billflow_rate".into())],
-            dated: Some((date.clone(), c_valid_from, c_valid_to)),
+            dated: Some((
+                date.clone(),
+                c_valid_from,
+                if self.valid_to_named {
+                    ValidTo::Named(c_valid_to)
+                } else {
+                    ValidTo::Default(c_valid_to)
+                },
+            )),
             order: None,
         };
         let mut df = join_reference(env.ctx, input, &join).await?;

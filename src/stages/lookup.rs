@@ -17,7 +17,7 @@ use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy};
 
-use super::reference::{Join, MATCHES, join_reference, key_list};
+use super::reference::{Join, MATCHES, ValidTo, join_reference, key_list};
 
 /// The settings of `kind: lookup`, as its docs table shows them.
 const SETTINGS: &[Setting] = &[
@@ -60,8 +60,8 @@ const SETTINGS: &[Setting] = &[
         keys: &["valid_to"],
         ty: "reference column",
         required: "no",
-        default: "`valid_to`",
-        doc: "exclusive end; NULL = still valid",
+        default: "`valid_to`; a reference without it: until the key's next `valid_from`",
+        doc: "exclusive end; NULL = still valid. Without the column, each row is valid until the next row of its key starts (an as-of join)",
     },
     Setting {
         keys: &["order_by"],
@@ -108,7 +108,7 @@ pub struct LookupStage {
     reference: Text,
     keys: Vec<(Text, String)>,
     pulled: Vec<(String, String)>,
-    dated: Option<(Text, String, String)>,
+    dated: Option<(Text, String, ValidTo)>,
     order_by: Option<String>,
     on_missing: OnError,
     defaults: Vec<(String, String)>,
@@ -158,10 +158,7 @@ impl StageKind for LookupKind {
             .text(r, "valid_from")
             .map(|t| t.value)
             .unwrap_or_else(|| "valid_from".into());
-        let valid_to = f
-            .text(r, "valid_to")
-            .map(|t| t.value)
-            .unwrap_or_else(|| "valid_to".into());
+        let valid_to = ValidTo::from_setting(f.text(r, "valid_to").map(|t| t.value), "valid_to");
         let order_by = f.text(r, "order_by").map(|t| t.value);
         let on_missing = super::settings::on_error(
             f,

@@ -7,7 +7,10 @@
 //! Without dates the reference is first reduced to one row per key (with its row count),
 //! so the join cannot multiply input rows. With dates, the reference is first cut into
 //! non-overlapping validity segments per key (each with its row count and chosen values),
-//! so each input row joins the one segment holding its date.
+//! so each input row joins the one segment holding its date. A reference with only the
+//! start of each row's validity (most rate feeds and price lists) has each row valid until
+//! the next start of its key, computed on the reference (a window over its starts): an
+//! as-of join, the latest row on or before the date, by the same segments.
 
 use arrow::array::Array;
 use arrow::datatypes::DataType;
@@ -31,12 +34,38 @@ pub struct Join {
     /// (reference column, output column)
     pub pulled: Vec<(String, String)>,
     /// (the row's date, reference valid_from, reference valid_to)
-    pub dated: Option<(Expr, String, String)>,
+    pub dated: Option<(Expr, String, ValidTo)>,
     /// Reference column deciding `first`/`last`, and whether the last one wins.
     pub order: Option<(String, bool)>,
 }
 
 pub const MATCHES: &str = "__billflow_matches";
+
+/// Where a dated reference row's validity ends (exclusive).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValidTo {
+    /// A column the settings name: the reference must have it.
+    Named(String),
+    /// The column by its default name: a reference without it has each row valid until
+    /// the next start of its key (an as-of join).
+    Default(String),
+}
+
+impl ValidTo {
+    /// `name`, as the settings gave it or not.
+    pub fn from_setting(named: Option<String>, default: &str) -> ValidTo {
+        named.map_or_else(|| ValidTo::Default(default.to_string()), ValidTo::Named)
+    }
+
+    /// The end column `reference` has for this setting; `None`: rows end where the next
+    /// starts.
+    pub fn column_in(&self, reference: &datafusion::common::DFSchema) -> Option<&str> {
+        match self {
+            ValidTo::Named(c) => Some(c),
+            ValidTo::Default(c) => reference.field_with_unqualified_name(c).is_ok().then_some(c.as_str()),
+        }
+    }
+}
 
 /// The input with the pulled columns added (NULL when nothing matched) and the number of
 /// matching reference rows in [`MATCHES`]. One output row per input row.
@@ -58,8 +87,11 @@ pub async fn reference_table(ctx: &SessionContext, name: &Text) -> Result<DataFr
 /// The reference has every column the join names, and a dated join names two bounds.
 fn check_columns(reference: &DataFrame, j: &Join) -> Result<(), StageError> {
     let located = |message: String| StageError::new(message).at(Some(j.reference.location.clone()));
-    let bounds = j.dated.as_ref().map(|(_, from, to)| (from, to));
-    if let Some((from, to)) = bounds
+    let bounds = j
+        .dated
+        .as_ref()
+        .map(|(_, from, to)| (from, to.column_in(reference.schema())));
+    if let Some((from, Some(to))) = bounds
         && from == to
     {
         let mut err = located(format!(
@@ -70,20 +102,27 @@ fn check_columns(reference: &DataFrame, j: &Join) -> Result<(), StageError> {
             Some("name the column where each row's validity starts and the one where it ends (exclusive)".into());
         return Err(err);
     }
-    let names = j.keys.iter().map(|(_, k)| k).chain(j.pulled.iter().map(|(p, _)| p));
-    let names = names.chain(bounds.into_iter().flat_map(|(from, to)| [from, to]));
+    let names = j
+        .keys
+        .iter()
+        .map(|(_, k)| k.as_str())
+        .chain(j.pulled.iter().map(|(p, _)| p.as_str()));
+    let names = names.chain(
+        bounds
+            .into_iter()
+            .flat_map(|(from, to)| [Some(from.as_str()), to].into_iter().flatten()),
+    );
     for name in names {
         if reference.schema().field_with_unqualified_name(name).is_ok() {
             continue;
         }
         let cols: Vec<String> = reference.schema().fields().iter().map(|f| f.name().clone()).collect();
         let mut err = located(format!("reference `{}` has no column `{name}`", j.reference.value));
-        let is_end = bounds.is_some_and(|(from, to)| name == to && cols.contains(from));
+        let is_end = bounds.is_some_and(|(from, to)| Some(name) == to && cols.contains(from));
         err.hint = if is_end {
             Some(format!(
-                "each row needs the end of its validity (exclusive) in a column, named under `rate_columns` \
-                 (convert_currency) or `valid_to` (lookup); a table with only `{}`, each row valid until the \
-                 next, is not read yet",
+                "name the column holding the end of its validity (exclusive), or name none: a table with \
+                 only `{}` has each row valid until the next one of its key starts",
                 bounds.map(|(from, _)| from.as_str()).unwrap_or_default()
             ))
         } else {
@@ -136,7 +175,8 @@ pub async fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Res
             (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
         }
         Some((date, from, to)) => {
-            let segments = validity_segments(reference, j, from, to)?;
+            let to = to.column_in(reference.schema()).map(str::to_string);
+            let segments = validity_segments(reference, j, from, to.as_deref())?;
             let mut on: Vec<Expr> = j
                 .keys
                 .iter()
@@ -249,7 +289,7 @@ async fn daily(segments: &DataFrame, date: &Expr, input: &DataFrame) -> Result<O
 /// gets how many rows cover it (`__ref_n`) and the pulled values of the first (or last, by
 /// the order column) of them. Computed on the reference alone (small), so the stream is
 /// joined once, on the keys and the segment holding its date, with no per-row window.
-fn validity_segments(reference: DataFrame, j: &Join, from: &str, to: &str) -> Result<DataFrame, StageError> {
+fn validity_segments(reference: DataFrame, j: &Join, from: &str, to: Option<&str>) -> Result<DataFrame, StageError> {
     use datafusion::functions_window::expr_fn::lead;
     let rk = |i: usize| format!("__ref_key_{i}");
     let sk = |i: usize| format!("__seg_key_{i}");
@@ -263,10 +303,52 @@ fn validity_segments(reference: DataFrame, j: &Join, from: &str, to: &str) -> Re
         .collect();
     ref_cols.extend(j.pulled.iter().enumerate().map(|(i, (p, _))| ident(p).alias(rp(i))));
     ref_cols.push(ident(from).alias("__ref_from"));
-    ref_cols.push(ident(to).alias("__ref_to"));
     let order_col = j.order.as_ref().map(|(o, _)| o.as_str()).unwrap_or(from);
     ref_cols.push(ident(order_col).alias("__ref_order"));
-    let rows = reference.select(ref_cols).map_err(plan_err)?;
+    let rows = match to {
+        Some(to) => {
+            ref_cols.push(ident(to).alias("__ref_to"));
+            reference.select(ref_cols).map_err(plan_err)?
+        }
+        None => {
+            // Each row ends where the next start of its key begins. Rows starting on the
+            // same day share that end, so they stay two matches (ambiguous), as rows with
+            // explicit bounds would.
+            let mut cols: Vec<Expr> = j
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k))| ident(k).alias(sk(i)))
+                .collect();
+            cols.push(ident(from).alias("__next_of"));
+            let starts = reference
+                .clone()
+                .select(cols)
+                .and_then(|d| d.distinct())
+                .and_then(|d| {
+                    d.window(vec![
+                        lead(ident("__next_of"), Some(1), None)
+                            .partition_by((0..keys).map(|i| ident(sk(i))).collect())
+                            .order_by(vec![ident("__next_of").sort(true, false)])
+                            .build()?
+                            .alias("__next_start"),
+                    ])
+                })
+                .map_err(plan_err)?;
+            let mut on: Vec<Expr> = j
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k))| ident(k).eq(ident(sk(i))))
+                .collect();
+            on.push(ident(from).eq(ident("__next_of")));
+            ref_cols.push(ident("__next_start").alias("__ref_to"));
+            reference
+                .join_on(starts, JoinType::Inner, on)
+                .and_then(|d| d.select(ref_cols))
+                .map_err(plan_err)?
+        }
+    };
 
     // Every date where a row of a key starts or ends.
     let bound = |col: &str| -> Result<DataFrame, StageError> {

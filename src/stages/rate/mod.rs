@@ -35,7 +35,7 @@ mod charges;
 mod groups;
 mod versions;
 
-use super::reference::reference_table;
+use super::reference::{ValidTo, reference_table};
 use super::settings::{ROUNDING, existing, read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
@@ -70,7 +70,7 @@ const SETTINGS: &[Setting] = &[
         ty: "column name",
         required: "no",
         default: "none: not dated",
-        doc: "the line's date; picks the price version valid on it. Needs the price list's `valid_from`/`valid_to` columns",
+        doc: "the line's date; picks the price version valid on it. Needs the price list's `valid_from` column, and `valid_to` when it has one; without it, each version lasts until the next one of its keys starts",
     },
     Setting {
         keys: &["group_by"],
@@ -205,6 +205,8 @@ pub struct RateStage {
     allocation: String,
     order_by: Vec<Text>,
     columns: Vec<(String, String)>,
+    /// Whether `columns` names the versions' end (then the price list must have it).
+    valid_to_named: bool,
     on_missing: OnError,
     /// The column telling usage lines from true-up lines (when plans have commitments).
     line_type: String,
@@ -270,11 +272,13 @@ impl StageKind for RateKind {
             .map(|n| r.string_list(n, "order_by"))
             .unwrap_or(Some(vec![]));
         let mut columns: Vec<(String, String)> = ROLES.iter().map(|c| (c.to_string(), c.to_string())).collect();
+        let mut valid_to_named = false;
         if let Some(n) = f.get("columns") {
             let mut m = r.mapping(n, "columns")?;
             for (role, name) in columns.iter_mut() {
                 if let Some(t) = m.text(r, role) {
                     *name = t.value;
+                    valid_to_named |= role == "valid_to";
                 }
             }
             m.finish(r, &[]);
@@ -320,6 +324,7 @@ impl StageKind for RateKind {
             allocation: allocation?,
             order_by: order_by?,
             columns,
+            valid_to_named,
             on_missing: on_missing?,
         }))
     }
@@ -420,6 +425,17 @@ impl RateStage {
         self.date.is_some()
     }
 
+    /// The price list's end of validity: the column `columns` names, else `valid_to`
+    /// when the list has it, else each version lasts until the next one starts.
+    fn valid_to(&self) -> ValidTo {
+        let column = self.col("valid_to").to_string();
+        if self.valid_to_named {
+            ValidTo::Named(column)
+        } else {
+            ValidTo::Default(column)
+        }
+    }
+
     /// The price list must have the columns the settings name.
     fn check_price_list(&self, plans: &DataFrame) -> Result<(), StageError> {
         let at = Some(self.price_list.location.clone());
@@ -439,11 +455,17 @@ impl RateStage {
         if let Some((_, k)) = self.keys.iter().find(|(_, k)| !has_column(plans, k)) {
             return Err(StageError::new(format!("price list `{list}` has no key column `{k}`")).at(at));
         }
-        if self.dated() && !(has_column(plans, self.col("valid_from")) && has_column(plans, self.col("valid_to"))) {
+        // The end may be missing unless `columns` names it: versions then last until the
+        // next one starts.
+        let named_end_missing = matches!(self.valid_to(), ValidTo::Named(c) if !has_column(plans, &c));
+        if self.dated() && (!has_column(plans, self.col("valid_from")) || named_end_missing) {
+            let missing = if has_column(plans, self.col("valid_from")) {
+                format!("`{}`", self.col("valid_to"))
+            } else {
+                format!("`{}`", self.col("valid_from"))
+            };
             return Err(StageError::new(format!(
-                "`date` is set but price list `{list}` has no `{}`/`{}` columns for its versions",
-                self.col("valid_from"),
-                self.col("valid_to")
+                "`date` is set but price list `{list}` has no {missing} column for its versions"
             ))
             .at(at));
         }

@@ -24,11 +24,15 @@ impl RateStage {
         env: &StageEnv<'_>,
     ) -> Result<DataFrame, StageError> {
         let dated = self.dated();
+        // A price list without the end column (none named): each version lasts until the
+        // next one of its keys starts.
+        let valid_to = self.valid_to();
+        let ends = valid_to.column_in(plans.schema()).map(str::to_string);
         // One row per (keys, valid_from) of the plans.
         let mut version_cols: Vec<Expr> = self.keys.iter().map(|(_, k)| ident(k)).collect();
         if dated {
             version_cols.push(ident(self.col("valid_from")));
-            version_cols.push(ident(self.col("valid_to")));
+            version_cols.extend(ends.iter().map(ident));
         }
         let versions = plans.clone().aggregate(version_cols, vec![]).map_err(plan_err)?;
         let join = Join {
@@ -42,7 +46,7 @@ impl RateStage {
             dated: usage
                 .date
                 .clone()
-                .map(|d| (d, self.col("valid_from").to_string(), self.col("valid_to").to_string())),
+                .map(|d| (d, self.col("valid_from").to_string(), valid_to)),
             order: None,
         };
         let lines = join_frame(input, versions, &join).await?;
