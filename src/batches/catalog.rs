@@ -133,7 +133,7 @@ async fn committed_with(
     root: &StoreLocation,
     known: &mut HashMap<String, Manifest>,
 ) -> Result<Vec<(String, Manifest)>, object_store::Error> {
-    use futures::{StreamExt, TryStreamExt};
+    use futures::TryStreamExt;
     let mut dirs = Vec::new();
     for tier in folders(root, None).await? {
         let listed: Vec<ObjectPath> = root
@@ -152,15 +152,15 @@ async fn committed_with(
     }
     dirs.sort();
     let unread: Vec<String> = dirs.iter().filter(|d| !known.contains_key(*d)).cloned().collect();
-    let read: Vec<Option<(String, Manifest)>> = futures::stream::iter(unread)
-        .map(|dir| {
-            let root = root.clone();
-            async move { read_batch_manifest(&root, dir).await }
-        })
-        .buffered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
-    known.extend(read.into_iter().flatten());
+    let keys = unread.iter().map(|d| format!("{d}/{}", super::MANIFEST)).collect();
+    let read = super::storage::read_many(&root.store(), root.local_dir(), keys).await?;
+    // A directory whose manifest is gone or is not billflow's is not a batch.
+    known.extend(
+        unread
+            .into_iter()
+            .zip(read)
+            .filter_map(|(dir, bytes)| Some((dir, serde_json::from_slice(&bytes?).ok()?))),
+    );
     let runs = dirs
         .into_iter()
         .filter_map(|d| known.get(&d).cloned().map(|m| (d, m)))

@@ -226,7 +226,12 @@ async fn read_event(
     seq: u64,
 ) -> Result<Event, LifecycleError> {
     let bytes = store.get(path).await?.bytes().await?;
-    let event: Event = serde_json::from_slice(&bytes).map_err(|e| LifecycleError::BadEvent {
+    parse_event(&bytes, path, batch, seq)
+}
+
+/// An event's bytes, checked to be event `seq` of `batch`.
+fn parse_event(bytes: &[u8], path: &ObjectPath, batch: &str, seq: u64) -> Result<Event, LifecycleError> {
+    let event: Event = serde_json::from_slice(bytes).map_err(|e| LifecycleError::BadEvent {
         path: path.to_string(),
         why: e.to_string(),
     })?;
@@ -243,6 +248,8 @@ async fn read_event(
 /// The lifecycle log of a warehouse.
 pub struct Log {
     store: Arc<dyn ObjectStore>,
+    /// The warehouse's folder, when it is on this machine (read in bulk there).
+    local: Option<std::path::PathBuf>,
 }
 
 impl Log {
@@ -255,12 +262,13 @@ impl Log {
     pub fn open(warehouse: &super::StoreLocation) -> Self {
         Log {
             store: warehouse.store(),
+            local: warehouse.local_dir().map(Path::to_path_buf),
         }
     }
 
     /// A log in any object store (the warehouse's root).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Log { store }
+        Log { store, local: None }
     }
 
     fn event_path(batch: &str, seq: u64) -> ObjectPath {
@@ -289,7 +297,6 @@ impl Log {
     /// far): one listing of the whole log, then only the events not read before. An
     /// event is never rewritten, so what was read once stays true.
     pub async fn histories(&self, known: &mut HashMap<String, Vec<Event>>) -> Result<(), LifecycleError> {
-        use futures::StreamExt;
         let prefix = ObjectPath::from(LOG_DIR);
         let listed: Vec<ObjectPath> = self
             .store
@@ -313,16 +320,17 @@ impl Log {
                 unread.push((batch.clone(), path, i as u64 + 1));
             }
         }
-        let store = &self.store;
-        let events: Vec<Event> = futures::stream::iter(unread)
-            .map(|(batch, path, seq)| {
-                let store = store.clone();
-                async move { read_event(&store, &path, &batch, seq).await }
-            })
-            .buffered(super::catalog::READ_CONCURRENCY)
-            .try_collect()
-            .await?;
-        for event in events {
+        let keys = unread.iter().map(|(_, path, _)| path.to_string()).collect();
+        let read = super::storage::read_many(&self.store, self.local.as_deref(), keys).await?;
+        for ((batch, path, seq), bytes) in unread.into_iter().zip(read) {
+            let Some(bytes) = bytes else {
+                return Err(LifecycleError::Gap {
+                    batch,
+                    missing: seq,
+                    found: 0,
+                });
+            };
+            let event = parse_event(&bytes, &path, &batch, seq)?;
             known.entry(event.batch.clone()).or_default().push(event);
         }
         Ok(())

@@ -40,8 +40,9 @@ pub struct Warehouse {
     organization: Option<String>,
     runtime: Arc<RuntimeEnv>,
     partitions: usize,
-    /// Data files' columns, read once from their footers: a committed file never changes,
-    /// and the server registers every table again before each statement.
+    /// The columns of each committed run's data files (by the run's directory), read once
+    /// from a footer: a committed file never changes, and the server registers every
+    /// table again when the catalog changes.
     footers: Arc<Mutex<HashMap<String, SchemaRef>>>,
     /// The manifests and lifecycle events read so far: the server reads the catalog
     /// before every statement, and then reads only what is new.
@@ -260,11 +261,16 @@ async fn columns_of(
     batches: &[&Entry],
     footers: &Mutex<HashMap<String, SchemaRef>>,
 ) -> Result<SchemaRef, QueryError> {
-    let newest = batches.iter().rev().find_map(|e| e.data_keys().into_iter().next());
-    let Some((key, size)) = newest else {
+    let newest = batches
+        .iter()
+        .rev()
+        .find_map(|e| e.data_keys().into_iter().next().map(|file| (&e.key, file)));
+    let Some((dir, (key, size))) = newest else {
         return Ok(Arc::new(Schema::empty()));
     };
-    if let Some(known) = footers.lock().ok().and_then(|f| f.get(&key).cloned()) {
+    // Every file of one run's directory has the same columns: a `for_each` run's
+    // thousands of organisations' tables need one footer read, not one each.
+    if let Some(known) = footers.lock().ok().and_then(|f| f.get(dir).cloned()) {
         return Ok(known);
     }
     let unreadable = |e: &dyn std::fmt::Display| QueryError::Warehouse(format!("{}: {e}", root.url_of(&key)));
@@ -276,7 +282,7 @@ async fn columns_of(
         .map_err(|e| unreadable(&e))?;
     let columns: SchemaRef = Arc::new(Schema::new(schema.fields().clone()));
     if let Ok(mut f) = footers.lock() {
-        f.insert(key, columns.clone());
+        f.insert(dir.clone(), columns.clone());
     }
     Ok(columns)
 }
