@@ -143,6 +143,22 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `billflow run --quiet --period 2026-10 --warehouse WAREHOUSE PIPELINE`.
+fn run(moto: &Moto, warehouse: &str, pipeline: &std::path::Path) -> Output {
+    billflow(
+        moto,
+        &[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--warehouse",
+            warehouse,
+            pipeline.to_str().unwrap(),
+        ],
+    )
+}
+
 fn query(moto: &Moto, warehouse: &str, sql: &str) -> String {
     ok(billflow(
         moto,
@@ -156,28 +172,13 @@ fn query(moto: &Moto, warehouse: &str, sql: &str) -> String {
 fn the_sample_runs_into_a_bucket_and_is_queried_reviewed_and_rerun_there() {
     let moto = Moto::start();
     let (tmp, pipeline) = sample_copy();
-    let pipeline = pipeline.to_str().unwrap();
     let local = tmp.path().join("wh");
     let local = local.to_str().unwrap();
     let bucket = format!("s3://{BUCKET}/warehouses/sample");
 
-    let ran = ok(billflow(
-        &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            &bucket,
-            pipeline,
-        ],
-    ));
+    let ran = ok(run(&moto, &bucket, &pipeline));
     assert!(ran.contains(&bucket), "the summary names the bucket: {ran}");
-    ok(billflow(
-        &moto,
-        &["run", "--quiet", "--period", "2026-10", "--warehouse", local, pipeline],
-    ));
+    ok(run(&moto, local, &pipeline));
 
     // Alpha IT's invoice lines for October: 391.19 over 10 lines (the golden file
     // tests/golden/cloud-reseller/alpha-it-invoice-lines.csv, summed by hand).
@@ -213,18 +214,7 @@ fn the_sample_runs_into_a_bucket_and_is_queried_reviewed_and_rerun_there() {
     }
 
     // A re-run finds every batch there: nothing new is written.
-    let again = ok(billflow(
-        &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            &bucket,
-            pipeline,
-        ],
-    ));
+    let again = ok(run(&moto, &bucket, &pipeline));
     assert!(again.contains("unchanged"), "{again}");
     assert_eq!(moto.keys("warehouses/sample/"), keys, "a re-run writes nothing");
 
@@ -257,6 +247,8 @@ fn the_sample_runs_into_a_bucket_and_is_queried_reviewed_and_rerun_there() {
 /// so each is a multipart upload): ids and amounts that do not compress.
 fn big_upload_pipeline(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
     use std::io::Write;
+    // The local kill test's pipeline, over these rows in place of its own.
+    let pipeline = crate::lifecycle::big_pipeline(dir, 0);
     let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("big.csv")).unwrap());
     writeln!(f, "id,day,amount").unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -279,36 +271,7 @@ fn big_upload_pipeline(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
         .unwrap();
     }
     drop(f);
-    let p = dir.join("pipeline.yaml");
-    std::fs::write(
-        &p,
-        r#"pipeline: big
-organizations:
-  - { id: v, name: Vendor, tier: vendor }
-sources:
-  usage:
-    url: big.csv
-    schema:
-      - { name: id, type: string, nullable: false }
-      - { name: day, type: date }
-      - { name: amount, type: "decimal(18,4)" }
-streams:
-  - id: totals
-    kind: usage
-    owner: v
-    input: { source: usage }
-    period: day
-    stages:
-      - kind: sql
-        query: SELECT id, day, amount * 2 AS amount FROM input ORDER BY id
-    columns:
-      - { name: id, type: string, nullable: false }
-      - { name: day, type: date }
-      - { name: amount, type: "decimal(19,4)" }
-"#,
-    )
-    .unwrap();
-    p
+    pipeline
 }
 
 /// A run killed while it uploads its batch leaves no manifest: no reader sees a batch,
@@ -368,18 +331,7 @@ fn a_run_killed_during_its_upload_leaves_nothing_visible_and_the_rerun_commits_o
         "no batch may be visible after a kill"
     );
 
-    ok(billflow(
-        &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            &bucket,
-            pipeline.to_str().unwrap(),
-        ],
-    ));
+    ok(run(&moto, &bucket, &pipeline));
     assert_eq!(
         query(
             &moto,
@@ -469,18 +421,7 @@ fn psql_queries_a_warehouse_in_a_bucket() {
     let moto = Moto::start();
     let (_tmp, pipeline) = sample_copy();
     let bucket = format!("s3://{BUCKET}/served");
-    ok(billflow(
-        &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            &bucket,
-            pipeline.to_str().unwrap(),
-        ],
-    ));
+    ok(run(&moto, &bucket, &pipeline));
     let served = crate::serve::start_with_env(&bucket, &[], &moto.env()).unwrap();
     assert_eq!(
         crate::serve::psql_ok(
@@ -506,18 +447,7 @@ fn sources_and_references_in_a_bucket_give_the_same_batches_as_local_files() {
          s3.upload_file(f, '{BUCKET}', 'feeds/' + f)",
         sample.display()
     ));
-    let local_run = ok(billflow(
-        &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            tmp.path().join("local").to_str().unwrap(),
-            pipeline.to_str().unwrap(),
-        ],
-    ));
+    let local_run = ok(run(&moto, tmp.path().join("local").to_str().unwrap(), &pipeline));
     let text = std::fs::read_to_string(&pipeline).unwrap();
     let remote = text
         .replace("url: inputs/", &format!("url: s3://{BUCKET}/feeds/inputs/"))
@@ -528,17 +458,10 @@ fn sources_and_references_in_a_bucket_give_the_same_batches_as_local_files() {
     );
     let remote_pipeline = sample.join("remote.yaml");
     std::fs::write(&remote_pipeline, remote).unwrap();
-    let remote_run = ok(billflow(
+    let remote_run = ok(run(
         &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            tmp.path().join("remote").to_str().unwrap(),
-            remote_pipeline.to_str().unwrap(),
-        ],
+        tmp.path().join("remote").to_str().unwrap(),
+        &remote_pipeline,
     ));
     let ids = |summary: &str| -> Vec<String> {
         let mut v: Vec<String> = summary
@@ -574,18 +497,7 @@ fn sources_and_references_in_a_bucket_give_the_same_batches_as_local_files() {
         "url: s3://billflow/feeds/reference/no-such-rates.csv\n",
     );
     std::fs::write(&remote_pipeline, missing).unwrap();
-    let out = billflow(
-        &moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            tmp.path().join("remote").to_str().unwrap(),
-            remote_pipeline.to_str().unwrap(),
-        ],
-    );
+    let out = run(&moto, tmp.path().join("remote").to_str().unwrap(), &remote_pipeline);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
