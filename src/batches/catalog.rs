@@ -182,8 +182,7 @@ pub fn batches_of(runs: Vec<(String, Manifest)>) -> Vec<(String, Manifest)> {
     out
 }
 
-/// How many batch histories are read at once.
-pub const READ_CONCURRENCY: usize = 32;
+pub use super::storage::READ_CONCURRENCY;
 
 /// What one read of the catalog keeps for the next: the manifests of committed batch
 /// directories (a committed batch is never replaced) and the lifecycle events read (an

@@ -348,6 +348,9 @@ pub async fn collect_abandoned(root: &StoreLocation, batch_key: &str, grace: std
     }
 }
 
+/// How many small objects (manifests, events) are read at once from an object store.
+pub const READ_CONCURRENCY: usize = 32;
+
 /// The bytes of many small objects under `root` (manifests, events), in the order of
 /// `keys`; `None` for one that is not there. On a local disk the files are read by a few
 /// blocking tasks (one per core) rather than a task each: thousands of tiny reads cost
@@ -370,7 +373,7 @@ pub async fn read_many(
                     }
                 }
             })
-            .buffered(super::catalog::READ_CONCURRENCY)
+            .buffered(READ_CONCURRENCY)
             .try_collect()
             .await;
     };
