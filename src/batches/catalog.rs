@@ -94,36 +94,23 @@ async fn folders(root: &StoreLocation, key: Option<&str>) -> Result<Vec<String>,
 /// manifests, by key. A directory with no manifest, or one that is not billflow's, is
 /// not a batch; a store that cannot be read is an error.
 pub async fn in_stream(root: &StoreLocation, stream_key: &str) -> Result<Vec<(String, Manifest)>, object_store::Error> {
-    use futures::{StreamExt, TryStreamExt};
     let dirs = folders(root, Some(stream_key)).await?;
-    // Each read owns what it uses: a future borrowing across `buffered` is not `Send`
-    // for every lifetime, which the scheduler's tasks need.
-    let found: Vec<Option<(String, Manifest)>> = futures::stream::iter(dirs)
-        .map(|dir| {
-            let root = root.clone();
-            async move { read_batch_manifest(&root, dir).await }
-        })
-        .buffered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
-    Ok(found.into_iter().flatten().collect())
+    read_manifests(root, dirs).await
 }
 
-/// The manifest of the directory `dir`, if it is a batch's.
-async fn read_batch_manifest(
+/// The manifests of the directories `dirs`, each with its directory; a directory whose
+/// manifest is missing or is not billflow's is not a batch (and is left out).
+async fn read_manifests(
     root: &StoreLocation,
-    dir: String,
-) -> Result<Option<(String, Manifest)>, object_store::Error> {
-    use super::storage::ReadError;
-    match super::storage::read_manifest(root, &dir).await {
-        Ok(m) => Ok(Some((dir, m))),
-        Err(ReadError::Store {
-            source: object_store::Error::NotFound { .. },
-            ..
-        })
-        | Err(ReadError::Format { .. }) => Ok(None),
-        Err(ReadError::Store { source, .. }) => Err(source),
-    }
+    dirs: Vec<String>,
+) -> Result<Vec<(String, Manifest)>, object_store::Error> {
+    let keys = dirs.iter().map(|d| format!("{d}/{}", super::MANIFEST)).collect();
+    let read = super::storage::read_many(&root.store(), root.local_dir(), keys).await?;
+    Ok(dirs
+        .into_iter()
+        .zip(read)
+        .filter_map(|(dir, bytes)| Some((dir, serde_json::from_slice(&bytes?).ok()?)))
+        .collect())
 }
 
 /// Every committed batch directory of the warehouse
@@ -152,15 +139,7 @@ async fn committed_with(
     }
     dirs.sort();
     let unread: Vec<String> = dirs.iter().filter(|d| !known.contains_key(*d)).cloned().collect();
-    let keys = unread.iter().map(|d| format!("{d}/{}", super::MANIFEST)).collect();
-    let read = super::storage::read_many(&root.store(), root.local_dir(), keys).await?;
-    // A directory whose manifest is gone or is not billflow's is not a batch.
-    known.extend(
-        unread
-            .into_iter()
-            .zip(read)
-            .filter_map(|(dir, bytes)| Some((dir, serde_json::from_slice(&bytes?).ok()?))),
-    );
+    known.extend(read_manifests(root, unread).await?);
     let runs = dirs
         .into_iter()
         .filter_map(|d| known.get(&d).cloned().map(|m| (d, m)))
