@@ -57,7 +57,7 @@ enum Command {
         /// `YYYY-MM` or `YYYY-MM-DD..YYYY-MM-DD` (end exclusive).
         #[arg(long)]
         period: String,
-        /// Where batches go (a folder or `s3://bucket/prefix`); default: the pipeline's
+        /// Where batches go (a folder, `s3://bucket/prefix`, `gs://…` or `az://…`); default: the pipeline's
         /// `warehouse`, else ./warehouse.
         #[arg(long, value_parser = location)]
         warehouse: Option<StoreLocation>,
@@ -90,7 +90,7 @@ enum Command {
     Batch {
         #[command(subcommand)]
         command: BatchCommand,
-        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        /// The warehouse (a folder, `s3://bucket/prefix`, `gs://…` or `az://…`); default: ./warehouse.
         #[arg(long, global = true, default_value = "warehouse", value_parser = location)]
         warehouse: StoreLocation,
         /// Act as this organisation: see only its batches and those published to it, and
@@ -108,7 +108,7 @@ enum Command {
         /// Run the statement in FILE (e.g. one of queries/).
         #[arg(long, short = 'f', value_name = "FILE")]
         file: Option<PathBuf>,
-        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        /// The warehouse (a folder, `s3://bucket/prefix`, `gs://…` or `az://…`); default: ./warehouse.
         #[arg(long, default_value = "warehouse", value_parser = location)]
         warehouse: StoreLocation,
         /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).
@@ -124,7 +124,7 @@ enum Command {
     /// Metabase, Grafana or any Postgres driver can query the batches. Read-only; each
     /// user (SCRAM-SHA-256) sees what `--as` their organisation sees. Stops on Ctrl-C.
     Serve {
-        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        /// The warehouse (a folder, `s3://bucket/prefix`, `gs://…` or `az://…`); default: ./warehouse.
         #[arg(long, default_value = "warehouse", value_parser = location)]
         warehouse: StoreLocation,
         /// Who may connect, YAML: `users: { NAME: { organization: ORG ("*": all),
@@ -149,7 +149,7 @@ enum Command {
     Reconcile {
         #[arg(long)]
         period: String,
-        /// The warehouse (a folder or `s3://bucket/prefix`); default: ./warehouse.
+        /// The warehouse (a folder, `s3://bucket/prefix`, `gs://…` or `az://…`); default: ./warehouse.
         #[arg(long, default_value = "warehouse", value_parser = location)]
         warehouse: StoreLocation,
         /// As this organisation: its batches and those published to it (also `BILLFLOW_ORG`).

@@ -1,14 +1,19 @@
 //! Where a warehouse lives: a folder on this machine or a prefix in an object store
-//! (`s3://bucket/prefix`). Everything that reads the warehouse (the catalog walk,
+//! (`s3://bucket/prefix`, `gs://`, `az://`). Everything that reads the warehouse (the catalog walk,
 //! manifests, the lifecycle log, the Parquet scans) goes through one `object_store`
 //! rooted at the warehouse, so a local folder and a bucket are read the same way; only
 //! the commit differs (a directory rename on a disk, create-if-absent puts in a store:
 //! see [`super::Store`]).
 //!
-//! S3 is configured as the AWS tools are, from the environment: `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_SESSION_TOKEN`,
-//! and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`) for an S3-compatible store; an `http://`
-//! endpoint is allowed as given.
+//! Stores are configured from the environment, as their own tools are. S3:
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+//! `AWS_SESSION_TOKEN`, and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`) for an S3-compatible
+//! store; an `http://` endpoint is allowed as given. Google Cloud Storage (`gs://`):
+//! `GOOGLE_APPLICATION_CREDENTIALS` or `GOOGLE_SERVICE_ACCOUNT`, and
+//! `STORAGE_EMULATOR_HOST` for an emulator. Azure (`az://container/prefix`,
+//! `abfss://container@account.dfs.core.windows.net/prefix`): `AZURE_STORAGE_ACCOUNT_NAME`
+//! with `AZURE_STORAGE_ACCOUNT_KEY` (or a SAS token, or a service principal's
+//! `AZURE_CLIENT_ID`...), and `AZURE_STORAGE_USE_EMULATOR=true` for Azurite.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,7 +58,7 @@ pub use crate::definition::model::is_url;
 
 impl StoreLocation {
     /// A local folder (made absolute: scans address files by URL, which a relative path
-    /// is not) or `s3://bucket/prefix`.
+    /// is not) or `s3://bucket/prefix` (`gs://`, `az://`, `abfss://`).
     pub fn parse(text: &str) -> Result<StoreLocation, StorageError> {
         if is_url(text) {
             Self::remote(text)
@@ -82,27 +87,39 @@ impl StoreLocation {
         };
         let url = url::Url::parse(text).map_err(|e| unusable(e.to_string()))?;
         let bucket_name = url.host_str().unwrap_or_default().to_string();
-        let bucket: Arc<dyn ObjectStore> = match url.scheme() {
-            "s3" | "s3a" => Arc::new(s3_from_env(&bucket_name).map_err(|e| unusable(e.to_string()))?),
-            "gs" | "az" | "abfs" | "abfss" => {
-                return Err(unusable(format!(
-                    "this billflow is built with S3 support only; `{}://` needs object_store's `gcp` or \
-                     `azure` feature",
-                    url.scheme()
-                )));
-            }
+        if bucket_name.is_empty() {
+            return Err(unusable(format!(
+                "no bucket: expected {}://bucket/prefix",
+                url.scheme()
+            )));
+        }
+        let built = match url.scheme() {
+            "s3" | "s3a" => s3_from_env(&bucket_name).map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "gs" => gcs_from_env(&bucket_name).map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "az" | "azure" | "abfs" | "abfss" => object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(text)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             other => {
                 return Err(unusable(format!(
-                    "unknown scheme `{other}://`: expected a local path or s3://"
+                    "unknown scheme `{other}://`: expected a local path, s3://, gs:// or az://"
                 )));
             }
         };
-        if bucket_name.is_empty() {
-            return Err(unusable("no bucket: expected s3://bucket/prefix".into()));
-        }
+        let bucket = built.map_err(|e| {
+            let why = e.to_string();
+            if why.contains("Account must be specified") {
+                unusable(format!(
+                    "{why}: set AZURE_STORAGE_ACCOUNT_NAME (or AZURE_STORAGE_USE_EMULATOR=true for Azurite), \
+                     or write abfss://container@account.dfs.core.windows.net/prefix"
+                ))
+            } else {
+                unusable(why)
+            }
+        })?;
         let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| unusable(e.to_string()))?;
-        let store_url =
-            ObjectStoreUrl::parse(format!("{}://{bucket_name}", url.scheme())).map_err(|e| unusable(e.to_string()))?;
+        // `abfss://container@account.…`: the container is part of the store's address.
+        let store_url = ObjectStoreUrl::parse(&url[..url::Position::AfterPort]).map_err(|e| unusable(e.to_string()))?;
         Ok(StoreLocation {
             text: text.trim_end_matches('/').to_string(),
             store: Arc::new(object_store::prefix::PrefixStore::new(bucket.clone(), prefix.clone())),
@@ -204,6 +221,25 @@ fn s3_from_env(bucket: &str) -> object_store::Result<object_store::aws::AmazonS3
         builder = builder
             .with_allow_http(endpoint.starts_with("http://"))
             .with_endpoint(endpoint);
+    }
+    builder.build()
+}
+
+/// A Google Cloud Storage bucket configured from the environment: `GOOGLE_*` as
+/// object_store reads them (`GOOGLE_APPLICATION_CREDENTIALS`, `GOOGLE_SERVICE_ACCOUNT`,
+/// ...), and `STORAGE_EMULATOR_HOST`, which Google's own libraries read, for an emulator
+/// (no credentials are signed for it).
+fn gcs_from_env(bucket: &str) -> object_store::Result<object_store::gcp::GoogleCloudStorage> {
+    use object_store::gcp::GoogleCloudStorageBuilder;
+    let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+    let emulator = std::env::var("STORAGE_EMULATOR_HOST").ok().filter(|h| !h.is_empty());
+    if let (Some(host), Err(_)) = (emulator, std::env::var("GOOGLE_BASE_URL")) {
+        let base = if host.contains("://") {
+            host
+        } else {
+            format!("http://{host}")
+        };
+        builder = builder.with_base_url(&base).with_skip_signature(true);
     }
     builder.build()
 }
@@ -405,4 +441,49 @@ pub async fn read_many(
         out.extend(read?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each store's URL addresses keys below its prefix, and scans find the store under
+    /// the URL it is registered with (the container and account of an `abfss://` URL
+    /// included). No request is made: the clients connect on first use.
+    #[test]
+    fn gs_az_and_abfss_warehouses_address_their_keys_below_the_prefix() {
+        for (text, store_url, path) in [
+            ("gs://bills/wh", "gs://bills/", "wh/t/o/s/b/batch.json"),
+            (
+                "abfss://bills@acct.dfs.core.windows.net/wh",
+                "abfss://bills@acct.dfs.core.windows.net/",
+                "wh/t/o/s/b/batch.json",
+            ),
+        ] {
+            let at = StoreLocation::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(at.local_dir(), None);
+            assert_eq!(
+                at.url_of("t/o/s/b/batch.json"),
+                format!("{}/t/o/s/b/batch.json", text.trim_end_matches('/'))
+            );
+            let (url, key) = at.scan_path("t/o/s/b/batch.json").unwrap();
+            assert_eq!((url.as_str(), key.as_ref()), (store_url, path), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_store_url_without_a_bucket_or_with_an_unknown_scheme_says_what_it_expected() {
+        let no_bucket = StoreLocation::parse("gs:///wh").unwrap_err().to_string();
+        assert!(
+            no_bucket.contains("no bucket: expected gs://bucket/prefix"),
+            "{no_bucket}"
+        );
+        // (Unless the environment names the account, as a user's would.)
+        if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+            let no_account = StoreLocation::parse("az://bills/wh").unwrap_err().to_string();
+            assert!(no_account.contains("set AZURE_STORAGE_ACCOUNT_NAME"), "{no_account}");
+        }
+        let unknown = StoreLocation::parse("ftp://host/wh").unwrap_err().to_string();
+        assert!(unknown.contains("unknown scheme `ftp://`"), "{unknown}");
+    }
 }

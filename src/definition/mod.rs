@@ -2,6 +2,7 @@
 
 pub mod diagnostics;
 pub mod model;
+pub mod organizations_file;
 pub mod parse;
 pub mod reader;
 pub mod sandbox;
@@ -56,6 +57,7 @@ fn load_str_in(path: &Path, text: String, sandbox: Option<Sandbox>) -> Result<Pi
     match pipeline {
         Some(mut p) => {
             p.sandbox = sandbox;
+            organizations_file::read_into(&mut p, &mut diags);
             validate::validate(&mut p, &mut diags);
             if diags.is_empty() { Ok(p) } else { Err(diags.sorted()) }
         }

@@ -17,14 +17,20 @@ pub struct Pipeline {
     pub file: Arc<SourceFile>,
     /// Directory of the pipeline file: relative paths in the file resolve against it.
     pub dir: PathBuf,
-    /// A folder (relative to the pipeline's), or a URL (`s3://bucket/prefix`).
+    /// A folder (relative to the pipeline's), or a URL (`s3://`, `gs://`, `az://bucket/prefix`).
     pub warehouse: Option<String>,
     pub organizations: Vec<Organization>,
+    /// Files listing more organisations (`organizations: [{ url: resellers.csv }]`), read
+    /// into `organizations` when the pipeline is loaded.
+    pub organization_files: Vec<OrganizationFile>,
     pub sources: Vec<TableDef>,
     pub references: Vec<TableDef>,
     pub streams: Vec<StreamDef>,
     /// With `--sandbox DIR`: the folder every file the pipeline names must lie under.
     pub sandbox: Option<super::Sandbox>,
+    /// Organisations by id, built at the first lookup (once files are read): a chain of
+    /// thousands is looked up once per stream and per link.
+    pub organization_index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
 }
 
 impl Pipeline {
@@ -38,7 +44,14 @@ impl Pipeline {
         }
     }
     pub fn organization(&self, id: &str) -> Option<&Organization> {
-        self.organizations.iter().find(|o| o.id.value == id)
+        let index = self.organization_index.get_or_init(|| {
+            let mut index = std::collections::HashMap::with_capacity(self.organizations.len());
+            for (i, o) in self.organizations.iter().enumerate() {
+                index.entry(o.id.value.clone()).or_insert(i); // the first of a duplicate, as before
+            }
+            index
+        });
+        index.get(id).map(|&i| &self.organizations[i])
     }
     /// The organisation `id` and those above it, nearest first, up to the vendor (stops at
     /// an unknown upstream or a cycle, which validation reports).
@@ -82,6 +95,18 @@ pub struct Organization {
     pub currency: Option<Text>,
     /// 1 for the vendor, 2 for its distributors, and so on (set by validation).
     pub level: usize,
+}
+
+/// A file of organisations, one per row (CSV with a header, or NDJSON), with the columns
+/// an inline organisation has: `id`, `tier`, and optionally `name`, `upstream`, `currency`.
+#[derive(Debug)]
+pub struct OrganizationFile {
+    pub url: Text,
+    /// `csv` or `ndjson`; by default from the file's extension.
+    pub format: Option<Text>,
+    pub delimiter: Option<Text>,
+    /// How many inline organisations come before it in the list: its rows go there.
+    pub position: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,6 +381,11 @@ impl StreamDef {
         self.columns.iter().filter(|c| c.output)
     }
 }
+
+/// The object stores billflow reads and writes: Amazon S3 (and S3-compatible stores),
+/// Google Cloud Storage, Azure Blob Storage (`az://container`, or ADLS Gen2's
+/// `abfss://container@account.dfs.core.windows.net`).
+pub const STORE_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
 
 /// Whether `text` is a URL (`s3://bucket/key`) rather than a local path.
 pub fn is_url(text: &str) -> bool {

@@ -20,6 +20,7 @@ const TOP_KEYS: &[&str] = &[
     "streams",
 ];
 const ORG_KEYS: &[&str] = &["id", "name", "tier", "upstream", "currency"];
+const ORG_FILE_KEYS: &[&str] = &["url", "format", "delimiter"];
 const TABLE_KEYS: &[&str] = &["url", "format", "schema", "delimiter", "has_header"];
 const COLUMN_KEYS: &[&str] = &["name", "type", "nullable", "output", "description"];
 const STREAM_KEYS: &[&str] = &[
@@ -212,12 +213,13 @@ fn parse_root(r: &mut Reader, root: &Node) -> Option<Pipeline> {
     let description = f.text(r, "description").map(|t| t.value);
     let warehouse = f.text(r, "warehouse").map(|t| t.value);
 
-    let organizations = match f.require(r, "organizations", "a list of organisations with `id`, `name`, `tier`") {
-        Some(n) => r
-            .sequence(n, "organizations")
-            .map(|items| items.iter().filter_map(|i| parse_org(r, i)).collect())
-            .unwrap_or_default(),
-        None => Vec::new(),
+    let (organizations, organization_files) = match f.require(
+        r,
+        "organizations",
+        "a list of organisations with `id`, `name`, `tier`, or `{ url: FILE }` listing them",
+    ) {
+        Some(n) => parse_organizations(r, n),
+        None => Default::default(),
     };
     let sources = f
         .get("sources")
@@ -254,10 +256,52 @@ fn parse_root(r: &mut Reader, root: &Node) -> Option<Pipeline> {
         file,
         dir,
         organizations,
+        organization_files,
         sources,
         references,
         streams,
         sandbox: None,
+        organization_index: Default::default(),
+    })
+}
+
+/// `organizations:` is a list of organisations and of files listing them (an item with a
+/// `url`), or one such file alone. Files are read after parsing (see
+/// `super::organizations_file`), into the place their item holds in the list.
+fn parse_organizations(r: &mut Reader, node: &Node) -> (Vec<Organization>, Vec<OrganizationFile>) {
+    let mut organizations = Vec::new();
+    let mut files = Vec::new();
+    if let Node::Mapping(m) = node
+        && m.get_node("url").is_some()
+    {
+        files.extend(parse_org_file(r, node, 0));
+        return (organizations, files);
+    }
+    for item in r.sequence(node, "organizations").unwrap_or_default() {
+        match item {
+            Node::Mapping(m) if m.get_node("url").is_some() => {
+                files.extend(parse_org_file(r, item, organizations.len()));
+            }
+            _ => organizations.extend(parse_org(r, item)),
+        }
+    }
+    (organizations, files)
+}
+
+fn parse_org_file(r: &mut Reader, node: &Node, position: usize) -> Option<OrganizationFile> {
+    let mut f = r.mapping(node, "organisations file")?;
+    let url = f.required_text(r, "url", "the path of a CSV or NDJSON file of organisations")?;
+    let format = match f.get("format") {
+        Some(n) => Some(r.choice(n, "`format`", &["csv", "ndjson", "json"])?),
+        None => None,
+    };
+    let delimiter = f.text(r, "delimiter");
+    f.finish(r, ORG_FILE_KEYS);
+    Some(OrganizationFile {
+        url,
+        format,
+        delimiter,
+        position,
     })
 }
 

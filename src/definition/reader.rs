@@ -28,6 +28,22 @@ impl std::fmt::Display for Text {
 }
 
 /// Everything a reader needs: the file (for locations) and the sink for problems.
+/// Letters, digits, `-` and `_`, starting with a letter: safe as a directory's name.
+pub fn is_identifier(text: &str) -> bool {
+    text.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The error for `text`, which should have been an identifier (a `what`).
+pub fn not_an_identifier(diags: &mut Diagnostics, text: &Text, what: &str) {
+    let d = diags.error(
+        format!("`{}` is not a valid {what}", text.value),
+        Some(text.location.clone()),
+    );
+    d.expected = Some("an identifier: letters, digits, `-` or `_`, starting with a letter".into());
+    d.hint = Some("identifiers name directories in the warehouse, so they stay simple".into());
+}
+
 pub struct Reader<'d> {
     pub file: Arc<SourceFile>,
     pub diags: &'d mut Diagnostics,
@@ -90,14 +106,8 @@ impl<'d> Reader<'d> {
     /// A non-empty identifier: letters, digits, `-` and `_`, starting with a letter.
     pub fn identifier(&mut self, node: &Node, what: &str) -> Option<Text> {
         let t = self.text(node, what)?;
-        let ok = t.value.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && t.value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !ok {
-            let d = self.error(format!("`{}` is not a valid {what}", t.value), t.location.clone());
-            d.expected = Some("an identifier: letters, digits, `-` or `_`, starting with a letter".into());
-            d.hint = Some("identifiers name directories in the warehouse, so they stay simple".into());
+        if !is_identifier(&t.value) {
+            not_an_identifier(self.diags, &t, what);
             return None;
         }
         Some(t)

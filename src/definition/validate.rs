@@ -18,7 +18,7 @@ pub fn validate(p: &mut Pipeline, diags: &mut Diagnostics) {
 }
 
 fn check_unique(p: &Pipeline, diags: &mut Diagnostics) {
-    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, &str), &super::diagnostics::Location> = HashMap::new();
     let all = p
         .organizations
         .iter()
@@ -27,13 +27,19 @@ fn check_unique(p: &Pipeline, diags: &mut Diagnostics) {
         .chain(p.sources.iter().map(|s| ("table", &s.name)))
         .chain(p.references.iter().map(|s| ("table", &s.name)));
     for (what, id) in all {
-        if let Some(line) = seen.insert((what, id.value.as_str()), id.location.line) {
+        if let Some(first) = seen.insert((what, id.value.as_str()), &id.location) {
+            // Organisations may come from files: name the first one's file when it differs.
+            let at = if first.file.path == id.location.file.path {
+                format!("line {}", first.line)
+            } else {
+                first.to_string()
+            };
             diags
                 .error(
                     format!("{what} `{}` is declared twice", id.value),
                     Some(id.location.clone()),
                 )
-                .hint = Some(format!("the first declaration is at line {line}; ids must be unique"));
+                .hint = Some(format!("the first declaration is at {at}; ids must be unique"));
         }
     }
     for r in &p.references {
@@ -47,6 +53,10 @@ fn check_unique(p: &Pipeline, diags: &mut Diagnostics) {
 
 fn check_organizations(p: &mut Pipeline, diags: &mut Diagnostics) {
     let ids: Vec<String> = p.organizations.iter().map(|o| o.id.value.clone()).collect();
+    let mut position: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        position.entry(id.as_str()).or_insert(i);
+    }
     // Level = number of organisations from the vendor down to this one; a walk up the
     // `upstream` links with a cycle guard. Each problem is reported by the organisation
     // that has it, once.
@@ -57,7 +67,7 @@ fn check_organizations(p: &mut Pipeline, diags: &mut Diagnostics) {
             loop {
                 let o = &p.organizations[cur];
                 let Some(up) = &o.upstream else { return Some(path.len()) };
-                match ids.iter().position(|x| *x == up.value) {
+                match position.get(up.value.as_str()).copied() {
                     Some(j) if path.contains(&j) => {
                         if cur == i || j == i {
                             let names: Vec<&str> = path.iter().map(|k| ids[*k].as_str()).collect();
@@ -186,28 +196,28 @@ fn check_tables(p: &Pipeline, diags: &mut Diagnostics) {
     }
 }
 
-/// A table in an object store: `s3://bucket/key` or a glob over keys. Whether objects
+/// A table in an object store: `s3://bucket/key` (or gs://, az://) or a glob over keys. Whether objects
 /// match is known only by asking the store, which a run does (validate reads no data).
 fn check_object_url(p: &Pipeline, t: &TableDef, diags: &mut Diagnostics) {
     let url = &t.url.value;
     let at = Some(t.url.location.clone());
-    let expected =
-        "a local file path or glob, relative to the pipeline file, or s3://bucket/key (a glob over keys too)";
+    let expected = "a local file path or glob, relative to the pipeline file, or s3://, gs:// or az://bucket/key \
+                    (a glob over keys too)";
     if p.sandbox.is_some() {
         diags.error(format!("`{url}` is not a file under the sandbox"), at).hint =
             Some("with --sandbox DIR, every source, reference, query and manual file lies under DIR".into());
         return;
     }
     let (scheme, rest) = url.split_once("://").unwrap_or_default();
-    let problem = match (scheme, rest.split_once('/')) {
-        ("s3" | "s3a", Some((bucket, key))) if !bucket.is_empty() && !key.is_empty() => glob::Pattern::new(key)
-            .err()
-            .map(|e| format!("`{url}` is not a valid glob: {}", e.msg)),
-        ("s3" | "s3a", _) => Some(format!("`{url}` names no object: expected s3://bucket/key")),
-        ("gs" | "az" | "abfs" | "abfss", _) => Some(format!(
-            "`{url}`: this billflow reads S3 only (`{scheme}://` needs object_store's gcp or azure feature)"
-        )),
-        _ => Some(format!("`{url}`: unknown scheme `{scheme}://`")),
+    let problem = if !crate::definition::model::STORE_SCHEMES.contains(&scheme) {
+        Some(format!("`{url}`: unknown scheme `{scheme}://`"))
+    } else {
+        match rest.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => glob::Pattern::new(key)
+                .err()
+                .map(|e| format!("`{url}` is not a valid glob: {}", e.msg)),
+            _ => Some(format!("`{url}` names no object: expected {scheme}://bucket/key")),
+        }
     };
     if let Some(message) = problem {
         diags.error(message, at).expected = Some(expected.into());

@@ -36,7 +36,7 @@ pub struct Engine {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub period: Period,
-    /// A local folder, or a prefix in an object store (`s3://bucket/prefix`).
+    /// A local folder, or a prefix in an object store (`s3://`, `gs://`, `az://bucket/prefix`).
     pub warehouse: crate::batches::StoreLocation,
     /// Run only the streams of tiers at this level of the chain and above (`run
     /// --until-tier`, through [`Plan::tier_level`]); `None`: every stream.

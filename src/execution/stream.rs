@@ -625,6 +625,11 @@ async fn auto_review(
                 for (action, note) in [(Action::Accept, Some(why)), (Action::Publish, None)] {
                     match log.append(&batch, action, actor, note, None).await {
                         Ok(_) | Err(LifecycleError::Conflict { .. }) => {}
+                        // Another run of the same batch (with the same policy) got there
+                        // first: what it did is what this run would do.
+                        Err(LifecycleError::Refused { status, .. }) if reached(action, status) => {}
+                        // A person decided meanwhile (held, rejected): theirs stands.
+                        Err(LifecycleError::Refused { .. }) => return Ok(()),
                         Err(e) => return Err(fail(e)),
                     }
                 }
@@ -635,6 +640,15 @@ async fn auto_review(
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// Whether a batch in `status` is where `action` would take it, or past it.
+fn reached(action: batches::lifecycle::Action, status: batches::lifecycle::Status) -> bool {
+    use batches::lifecycle::{Action, Status};
+    matches!(
+        (action, status),
+        (Action::Accept, Status::Accepted | Status::Published) | (Action::Publish, Status::Published)
+    )
 }
 
 /// How what batch `b` read of an upstream batch differs from what that batch published,

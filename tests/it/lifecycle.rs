@@ -854,3 +854,41 @@ mod review {
         assert_eq!(code, Some(0), "{out}");
     }
 }
+
+/// Two runs of the sample at once into one local warehouse: both succeed (the second to
+/// commit a batch finds it there; the second to review it finds it reviewed, which failed
+/// the run before), and the warehouse holds what one run gives.
+#[test]
+fn two_runs_at_once_into_one_warehouse_both_succeed_and_commit_each_batch_once() {
+    let (tmp, pipeline) = sample_copy();
+    let shared = tmp.path().join("shared");
+    let alone = tmp.path().join("alone");
+    let run = |wh: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+            .args(["run", "--quiet", "--period", "2026-10", "--warehouse"])
+            .arg(wh)
+            .arg(&pipeline)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (run(&shared), run(&shared));
+    for child in [first, second, run(&alone)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let catalog = |wh: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+            .args(["query", "--format", "csv", "--warehouse"])
+            .arg(wh)
+            .arg("SELECT id, stream, status, version, rows FROM billflow.batches ORDER BY id")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let once = catalog(&alone);
+    assert!(once.contains("published"), "{once}");
+    assert_eq!(catalog(&shared), once);
+}

@@ -1,5 +1,6 @@
 //! One integration-test binary (each file under tests/ links the whole stack).
 
+mod azure;
 mod cases;
 mod cli;
 mod common;
@@ -10,6 +11,7 @@ mod fuzz;
 mod generate;
 mod golden;
 mod lifecycle;
+mod organizations_file;
 mod properties;
 mod query;
 mod rejects;

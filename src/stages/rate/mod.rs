@@ -31,6 +31,7 @@ use datafusion::prelude::{DataFrame, lit};
 use datafusion::scalar::ScalarValue;
 
 mod allocation;
+mod bands;
 mod charges;
 mod groups;
 mod versions;
@@ -158,6 +159,13 @@ const SETTINGS: &[Setting] = &[
         doc: "the price list's column names, for the roles `model`, `band_from`, `band_to`, `unit_price`, `flat_fee`, `block_size`, `percent`, `min_charge`, `max_charge`, `free_units`, `commitment`, `valid_from`, `valid_to`",
     },
     Setting {
+        keys: &["bands"],
+        ty: "list of mappings: `from`, `to`, `unit_price`, `flat_fee`, `percent` -> column name",
+        required: "no",
+        default: "none: one row per band",
+        doc: "a price list with its bands in columns (one row per plan): each band's limit and price columns, in order; see below",
+    },
+    Setting {
         keys: &["on_missing_price"],
         ty: "`fail`, `reject`",
         required: "no",
@@ -210,6 +218,8 @@ pub struct RateStage {
     on_missing: OnError,
     /// The column telling usage lines from true-up lines (when plans have commitments).
     line_type: String,
+    /// The bands' columns, when the price list has its bands in columns.
+    bands: Option<Vec<bands::BandColumns>>,
 }
 
 impl StageKind for RateKind {
@@ -283,6 +293,7 @@ impl StageKind for RateKind {
             }
             m.finish(r, &[]);
         }
+        let bands = bands::read_bands(f, r);
         let on_missing = super::settings::on_error(
             f,
             r,
@@ -326,6 +337,7 @@ impl StageKind for RateKind {
             columns,
             valid_to_named,
             on_missing: on_missing?,
+            bands: bands?,
         }))
     }
 }
@@ -378,6 +390,10 @@ impl Stage for RateStage {
     }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let plans = reference_table(env.ctx, &self.price_list).await?;
+        let plans = match &self.bands {
+            Some(bands) => self.bands_in_rows(plans, bands)?,
+            None => plans,
+        };
         self.check_price_list(&plans)?;
         let usage = self.usage_columns(&input)?;
         let lines = self.price_versions(input, &plans, &usage, env).await?;
