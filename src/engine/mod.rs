@@ -5,6 +5,7 @@
 //! - [`session`]: the runtime (memory pool, spill) and the per-stream session: settings,
 //!   billflow's query planner (one extension planner per node type) and the exact money
 //!   functions registered for SQL;
+//! - [`materialize`]: a plan a stage reads twice, computed once (in memory, spilled past the limit);
 //! - [`operator`]: the one shape of billflow's physical operators (`BatchExec`);
 //! - [`tap`]: the counting checkpoint; [`residue`]: penny-residue assignment;
 //! - [`money`]: exact Decimal128 kernels and their UDFs;
@@ -14,6 +15,7 @@
 //! - [`text_checks`]: text a cast would change silently (too many places, a date not `YYYY-MM-DD`).
 
 pub mod interop;
+pub mod materialize;
 pub mod money;
 pub mod operator;
 pub mod residue;

@@ -53,7 +53,8 @@ pub fn session(runtime: &Arc<RuntimeEnv>, partitions: usize) -> SessionContext {
 fn config(partitions: usize) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions)
-        .with_information_schema(true);
+        .with_information_schema(true)
+        .with_extension(Arc::new(super::materialize::Held::default()));
     let options = config.options_mut();
     // Spans let SQL errors point at the line and column in the query.
     options.sql_parser.collect_spans = true;

@@ -217,6 +217,44 @@ fn billflow_plans_makes_its_folder() {
     assert!(plan.contains("metrics=["), "{plan}");
 }
 
+/// Issue 17: `rate` reads its lines twice (the groups are charged, then the charges are
+/// shared back over the lines). A costly stage before it, here an `aggregate` of the
+/// usage, runs once: the plan as run reads the lines from memory, with no aggregate left
+/// in it (before, the usage was aggregated there a second time).
+#[test]
+fn an_aggregate_before_rate_is_computed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = repo().join("tests/stages/rate/bands_in_columns");
+    for f in ["input.csv", "prices.csv"] {
+        std::fs::copy(case.join(f), tmp.path().join(f)).unwrap();
+    }
+    // Summed per subscription and SKU first: the same groups the rate charges, so the
+    // same charges (101.5000, worked in the case's pipeline), on 4 lines instead of 5.
+    let pipeline = std::fs::read_to_string(case.join("pipeline.yaml")).unwrap().replace(
+        "    stages:\n      - kind: rate",
+        "    stages:\n      - { kind: aggregate, group_by: [sub, sku], sum: [qty], \
+         aggregations: [{ function: min, column: id, as: id }] }\n      - kind: rate",
+    );
+    assert!(pipeline.contains("kind: aggregate"));
+    std::fs::write(tmp.path().join("pipeline.yaml"), pipeline).unwrap();
+    let plans = tmp.path().join("plans");
+    let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
+        .args(["run", "--period", "2026-10", "--quiet", "--warehouse"])
+        .arg(tmp.path().join("wh"))
+        .arg(tmp.path().join("pipeline.yaml"))
+        .env("BILLFLOW_PLANS", &plans)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(summary.contains("amount 101.5000"), "{summary}");
+    let plan = std::fs::read_to_string(plans.join("s.txt")).unwrap();
+    assert!(
+        !plan.contains("AggregateExec"),
+        "the usage is aggregated again:\n{plan}"
+    );
+}
+
 #[test]
 fn sandbox_refuses_a_pipeline_that_names_files_outside_it() {
     let (code, _, err) = billflow(&[

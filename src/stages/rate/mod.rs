@@ -37,9 +37,10 @@ mod groups;
 mod versions;
 
 use super::reference::{ValidTo, reference_table};
-use super::settings::{ROUNDING, existing, read_rounding, read_scale};
+use super::settings::{ROUNDING, existing, plan_err, read_rounding, read_scale};
 use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
+use crate::engine::materialize;
 use crate::engine::money::RoundingMode;
 use crate::engine::side::OnError;
 
@@ -396,7 +397,15 @@ impl Stage for RateStage {
         };
         self.check_price_list(&plans)?;
         let usage = self.usage_columns(&input)?;
+        // The lines are read twice (their groups are charged, then the charges are shared
+        // back over them): what comes before this stage, when it is costly (an aggregate
+        // of the usage, say), runs once.
+        let costly_input = env.executing && materialize::worth_it(input.logical_plan());
         let lines = self.price_versions(input, &plans, &usage, env).await?;
+        let lines = match costly_input {
+            true => materialize::once(env.ctx, lines).await.map_err(plan_err)?,
+            false => lines,
+        };
         let (lines, grouping) = self.measure_and_group(lines, &usage)?;
         let groups = self.groups(&lines, &usage, &grouping)?;
         let charges = self.charges(groups, &plans, &grouping, env).await?;

@@ -1,0 +1,240 @@
+//! A plan computed once for a stage that reads it more than once. DataFusion plans are
+//! trees: a stage that joins its input back to an aggregate of it (`rate` does: the
+//! groups' charges are shared back over the lines) runs everything before it twice, an
+//! aggregate over millions of usage rows included. [`once`] runs the input one time and
+//! gives a table over its result: held in memory within the run's memory limit (the
+//! batches are reserved in its pool), written to an Arrow IPC file in the spill area past
+//! it. The decision is the plan's, not the user's: [`worth_it`] says when re-reading
+//! costs more than keeping (a plan that only scans, projects and filters is cheaper read
+//! again than held).
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::options::ArrowReadOptions;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SpillFile;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream_partitioned;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+
+/// What keeps materialised inputs alive (their memory reservations and spill files) for
+/// as long as the session that reads them: a session config extension.
+#[derive(Default)]
+pub struct Held(Mutex<Vec<Box<dyn Any + Send + Sync>>>);
+
+impl Held {
+    fn keep(&self, thing: impl Any + Send + Sync) {
+        if let Ok(mut held) = self.0.lock() {
+            held.push(Box::new(thing));
+        }
+    }
+}
+
+/// Whether `plan` does work that costs more to redo than to keep: an aggregate, a join,
+/// a window, a sort or a distinct anywhere in it.
+pub fn worth_it(plan: &LogicalPlan) -> bool {
+    let mut costly = false;
+    let _ = plan.apply(|node| {
+        costly = matches!(
+            node,
+            LogicalPlan::Aggregate(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Distinct(_)
+        );
+        Ok(if costly {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    costly
+}
+
+/// One partition of the result: batches held in memory (and reserved in the pool), or
+/// written to a spill file once the pool refused more.
+enum Part {
+    Memory(Vec<RecordBatch>, MemoryReservation),
+    Spilled(Arc<dyn SpillFile>),
+}
+
+/// Run `df` once and read it back as a table in `ctx`, partitioned as it ran.
+pub async fn once(ctx: &SessionContext, df: DataFrame) -> Result<DataFrame> {
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let schema = plan.schema();
+    let streams = execute_stream_partitioned(plan, task.clone())?;
+    let runtime = task.runtime_env();
+    let parts = futures::future::try_join_all(streams.into_iter().enumerate().map(|(i, mut stream)| {
+        let runtime = runtime.clone();
+        let schema = schema.clone();
+        async move {
+            let reservation = MemoryConsumer::new(format!("stage input computed once[{i}]"))
+                .with_can_spill(true)
+                .register(&runtime.memory_pool);
+            let mut held = Vec::new();
+            let mut spill: Option<(Arc<dyn SpillFile>, arrow::ipc::writer::FileWriter<_>)> = None;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if let Some((_, writer)) = spill.as_mut() {
+                    writer.write(&batch)?;
+                    continue;
+                }
+                if reservation.try_grow(batch.get_array_memory_size()).is_ok() {
+                    held.push(batch);
+                    continue;
+                }
+                // Past the memory limit: this partition goes to disk, what was held first.
+                let file = runtime.disk_manager.create_tmp_file("a stage input computed once")?;
+                let mut writer = arrow::ipc::writer::FileWriter::try_new(file.open_writer()?, &schema)?;
+                for b in held.drain(..).chain([batch]) {
+                    writer.write(&b)?;
+                }
+                reservation.free();
+                spill = Some((file, writer));
+            }
+            Ok::<Part, DataFusionError>(match spill {
+                Some((file, mut writer)) => {
+                    writer.finish()?;
+                    let mut inner = writer.into_inner()?;
+                    inner.finish()?;
+                    Part::Spilled(file)
+                }
+                None => Part::Memory(held, reservation),
+            })
+        }
+    }))
+    .await?;
+    table(ctx, schema, parts).await
+}
+
+/// The parts as one table: in memory when none spilled; otherwise every part in a file
+/// (the held ones written too), read as Arrow IPC files.
+async fn table(ctx: &SessionContext, schema: SchemaRef, parts: Vec<Part>) -> Result<DataFrame> {
+    let held = ctx.state().config().get_extension::<Held>();
+    let keep = |thing: Box<dyn Any + Send + Sync>| {
+        if let Some(h) = &held {
+            h.keep(thing);
+        }
+    };
+    if parts.iter().all(|p| matches!(p, Part::Memory(..))) {
+        let mut partitions = Vec::with_capacity(parts.len());
+        for part in parts {
+            if let Part::Memory(batches, reservation) = part {
+                partitions.push(batches);
+                keep(Box::new(reservation));
+            }
+        }
+        return ctx.read_table(Arc::new(MemTable::try_new(schema, partitions)?));
+    }
+    let mut files = Vec::with_capacity(parts.len());
+    for part in parts {
+        files.push(match part {
+            Part::Spilled(file) => file,
+            Part::Memory(batches, _reservation) => {
+                let file = ctx
+                    .runtime_env()
+                    .disk_manager
+                    .create_tmp_file("a stage input computed once")?;
+                let mut writer = arrow::ipc::writer::FileWriter::try_new(file.open_writer()?, &schema)?;
+                for b in &batches {
+                    writer.write(b)?;
+                }
+                writer.finish()?;
+                writer.into_inner()?.finish()?;
+                file
+            }
+        });
+    }
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.path()
+                .map(|p| p.display().to_string())
+                .ok_or_else(|| DataFusionError::Execution("the spill area is not a local folder".into()))
+        })
+        .collect::<Result<_>>()?;
+    for f in files {
+        keep(Box::new(f));
+    }
+    let options = ArrowReadOptions {
+        file_extension: "",
+        schema: Some(&schema),
+        ..Default::default()
+    };
+    ctx.read_arrow(paths, options).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::session;
+
+    /// 1, 2, ..., 200000 (1.6 MB as Int64).
+    const ROWS: &str = "SELECT value AS v FROM generate_series(1, 200000)";
+
+    async fn computed_once(memory_limit: Option<usize>) -> (String, String) {
+        let runtime = session::runtime(memory_limit).unwrap();
+        let ctx = session::session(&runtime, 2);
+        let df = ctx.sql(ROWS).await.unwrap();
+        // What is held is a projection (`w = v * 2`), which must not be computed again.
+        let df = ctx.read_batches(df.collect().await.unwrap()).unwrap();
+        let v = datafusion::prelude::ident("v");
+        let df = df
+            .select(vec![(v.clone() * datafusion::prelude::lit(2i64)).alias("w")])
+            .unwrap();
+        let once = once(&ctx, df).await.unwrap();
+        let physical = once.clone().create_physical_plan().await.unwrap();
+        let plan = datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(true)
+            .to_string();
+        let total = once
+            .aggregate(
+                vec![],
+                vec![datafusion::functions_aggregate::expr_fn::sum(
+                    datafusion::prelude::ident("w"),
+                )],
+            )
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        (
+            arrow::util::pretty::pretty_format_batches(&total).unwrap().to_string(),
+            plan,
+        )
+    }
+
+    /// Held in memory, or spilled past a limit too small for it: the same rows either
+    /// way (2 x (1 + 2 + ... + 200000) = 200000 x 200001 = 40000200000), read from a
+    /// table rather than recomputed.
+    #[tokio::test]
+    async fn an_input_computed_once_is_the_same_in_memory_and_spilled() {
+        let (total, plan) = computed_once(None).await;
+        assert!(total.contains("40000200000"), "{total}");
+        assert!(
+            plan.contains("DataSourceExec: partitions=2") && !plan.contains("* 2"),
+            "{plan}"
+        );
+        let (total, plan) = computed_once(Some(512 * 1024)).await;
+        assert!(total.contains("40000200000"), "{total}");
+        assert!(plan.contains("file_type=arrow") && !plan.contains("* 2"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn a_scan_with_a_filter_is_read_again_and_an_aggregate_held() {
+        let ctx = SessionContext::new();
+        let scan = "SELECT value FROM generate_series(1, 10) WHERE value > 3";
+        assert!(!worth_it(ctx.sql(scan).await.unwrap().logical_plan()));
+        let grouped = "SELECT value % 2, count(*) FROM generate_series(1, 10) GROUP BY 1";
+        assert!(worth_it(ctx.sql(grouped).await.unwrap().logical_plan()));
+    }
+}
