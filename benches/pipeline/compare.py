@@ -3,6 +3,7 @@
 (issue 6), and check that all three produce the same control totals.
 
     python3 benches/pipeline/compare.py --rows 1000000 [--seed 1] [--keep DIR]
+        [--jobs generated,shape2] [--threads 1,2]
 
 1. `billflow generate --rows N --seed S --out DIR` writes the scenario (not timed).
 2. `billflow run DIR/pipeline.yaml --period 2026-10 --quiet --warehouse DIR/wh`, then the
@@ -154,9 +155,10 @@ def main() -> int:
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
     ap.add_argument("--billflow", metavar="PATH", help="the billflow binary (default: a profiling or release build if any)")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of duckdb,polars")
-    ap.add_argument("--threads", type=int, help="threads for all three (default: all cores)")
+    ap.add_argument("--threads", default="", help="comma-separated thread counts, each run for all three (default: all cores)")
+    ap.add_argument("--jobs", default="generated",
+                    help="comma-separated jobs: generated (the generator's pipeline), shape2 (shape2.py: inputs as they arrive)")
     args = ap.parse_args()
-
     if args.billflow:
         billflow, what = Path(args.billflow).resolve(), "given with --billflow"
     else:
@@ -168,7 +170,11 @@ def main() -> int:
     for p in peers:
         if p not in PEERS:
             sys.exit(f"unknown peer {p}; known: {', '.join(PEERS)}")
-
+    jobs = [j for j in args.jobs.split(",") if j]
+    for j in jobs:
+        if j not in JOBS:
+            sys.exit(f"unknown job {j}; known: {', '.join(JOBS)}")
+    thread_counts = [int(t) for t in args.threads.split(",") if t] or [None]
     if args.keep:
         work = Path(args.keep).resolve()
         if work.exists():
@@ -176,10 +182,9 @@ def main() -> int:
         work.mkdir(parents=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="billflow-bench-"))
-    logs = work / "logs"
     try:
         scenario = work / "scenario"
-        logs.mkdir(parents=True)
+        (work / "logs").mkdir(parents=True)
         t = time.perf_counter()
         subprocess.run(
             [str(billflow), "generate", "--rows", str(args.rows), "--seed", str(args.seed), "--out", str(scenario)],
@@ -187,69 +192,114 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         print(f"generated {args.rows} rows (seed {args.seed}) in {scenario} in {time.perf_counter() - t:.1f}s")
-        cores = args.threads or os.cpu_count() or 1
-
-        results = []  # (name, wall, rss, totals)
-        warehouse = scenario / "wh"
-        print("running billflow ...", flush=True)
-        threads = ["--threads", str(args.threads)] if args.threads else []
-        wall, rss = measure(
-            [str(billflow), "run", str(scenario / "pipeline.yaml"), "--period", PERIOD, "--quiet",
-             "--warehouse", str(warehouse)] + threads,
-            logs / "billflow.log",
-        )
-        results.append(("billflow", wall, rss, billflow_totals(warehouse)))
-        for peer in peers:
-            print(f"running {peer} ...", flush=True)
-            out = work / f"out-{peer}"
-            wall, rss = measure(
-                [sys.executable, str(HERE / "peers.py"), peer, str(scenario), str(out), "--period", PERIOD] + threads,
-                logs / f"{peer}.log",
-            )
-            results.append((peer, wall, rss, parquet_totals(out)))
-
-        bf_wall = results[0][1]
-        print()
-        print(f"{args.rows} usage rows, seed {args.seed}, {cores} thread(s) each")
-        header = ["implementation", "rows", "wall s", "rows/s per core", "peak MiB", "billflow time / this"]
-        rows = [
-            [name, f"{args.rows:,}", f"{wall:.2f}", f"{args.rows / wall / cores:,.0f}", f"{rss:,.0f}",
-             f"{bf_wall / wall:.2f}"]
-            for name, wall, rss, _ in results
-        ]
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-        line = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
-        print(line(header))
-        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        for r in rows:
-            print(line(r))
-        print()
-
-        want = results[0][3]
-        if not want:
-            print(f"no committed batches in {warehouse}")
-            return 1
-        problems = []
-        for name, _, _, got in results[1:]:
-            problems += differences(name, want, got)
-        streams = len(want)
-        if problems:
-            print(f"CONTROL TOTALS DIFFER ({len(problems)} difference(s)); the first ones:")
-            for p in problems[:20]:
-                print("  " + p)
-            return 1
-        vendor = want.get("vendor-rated-usage", {})
-        print(
-            f"control totals equal: {streams} organisations' outputs x (rows, {', '.join(TOTAL_COLUMNS)}) for "
-            f"{', '.join(name for name, *_ in results)}; vendor rows {vendor.get('rows')}, "
-            f"cost_usd {vendor.get('cost_usd')}"
-        )
-        return 0
+        summary = []  # (job, threads, {name: (wall, rss)})
+        status = 0
+        for job in jobs:
+            for threads in thread_counts:
+                ok, results = run_job(job, threads, billflow, peers, scenario, work, args)
+                status |= 0 if ok else 1
+                summary.append((job, threads or os.cpu_count() or 1, {n: (w, r) for n, w, r, _ in results}))
+        if len(summary) > 1:
+            print_summary(summary, peers, args.rows)
+        return status
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# job -> (pipeline file in the scenario, the peers' script, how to prepare the scenario)
+JOBS = {
+    "generated": ("pipeline.yaml", "peers.py", None),
+    "shape2": ("pipeline-shape2.yaml", "shape2.py", "prepare"),
+}
+
+
+def run_job(job: str, threads: int | None, billflow: Path, peers: list[str], scenario: Path, work: Path, args):
+    """One job at one thread count: billflow and the peers timed, their totals compared."""
+    pipeline, script, prepare = JOBS[job]
+    if prepare:
+        subprocess.run([sys.executable, str(HERE / script), prepare, str(scenario)], check=True, stdout=subprocess.DEVNULL)
+    tag = f"{job}-{threads or 'all'}"
+    logs = work / "logs"
+    cores = threads or os.cpu_count() or 1
+    results = []  # (name, wall, rss, totals)
+    warehouse = work / f"wh-{tag}"
+    print(f"[{job}, {cores} thread(s)] running billflow ...", flush=True)
+    flag = ["--threads", str(threads)] if threads else []
+    wall, rss = measure(
+        [str(billflow), "run", str(scenario / pipeline), "--period", PERIOD, "--quiet",
+         "--warehouse", str(warehouse)] + flag,
+        logs / f"billflow-{tag}.log",
+    )
+    results.append(("billflow", wall, rss, billflow_totals(warehouse)))
+    shutil.rmtree(warehouse, ignore_errors=True)
+    for peer in peers:
+        print(f"[{job}, {cores} thread(s)] running {peer} ...", flush=True)
+        out = work / f"out-{peer}-{tag}"
+        wall, rss = measure(
+            [sys.executable, str(HERE / script), peer, str(scenario), str(out), "--period", PERIOD] + flag,
+            logs / f"{peer}-{tag}.log",
+        )
+        results.append((peer, wall, rss, parquet_totals(out)))
+        shutil.rmtree(out, ignore_errors=True)
+
+    bf_wall = results[0][1]
+    print()
+    print(f"job {job}: {args.rows} usage rows, seed {args.seed}, {cores} thread(s) each")
+    header = ["implementation", "rows", "wall s", "rows/s per core", "peak MiB", "billflow time / this"]
+    rows = [
+        [name, f"{args.rows:,}", f"{wall:.2f}", f"{args.rows / wall / cores:,.0f}", f"{rss:,.0f}",
+         f"{bf_wall / wall:.2f}"]
+        for name, wall, rss, _ in results
+    ]
+    print_table(header, rows)
+    print()
+    want = results[0][3]
+    if not want:
+        print(f"no committed batches in {warehouse}")
+        return False, results
+    problems = []
+    for name, _, _, got in results[1:]:
+        problems += differences(name, want, got)
+    if problems:
+        print(f"CONTROL TOTALS DIFFER ({len(problems)} difference(s)); the first ones:")
+        for p in problems[:20]:
+            print("  " + p)
+        return False, results
+    vendor = want.get("vendor-rated-usage", {})
+    print(
+        f"control totals equal: {len(want)} organisations' outputs x (rows, {', '.join(TOTAL_COLUMNS)}) for "
+        f"{', '.join(name for name, *_ in results)}; vendor rows {vendor.get('rows')}, "
+        f"cost_usd {vendor.get('cost_usd')}"
+    )
+    print()
+    return True, results
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+
+
+def print_summary(summary, peers: list[str], n_rows: int) -> None:
+    """Every job and thread count on one table: wall seconds, peak MiB, billflow's ratio to each peer."""
+    print(f"summary at {n_rows:,} usage rows (wall s / peak MiB; ratio = billflow's wall time / the peer's)")
+    header = ["job", "threads", "billflow"] + [p for p in peers] + [f"ratio to {p}" for p in peers]
+    rows = []
+    for job, threads, by in summary:
+        bw, br = by["billflow"]
+        rows.append(
+            [job, str(threads), f"{bw:.2f} / {br:,.0f}"]
+            + [f"{by[p][0]:.2f} / {by[p][1]:,.0f}" for p in peers]
+            + [f"{bw / by[p][0]:.2f}" for p in peers]
+        )
+    print_table(header, rows)
 
 
 if __name__ == "__main__":
