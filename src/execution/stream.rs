@@ -619,10 +619,15 @@ async fn auto_review(
         .map(|batch| {
             let (log, why) = (&log, why.as_str());
             async move {
-                if log.status(&batch).await.map_err(fail)? != Lifecycle::Ready {
-                    return Ok(());
-                }
-                for (action, note) in [(Action::Accept, Some(why)), (Action::Publish, None)] {
+                // Accepted: another run of this batch is publishing it; this run publishes
+                // too (one of the two events lands), so that its own streams below read
+                // it published.
+                let steps: &[(Action, Option<&str>)] = match log.status(&batch).await.map_err(fail)? {
+                    Lifecycle::Ready => &[(Action::Accept, Some(why)), (Action::Publish, None)],
+                    Lifecycle::Accepted => &[(Action::Publish, None)],
+                    _ => &[],
+                };
+                for &(action, note) in steps {
                     match log.append(&batch, action, actor, note, None).await {
                         Ok(_) | Err(LifecycleError::Conflict { .. }) => {}
                         // Another run of the same batch (with the same policy) got there

@@ -158,22 +158,7 @@ impl Emulator {
 }
 
 fn billflow(store: &Emulator, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_billflow"))
-        .args(args)
-        .envs(store.env())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    billflow_with(&store.env(), args)
 }
 
 fn run(store: &Emulator, warehouse: &str, pipeline: &Path) -> String {
@@ -249,13 +234,7 @@ fn the_sample_runs_from_and_into_azure_blob_storage() {
     assert!(in_store.lines().count() > 10, "{in_store}");
 
     let keys = store.keys("warehouses/sample/");
-    let manifests: Vec<&str> = keys.iter().filter_map(|k| k.strip_suffix("/batch.json")).collect();
-    for k in &keys {
-        assert!(
-            k.starts_with("warehouses/sample/_log/") || manifests.iter().any(|m| k.starts_with(&format!("{m}/"))),
-            "{k} belongs to no committed batch"
-        );
-    }
+    assert_only_committed_batches(&keys, "warehouses/sample");
     let again = run(&store, &bucket, &remote_pipeline);
     assert!(again.contains("unchanged"), "{again}");
     assert_eq!(store.keys("warehouses/sample/"), keys, "a re-run writes nothing");
@@ -306,24 +285,5 @@ fn two_runs_at_once_into_azure_commit_each_batch_once() {
         query(&store, &bucket, catalog),
         query(&store, local.to_str().unwrap(), catalog)
     );
-    let keys = store.keys("wh/");
-    let manifests: Vec<&str> = keys.iter().filter_map(|k| k.strip_suffix("/batch.json")).collect();
-    for k in &keys {
-        let owner = manifests.iter().find(|m| k.starts_with(&format!("{m}/")));
-        assert!(
-            k.starts_with("wh/_log/") || owner.is_some(),
-            "{k} belongs to no committed batch"
-        );
-    }
-    // Each batch's files are one run's upload (`<batch>/<attempt>/...`): the loser's are gone.
-    for m in &manifests {
-        let mut attempts: Vec<&str> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(&format!("{m}/")))
-            .filter(|rest| *rest != "batch.json")
-            .filter_map(|rest| rest.split('/').next())
-            .collect();
-        attempts.dedup();
-        assert!(attempts.len() <= 1, "{m} holds two runs' files: {attempts:?}");
-    }
+    assert_only_committed_batches(&store.keys("wh/"), "wh");
 }

@@ -145,3 +145,48 @@ pub async fn void_batch(warehouse: &Path, stream: &str, period: &str) -> String 
         .unwrap();
     batch.id().to_string()
 }
+
+/// `billflow ARGS` with the variables `env` set and stdin closed: how the command-line
+/// tests against an object store run it.
+pub fn billflow_with(env: &[(&'static str, String)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_billflow"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The command's stdout, once it is known to have succeeded (its output shown if not).
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every key of a warehouse in a store (under `root/`) is in a committed batch's
+/// directory (one holding `batch.json`) or in the lifecycle log, and each batch holds one
+/// run's files (`<batch>/<attempt>/...`): nothing a killed or losing run wrote is left.
+pub fn assert_only_committed_batches(keys: &[String], root: &str) {
+    let manifests: Vec<&str> = keys.iter().filter_map(|k| k.strip_suffix("/batch.json")).collect();
+    for k in keys {
+        assert!(
+            k.starts_with(&format!("{root}/_log/")) || manifests.iter().any(|m| k.starts_with(&format!("{m}/"))),
+            "{k} belongs to no committed batch"
+        );
+    }
+    for m in &manifests {
+        let mut attempts: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&format!("{m}/")))
+            .filter(|rest| *rest != "batch.json")
+            .filter_map(|rest| rest.split('/').next())
+            .collect();
+        attempts.dedup();
+        assert!(attempts.len() <= 1, "{m} holds two runs' files: {attempts:?}");
+    }
+}

@@ -3,7 +3,6 @@
 //! problems in a file point into the file.
 
 use std::path::Path;
-use std::process::Command;
 
 use billflow::Diagnostics;
 
@@ -47,17 +46,7 @@ fn sample_with_organisation_files() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn billflow(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ok(billflow_with(&[], args))
 }
 
 fn run_and_list(pipeline: &Path, warehouse: &Path) -> String {
