@@ -162,25 +162,11 @@ fn billflow(store: &Emulator, args: &[&str]) -> Output {
 }
 
 fn run(store: &Emulator, warehouse: &str, pipeline: &Path) -> String {
-    ok(billflow(
-        store,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            warehouse,
-            pipeline.to_str().unwrap(),
-        ],
-    ))
+    ok(run_october(&store.env(), warehouse, pipeline))
 }
 
 fn query(store: &Emulator, warehouse: &str, sql: &str) -> String {
-    ok(billflow(
-        store,
-        &["query", "--format", "csv", "--warehouse", warehouse, sql],
-    ))
+    query_csv(&store.env(), warehouse, sql)
 }
 
 /// The sample with its inputs and its warehouse in the store: the golden figure, the same

@@ -190,3 +190,28 @@ pub fn assert_only_committed_batches(keys: &[String], root: &str) {
         assert!(attempts.len() <= 1, "{m} holds two runs' files: {attempts:?}");
     }
 }
+
+/// `billflow run --quiet --period 2026-10 --warehouse WAREHOUSE PIPELINE` with `env` set.
+pub fn run_october(env: &[(&'static str, String)], warehouse: &str, pipeline: &Path) -> std::process::Output {
+    let pipeline = pipeline.to_str().unwrap();
+    billflow_with(
+        env,
+        &[
+            "run",
+            "--quiet",
+            "--period",
+            "2026-10",
+            "--warehouse",
+            warehouse,
+            pipeline,
+        ],
+    )
+}
+
+/// `billflow query --format csv --warehouse WAREHOUSE SQL` with `env` set: its CSV.
+pub fn query_csv(env: &[(&'static str, String)], warehouse: &str, sql: &str) -> String {
+    ok(billflow_with(
+        env,
+        &["query", "--format", "csv", "--warehouse", warehouse, sql],
+    ))
+}

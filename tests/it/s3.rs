@@ -128,27 +128,12 @@ fn billflow(moto: &Moto, args: &[&str]) -> Output {
     billflow_with(&moto.env(), args)
 }
 
-/// `billflow run --quiet --period 2026-10 --warehouse WAREHOUSE PIPELINE`.
 fn run(moto: &Moto, warehouse: &str, pipeline: &std::path::Path) -> Output {
-    billflow(
-        moto,
-        &[
-            "run",
-            "--quiet",
-            "--period",
-            "2026-10",
-            "--warehouse",
-            warehouse,
-            pipeline.to_str().unwrap(),
-        ],
-    )
+    run_october(&moto.env(), warehouse, pipeline)
 }
 
 fn query(moto: &Moto, warehouse: &str, sql: &str) -> String {
-    ok(billflow(
-        moto,
-        &["query", "--format", "csv", "--warehouse", warehouse, sql],
-    ))
+    query_csv(&moto.env(), warehouse, sql)
 }
 
 /// The sample runs with its warehouse in a bucket, gives the golden figures there, and
