@@ -218,31 +218,79 @@ pub fn status_of(history: &[Event]) -> Status {
     history.last().map_or(Status::Ready, |e| e.to)
 }
 
-/// Event `seq` of `batch`, checked to be that event.
-async fn read_event(
-    store: &Arc<dyn ObjectStore>,
-    path: &ObjectPath,
-    batch: &str,
-    seq: u64,
-) -> Result<Event, LifecycleError> {
-    let bytes = store.get(path).await?.bytes().await?;
-    parse_event(&bytes, path, batch, seq)
+/// The events of one entry of the log (an object whose name is the number of its first
+/// event): one event, or several a writer recorded at once (a run's creation of a batch
+/// and `review: auto`'s acceptance and publication). They are checked to be events
+/// `first`, `first + 1`, ... of `batch`.
+fn parse_entry(bytes: &[u8], path: &ObjectPath, batch: &str, first: u64) -> Result<Vec<Event>, LifecycleError> {
+    let bad = |why: String| LifecycleError::BadEvent {
+        path: path.to_string(),
+        why,
+    };
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        One(Box<Event>),
+        Several(Vec<Event>),
+    }
+    let events = match serde_json::from_slice::<Entry>(bytes) {
+        Ok(Entry::One(event)) => vec![*event],
+        Ok(Entry::Several(events)) if !events.is_empty() => events,
+        Ok(Entry::Several(_)) => return Err(bad("it holds no event".into())),
+        // Read again as one event: serde's error for that names what is wrong.
+        Err(_) => {
+            return Err(bad(serde_json::from_slice::<Event>(bytes)
+                .err()
+                .map_or_else(String::new, |e| e.to_string())));
+        }
+    };
+    for (i, event) in events.iter().enumerate() {
+        let seq = first + i as u64;
+        if event.seq != seq || event.batch != batch {
+            return Err(LifecycleError::Gap {
+                batch: batch.to_string(),
+                missing: seq,
+                found: event.seq,
+            });
+        }
+    }
+    Ok(events)
 }
 
-/// An event's bytes, checked to be event `seq` of `batch`.
-fn parse_event(bytes: &[u8], path: &ObjectPath, batch: &str, seq: u64) -> Result<Event, LifecycleError> {
-    let event: Event = serde_json::from_slice(bytes).map_err(|e| LifecycleError::BadEvent {
-        path: path.to_string(),
-        why: e.to_string(),
-    })?;
-    if event.seq != seq || event.batch != batch {
-        return Err(LifecycleError::Gap {
-            batch: batch.to_string(),
-            missing: seq,
-            found: event.seq,
-        });
+/// The number of the first event an entry holds, from its name (`00000007.json`).
+fn entry_number(path: &ObjectPath) -> Result<u64, LifecycleError> {
+    path.filename()
+        .and_then(|name| name.strip_suffix(".json"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| LifecycleError::BadEvent {
+            path: path.to_string(),
+            why: "its name is not the number of an event".into(),
+        })
+}
+
+/// One step to record: what, by whom, why, and (a supersede) by which batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Step<'a> {
+    pub action: Action,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    pub by: Option<&'a str>,
+}
+
+impl<'a> Step<'a> {
+    pub fn new(action: Action, actor: &'a str) -> Self {
+        Step {
+            action,
+            actor,
+            reason: None,
+            by: None,
+        }
     }
-    Ok(event)
+
+    pub fn because(mut self, reason: Option<&'a str>) -> Self {
+        self.reason = reason;
+        self
+    }
 }
 
 /// The lifecycle log of a warehouse.
@@ -286,16 +334,39 @@ impl Log {
             .await?;
         paths.retain(|p| p.extension() == Some("json"));
         paths.sort();
-        let mut events = Vec::with_capacity(paths.len());
-        for (i, path) in paths.iter().enumerate() {
-            events.push(read_event(&self.store, path, batch, i as u64 + 1).await?);
+        let mut events: Vec<Event> = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let bytes = self.store.get(path).await?.bytes().await?;
+            self.read_entry(&mut events, &bytes, path, batch)?;
         }
         Ok(events)
     }
 
+    /// Add the events of the entry at `path` to the batch's `events` read so far: it must
+    /// be the next entry, named by the number of the next event.
+    fn read_entry(
+        &self,
+        events: &mut Vec<Event>,
+        bytes: &[u8],
+        path: &ObjectPath,
+        batch: &str,
+    ) -> Result<(), LifecycleError> {
+        let next = events.len() as u64 + 1;
+        let first = entry_number(path)?;
+        if first != next {
+            return Err(LifecycleError::Gap {
+                batch: batch.to_string(),
+                missing: next,
+                found: first,
+            });
+        }
+        events.extend(parse_entry(bytes, path, batch, first)?);
+        Ok(())
+    }
+
     /// Every batch's history, brought up to date in `known` (batch id -> its events so
-    /// far): one listing of the whole log, then only the events not read before. An
-    /// event is never rewritten, so what was read once stays true.
+    /// far): one listing of the whole log, then only the entries not read before. An
+    /// entry is never rewritten, so what was read once stays true.
     pub async fn histories(&self, known: &mut HashMap<String, Vec<Event>>) -> Result<(), LifecycleError> {
         let prefix = ObjectPath::from(LOG_DIR);
         let listed: Vec<ObjectPath> = self
@@ -311,27 +382,30 @@ impl Log {
                 by_batch.entry(batch).or_default().push(path);
             }
         }
-        // (batch, event path, its sequence number) of each event not read yet.
+        // (batch, entry) of each entry not read yet: those numbered past the events known
+        // (an entry is written whole, so one numbered within them was read whole).
         let mut unread = Vec::new();
         for (batch, mut paths) in by_batch {
             paths.sort();
-            let read = known.get(&batch).map_or(0, Vec::len);
-            for (i, path) in paths.into_iter().enumerate().skip(read) {
-                unread.push((batch.clone(), path, i as u64 + 1));
+            let read = known.get(&batch).map_or(0, Vec::len) as u64;
+            for path in paths {
+                if entry_number(&path)? > read {
+                    unread.push((batch.clone(), path));
+                }
             }
         }
-        let keys = unread.iter().map(|(_, path, _)| path.to_string()).collect();
+        let keys = unread.iter().map(|(_, path)| path.to_string()).collect();
         let read = super::storage::read_many(&self.store, self.local.as_deref(), keys).await?;
-        for ((batch, path, seq), bytes) in unread.into_iter().zip(read) {
+        for ((batch, path), bytes) in unread.into_iter().zip(read) {
+            let events = known.entry(batch.clone()).or_default();
             let Some(bytes) = bytes else {
                 return Err(LifecycleError::Gap {
                     batch,
-                    missing: seq,
+                    missing: events.len() as u64 + 1,
                     found: 0,
                 });
             };
-            let event = parse_event(&bytes, &path, &batch, seq)?;
-            known.entry(event.batch.clone()).or_default().push(event);
+            self.read_entry(events, &bytes, &path, &batch)?;
         }
         Ok(())
     }
@@ -351,67 +425,54 @@ impl Log {
         by: Option<&str>,
     ) -> Result<Event, LifecycleError> {
         let history = self.history(batch).await?;
-        self.append_after(&history, batch, action, actor, reason, by).await
+        let step = Step {
+            action,
+            actor,
+            reason,
+            by,
+        };
+        let mut events = self.append_after(&history, batch, &[step]).await?;
+        Ok(events.remove(0))
     }
 
-    /// [`Log::append`] to a history read before: if another process appended to the
-    /// batch since, this one does not, and says what happened instead.
+    /// Record `steps` on the batch, one after the other, as one entry of its log that
+    /// follows `history` (read before): all of them or none. If another process appended
+    /// to the batch since, this one records nothing and says what happened instead
+    /// ([`LifecycleError::Conflict`]); a step its status at that point does not allow is
+    /// [`LifecycleError::Refused`].
     pub async fn append_after(
         &self,
         history: &[Event],
         batch: &str,
-        action: Action,
-        actor: &str,
-        reason: Option<&str>,
-        by: Option<&str>,
-    ) -> Result<Event, LifecycleError> {
-        if action.needs_reason() && reason.is_none_or(|r| r.trim().is_empty()) {
-            return Err(LifecycleError::NeedsReason(action));
+        steps: &[Step<'_>],
+    ) -> Result<Vec<Event>, LifecycleError> {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut events: Vec<Event> = Vec::with_capacity(steps.len());
+        for step in steps {
+            let so_far: Vec<&Event> = history.iter().chain(&events).collect();
+            events.push(next_event(&so_far, batch, step, &at)?);
         }
-        let from = match (action, history.last()) {
-            (Action::Create, None) => None,
-            _ => Some(status_of(history)),
+        let Some(first) = events.first().map(|e| e.seq) else {
+            return Ok(events);
         };
-        let before_hold = history
-            .iter()
-            .rev()
-            .find(|e| e.action == Action::Hold)
-            .and_then(|e| e.from);
-        let Some(to) = action.next(from, before_hold) else {
-            return Err(LifecycleError::Refused {
-                batch: batch.to_string(),
-                status: from.unwrap_or(Status::Ready),
-                action,
-            });
-        };
-        let event = Event {
-            seq: history.len() as u64 + 1,
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            actor: actor.to_string(),
-            action,
-            reason: reason.map(str::to_string),
-            batch: batch.to_string(),
-            from,
-            to,
-            by: by.map(str::to_string),
-        };
-        let body = serde_json::to_vec_pretty(&event).map_err(|e| LifecycleError::BadEvent {
-            path: Self::event_path(batch, event.seq).to_string(),
+        let path = Self::event_path(batch, first);
+        let body = match events.as_slice() {
+            [one] => serde_json::to_vec_pretty(one),
+            several => serde_json::to_vec_pretty(several),
+        }
+        .map_err(|e| LifecycleError::BadEvent {
+            path: path.to_string(),
             why: e.to_string(),
         })?;
         let put = self
             .store
-            .put_opts(
-                &Self::event_path(batch, event.seq),
-                PutPayload::from(body),
-                PutOptions::from(PutMode::Create),
-            )
+            .put_opts(&path, PutPayload::from(body), PutOptions::from(PutMode::Create))
             .await;
         match put {
-            Ok(_) => Ok(event),
+            Ok(_) => Ok(events),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let now = self.history(batch).await?;
-                let winner = now.get(event.seq as usize - 1).cloned().unwrap_or(event);
+                let winner = now.get(first as usize - 1).cloned().unwrap_or_else(|| events.remove(0));
                 Err(LifecycleError::Conflict {
                     batch: batch.to_string(),
                     event: Box::new(winner),
@@ -420,6 +481,42 @@ impl Log {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The event that `step` is after `history`, if the batch's status then allows it.
+fn next_event(history: &[&Event], batch: &str, step: &Step<'_>, at: &str) -> Result<Event, LifecycleError> {
+    let action = step.action;
+    if action.needs_reason() && step.reason.is_none_or(|r| r.trim().is_empty()) {
+        return Err(LifecycleError::NeedsReason(action));
+    }
+    let last = history.last().map(|e| e.to);
+    let from = match (action, last) {
+        (Action::Create, None) => None,
+        _ => Some(last.unwrap_or(Status::Ready)),
+    };
+    let before_hold = history
+        .iter()
+        .rev()
+        .find(|e| e.action == Action::Hold)
+        .and_then(|e| e.from);
+    let Some(to) = action.next(from, before_hold) else {
+        return Err(LifecycleError::Refused {
+            batch: batch.to_string(),
+            status: from.unwrap_or(Status::Ready),
+            action,
+        });
+    };
+    Ok(Event {
+        seq: history.len() as u64 + 1,
+        at: at.to_string(),
+        actor: step.actor.to_string(),
+        action,
+        reason: step.reason.map(str::to_string),
+        batch: batch.to_string(),
+        from,
+        to,
+        by: step.by.map(str::to_string),
+    })
 }
 
 #[cfg(test)]
@@ -459,5 +556,139 @@ mod tests {
         assert_eq!(Release.next(Some(Held), Some(Accepted)), Some(Accepted));
         assert_eq!(allowed(Ready), vec![Accept, Reject, Hold]);
         assert!(allowed(Voided).is_empty());
+    }
+
+    fn log_in(dir: &Path) -> Log {
+        Log::local(dir).unwrap()
+    }
+
+    /// A run's creation and `review: auto`'s acceptance and publication are one entry of
+    /// the log (one object, named by its first event), read back as three events; the
+    /// next step is the next entry, numbered after them.
+    #[tokio::test]
+    async fn several_steps_are_one_entry_of_the_log_and_read_back_as_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = log_in(tmp.path());
+        let steps = [
+            Step::new(Action::Create, "run"),
+            Step::new(Action::Accept, "auto").because(Some("reconciles")),
+            Step::new(Action::Publish, "auto"),
+        ];
+        let events = log.append_after(&[], "b1", &steps).await.unwrap();
+        let seqs: Vec<(u64, Status)> = events.iter().map(|e| (e.seq, e.to)).collect();
+        assert_eq!(
+            seqs,
+            [(1, Status::Ready), (2, Status::Accepted), (3, Status::Published)]
+        );
+        let names = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&tmp.path().join("_log/b1")), ["00000001.json"]);
+        let void = log
+            .append("b1", Action::Void, "finance", Some("wrong rates"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (void.seq, void.from, void.to),
+            (4, Some(Status::Published), Status::Voided)
+        );
+        assert_eq!(names(&tmp.path().join("_log/b1")), ["00000001.json", "00000004.json"]);
+        let history = log.history("b1").await.unwrap();
+        let actions: Vec<(&str, &str)> = history.iter().map(|e| (e.action.name(), e.actor.as_str())).collect();
+        assert_eq!(
+            actions,
+            [
+                ("create", "run"),
+                ("accept", "auto"),
+                ("publish", "auto"),
+                ("void", "finance")
+            ]
+        );
+        assert_eq!(history[1].reason.as_deref(), Some("reconciles"));
+
+        // Brought up to date entry by entry: what was known is not read again.
+        let mut known = HashMap::new();
+        log.append_after(&[], "b2", &steps[..1]).await.unwrap();
+        log.histories(&mut known).await.unwrap();
+        assert_eq!(known["b1"].len(), 4);
+        assert_eq!(known["b2"].len(), 1);
+        let b2 = log.history("b2").await.unwrap();
+        log.append_after(&b2, "b2", &steps[1..]).await.unwrap();
+        log.histories(&mut known).await.unwrap();
+        assert_eq!(known["b2"], log.history("b2").await.unwrap());
+        assert_eq!(known["b2"].len(), 3);
+        assert_eq!(known["b1"].len(), 4);
+    }
+
+    /// All the steps of an entry or none: a step the status does not allow refuses the
+    /// whole entry; of two writers that read the same history, one writes the entry and
+    /// the other is told what won.
+    #[tokio::test]
+    async fn an_entry_is_written_whole_or_not_at_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = log_in(tmp.path());
+        let refused = log
+            .append_after(
+                &[],
+                "b",
+                &[Step::new(Action::Create, "run"), Step::new(Action::Publish, "auto")],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                LifecycleError::Refused {
+                    status: Status::Ready,
+                    action: Action::Publish,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(log.history("b").await.unwrap().is_empty());
+        assert!(!tmp.path().join("_log/b").exists());
+
+        let first = log
+            .append_after(&[], "b", &[Step::new(Action::Create, "one")])
+            .await
+            .unwrap();
+        let lost = log
+            .append_after(
+                &[],
+                "b",
+                &[Step::new(Action::Create, "two"), Step::new(Action::Accept, "two")],
+            )
+            .await
+            .unwrap_err();
+        match lost {
+            LifecycleError::Conflict { event, .. } => assert_eq!(*event, first[0]),
+            other => panic!("{other}"),
+        }
+        assert_eq!(log.history("b").await.unwrap(), first);
+    }
+
+    /// An entry is read only at its place: one whose name is not the next event's number,
+    /// or whose events are not numbered from it, is a gap in the log, not skipped.
+    #[tokio::test]
+    async fn an_entry_out_of_place_is_a_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = log_in(tmp.path());
+        let steps = [Step::new(Action::Create, "run"), Step::new(Action::Accept, "auto")];
+        log.append_after(&[], "b", &steps).await.unwrap();
+        // Event 3 written as if it were event 2's entry.
+        let two = std::fs::read_to_string(tmp.path().join("_log/b/00000001.json")).unwrap();
+        std::fs::write(tmp.path().join("_log/b/00000002.json"), &two).unwrap();
+        let e = log.history("b").await.unwrap_err();
+        assert_eq!(e.to_string(), "the lifecycle log of batch b misses event 3 (it has 2)");
+        std::fs::remove_file(tmp.path().join("_log/b/00000002.json")).unwrap();
+        std::fs::write(tmp.path().join("_log/b/00000003.json"), &two).unwrap();
+        let e = log.history("b").await.unwrap_err();
+        assert_eq!(e.to_string(), "the lifecycle log of batch b misses event 3 (it has 1)");
     }
 }

@@ -177,8 +177,8 @@ impl Engine {
             report.control_totals = m.control_totals.clone();
             // A run stopped between its commit and its first event left a batch with no
             // history: it gets its creation now.
-            record_in_log(&options.warehouse, &store, &id.at, &m, false).await?;
-            auto_review(&options.warehouse, s, &m, upstream.as_ref(), report).await?;
+            let accepted = auto_review(s, &m, upstream.as_ref(), report);
+            record_in_log(&options.warehouse, &store, &id.at, &m, false, &accepted).await?;
             return Ok(());
         }
 
@@ -217,8 +217,16 @@ impl Engine {
             Ok(Committed::AlreadyThere(dir)) => (Status::Reused, dir),
             Err(e) => return Err(Stop::failed(format!("committing the batch: {e}"))),
         };
-        record_in_log(&options.warehouse, &store, &at, &manifest, status == Status::Written).await?;
-        auto_review(&options.warehouse, s, &manifest, upstream.as_ref(), report).await?;
+        let accepted = auto_review(s, &manifest, upstream.as_ref(), report);
+        record_in_log(
+            &options.warehouse,
+            &store,
+            &at,
+            &manifest,
+            status == Status::Written,
+            &accepted,
+        )
+        .await?;
         phase.done("commit");
         report.status = status;
         report.batch_location = Some(dir);
@@ -292,32 +300,38 @@ impl Engine {
 /// Who the lifecycle log says created or superseded a batch.
 const RUN_ACTOR: &str = "billflow run";
 
-/// How many lifecycle events a run writes at once (a `for_each` run has a batch per
+/// Who the lifecycle log says accepted and published a batch under `review: auto`.
+const AUTO_REVIEW_ACTOR: &str = "billflow run (review: auto)";
+
+/// How many lifecycle entries a run writes at once (a `for_each` run has a batch per
 /// organisation: thousands of small puts).
 const LOG_CONCURRENCY: usize = 32;
 
+/// How many times a run reads a batch's history again after another process appended
+/// to it meanwhile (each time, that process moved the batch forward).
+const LOG_RETRIES: usize = 8;
+
 /// Record the batches of a committed run (one, or one per organisation of a `for_each`
 /// run) in the warehouse's lifecycle log: each created (`ready`) unless it has a history
-/// already and, for a new run (`supersede`), every older version of the same stream,
-/// organisation and period still current superseded by it. Of two runs doing this at
-/// once, one records each event; the other finds it recorded.
+/// already, accepted and published at once when `review: auto` accepts it (`accepted`:
+/// the batches and why), all as one entry of its log; and, for a new run (`supersede`),
+/// every older version of the same stream, organisation and period still current
+/// superseded by it. Of two runs doing this at once, one records each entry; the other
+/// reads what was recorded and goes on from there.
 async fn record_in_log(
     warehouse: &StoreLocation,
     store: &Store,
     at: &batches::StreamLocation,
     committed: &Manifest,
     supersede: bool,
+    accepted: &AutoAccepted,
 ) -> Result<(), Stop> {
-    use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle, Step};
     use futures::{StreamExt, TryStreamExt};
     let fail = |e: LifecycleError| Stop::failed(format!("recording the batch in the lifecycle log: {e}"));
-    let settled = |r: Result<_, LifecycleError>| match r {
-        Ok(_) | Err(LifecycleError::Conflict { .. } | LifecycleError::Refused { .. }) => Ok(()),
-        Err(e) => Err(fail(e)),
-    };
     let log = Log::open(warehouse);
     let ours = committed.batches();
-    // (batch, older version it supersedes)
+    // (batch, the newer version that supersedes it, or None for one of ours)
     let mut steps: Vec<(String, Option<String>)> = ours.iter().map(|b| (b.batch_id.clone(), None)).collect();
     if supersede {
         let ids: std::collections::HashSet<&str> = ours.iter().map(|b| b.batch_id.as_str()).collect();
@@ -336,18 +350,48 @@ async fn record_in_log(
     }
     futures::stream::iter(steps)
         .map(|(batch, by)| {
-            let log = &log;
+            let (log, fail) = (&log, &fail);
             async move {
-                match by {
-                    None if log.history(&batch).await.map_err(fail)?.is_empty() => {
-                        settled(log.append(&batch, Action::Create, RUN_ACTOR, None, None).await)
+                let why = accepted.why(&batch);
+                for _ in 0..LOG_RETRIES {
+                    let history = log.history(&batch).await.map_err(fail)?;
+                    let status = history.last().map(|e| e.to);
+                    let mut todo: Vec<Step> = Vec::new();
+                    match (&by, status) {
+                        (None, None) => todo.push(Step::new(Action::Create, RUN_ACTOR)),
+                        (Some(_), Some(Lifecycle::Superseded | Lifecycle::Voided)) => {}
+                        // (With no history yet, an older batch is ready.)
+                        (Some(by), _) => todo.push(Step {
+                            by: Some(by),
+                            ..Step::new(Action::Supersede, RUN_ACTOR)
+                        }),
+                        (None, Some(_)) => {}
                     }
-                    None => Ok(()),
-                    Some(by) => match log.status(&batch).await.map_err(fail)? {
-                        Lifecycle::Superseded | Lifecycle::Voided => Ok(()),
-                        _ => settled(log.append(&batch, Action::Supersede, RUN_ACTOR, None, Some(&by)).await),
-                    },
+                    // A batch another run (with the same policy) accepted is published by
+                    // this one too, so that its own streams below read it published; one a
+                    // person held or rejected stays as they left it.
+                    if by.is_none() {
+                        let accept = Step::new(Action::Accept, AUTO_REVIEW_ACTOR).because(why);
+                        let publish = Step::new(Action::Publish, AUTO_REVIEW_ACTOR);
+                        match (why, status) {
+                            (Some(_), None | Some(Lifecycle::Ready)) => todo.extend([accept, publish]),
+                            (Some(_), Some(Lifecycle::Accepted)) => todo.push(publish),
+                            _ => {}
+                        }
+                    }
+                    if todo.is_empty() {
+                        return Ok(());
+                    }
+                    match log.append_after(&history, &batch, &todo).await {
+                        Ok(_) => return Ok(()),
+                        // Another process appended meanwhile: read what it did, go on.
+                        Err(LifecycleError::Conflict { .. }) => continue,
+                        Err(e) => return Err(fail(e)),
+                    }
                 }
+                Err(Stop::failed(format!(
+                    "recording batch {batch} in the lifecycle log: it changed {LOG_RETRIES} times while this run recorded it"
+                )))
             }
         })
         .buffer_unordered(LOG_CONCURRENCY)
@@ -570,24 +614,32 @@ async fn account_for_input(
     Ok(())
 }
 
-/// `review: auto`: accept and publish each ready batch of the run when it meets the
-/// conditions (its run's refused rows within the declared share, and what it read of each
-/// upstream batch equal to what that batch published); otherwise it stays ready for a
+/// What `review: auto` accepted of a run's batches, and why (the accepting event's note).
+#[derive(Default)]
+struct AutoAccepted {
+    batches: std::collections::HashSet<String>,
+    why: String,
+}
+
+impl AutoAccepted {
+    fn why(&self, batch: &str) -> Option<&str> {
+        self.batches.contains(batch).then_some(self.why.as_str())
+    }
+}
+
+/// `review: auto`: which of the run's batches meet the conditions to be accepted and
+/// published (its run's refused rows within the declared share, and what it read of each
+/// upstream batch equal to what that batch published); the others stay ready for a
 /// person to review, and the report says why.
-async fn auto_review(
-    warehouse: &StoreLocation,
+fn auto_review(
     s: &StreamDef,
     committed: &Manifest,
     upstream: Option<&Upstream>,
     report: &mut StreamReport,
-) -> Result<(), Stop> {
-    use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
-    use futures::{StreamExt, TryStreamExt};
+) -> AutoAccepted {
     let crate::definition::Review::Auto { max_rejected_percent } = s.review else {
-        return Ok(());
+        return AutoAccepted::default();
     };
-    let fail = |e: LifecycleError| Stop::failed(format!("review: auto: {e}"));
-    let log = Log::open(warehouse);
     let (rejected, rows_in) = (committed.rows_rejected, committed.rows_in);
     let share = if rows_in == 0 {
         0.0
@@ -598,62 +650,25 @@ async fn auto_review(
         report.notes.push(format!(
             "review: auto: {share:.2}% of rows refused, over {max_rejected_percent}%: its batches are left for review"
         ));
-        return Ok(());
+        return AutoAccepted::default();
     }
-    let why = format!(
-        "{rejected} of {rows_in} rows refused ({share:.2}%, at most {max_rejected_percent}%); what it read reconciles with what was published"
-    );
-    let mut left = Vec::new();
-    let mut accepted = Vec::new();
+    let mut accepted = AutoAccepted {
+        batches: Default::default(),
+        why: format!(
+            "{rejected} of {rows_in} rows refused ({share:.2}%, at most {max_rejected_percent}%); what it read reconciles with what was published"
+        ),
+    };
     for b in committed.batches() {
         match unreconciled(&b, upstream) {
-            Some(problem) => left.push(format!("{}: {problem}", b.batch_id)),
-            None => accepted.push(b.batch_id),
+            Some(problem) => report
+                .notes
+                .push(format!("review: auto: left for review: {}: {problem}", b.batch_id)),
+            None => {
+                accepted.batches.insert(b.batch_id);
+            }
         }
     }
-    for problem in left {
-        report.notes.push(format!("review: auto: left for review: {problem}"));
-    }
-    let actor = "billflow run (review: auto)";
-    futures::stream::iter(accepted)
-        .map(|batch| {
-            let (log, why) = (&log, why.as_str());
-            async move {
-                // Accepted: another run of this batch is publishing it; this run publishes
-                // too (one of the two events lands), so that its own streams below read
-                // it published.
-                let steps: &[(Action, Option<&str>)] = match log.status(&batch).await.map_err(fail)? {
-                    Lifecycle::Ready => &[(Action::Accept, Some(why)), (Action::Publish, None)],
-                    Lifecycle::Accepted => &[(Action::Publish, None)],
-                    _ => &[],
-                };
-                for &(action, note) in steps {
-                    match log.append(&batch, action, actor, note, None).await {
-                        Ok(_) | Err(LifecycleError::Conflict { .. }) => {}
-                        // Another run of the same batch (with the same policy) got there
-                        // first: what it did is what this run would do.
-                        Err(LifecycleError::Refused { status, .. }) if reached(action, status) => {}
-                        // A person decided meanwhile (held, rejected): theirs stands.
-                        Err(LifecycleError::Refused { .. }) => return Ok(()),
-                        Err(e) => return Err(fail(e)),
-                    }
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(LOG_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-/// Whether a batch in `status` is where `action` would take it, or past it.
-fn reached(action: batches::lifecycle::Action, status: batches::lifecycle::Status) -> bool {
-    use batches::lifecycle::{Action, Status};
-    matches!(
-        (action, status),
-        (Action::Accept, Status::Accepted | Status::Published) | (Action::Publish, Status::Published)
-    )
+    accepted
 }
 
 /// How what batch `b` read of an upstream batch differs from what that batch published,

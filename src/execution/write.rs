@@ -342,31 +342,47 @@ struct Pending {
     files: usize,
 }
 
-/// Write one organisation's pending rows to a new file `dir/<org>/part-<task>-<n>.parquet`,
-/// adding what was written to `written`. The pieces are put together first: on unsorted
-/// input they are a few rows from each record batch, and the Parquet writer's cost per
-/// call (per column) would otherwise dominate, as would the totals taken per piece.
-async fn flush(
-    dir: &Path,
-    task: usize,
-    org: &str,
-    p: &mut Pending,
-    schema: &SchemaRef,
-    written: &mut Written,
-) -> Result<(), WriteError> {
-    if p.batches.is_empty() {
-        return Ok(());
+/// How many organisations' files a task writes at once when its input ends (small files:
+/// their cost is the file system's, which overlaps).
+const FILES_AT_ONCE: usize = 4;
+
+impl Pending {
+    /// Take the rows held, to be written as the next file `dir/<org>/part-<task>-<n>.parquet`.
+    fn take(&mut self, dir: &Path, task: usize, org: &str) -> Option<(PathBuf, Vec<RecordBatch>)> {
+        if self.batches.is_empty() {
+            return None;
+        }
+        let path = dir.join(org).join(format!("part-{task:05}-{:05}.parquet", self.files));
+        self.files += 1;
+        self.bytes = 0;
+        Some((path, std::mem::take(&mut self.batches)))
     }
-    let rows = arrow::compute::concat_batches(schema, &p.batches)?;
-    p.batches.clear();
-    batch_totals(&rows, written)?;
-    let sub = dir.join(org);
-    tokio::fs::create_dir_all(&sub).await.map_err(io(&sub))?;
-    let path = sub.join(format!("part-{task:05}-{:05}.parquet", p.files));
-    p.files += 1;
-    write_file(&path, schema.clone(), &[rows]).await?;
-    p.bytes = 0;
-    Ok(())
+}
+
+/// Write one organisation's rows as one new file at `path`, off the async workers, and
+/// return what was written. The pieces are put together first: on unsorted input they are
+/// a few rows from each record batch, and the Parquet writer's cost per call (per column)
+/// would otherwise dominate, as would the totals taken per piece. The file is encoded in
+/// memory and written with one call: thousands of organisations make thousands of small
+/// files, where each round trip to the file system counts.
+async fn flush(path: PathBuf, batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Written, WriteError> {
+    tokio::task::spawn_blocking(move || {
+        let rows = arrow::compute::concat_batches(&schema, &batches)?;
+        drop(batches);
+        let mut written = Written::default();
+        batch_totals(&rows, &mut written)?;
+        let mut bytes = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, schema.clone(), Some(writer_properties(&schema)))?;
+        writer.write(&rows)?;
+        writer.close()?;
+        if let Some(sub) = path.parent() {
+            std::fs::create_dir_all(sub).map_err(io(sub))?;
+        }
+        std::fs::write(&path, bytes).map_err(io(&path))?;
+        Ok(written)
+    })
+    .await?
 }
 
 /// Execute `df` and write each organisation's rows (named by the `column`, a non-null
@@ -411,19 +427,27 @@ pub async fn write_parquet_per_organization(
                         if held <= BUFFER_BUDGET / 2 {
                             break;
                         }
-                        if let Some(p) = pending.get_mut(&org) {
-                            flush(&dir, task, &org, p, &schema, parts.entry(org.clone()).or_default()).await?;
+                        if let Some((path, batches)) = pending.get_mut(&org).and_then(|p| p.take(&dir, task, &org)) {
+                            let w = flush(path, batches, schema.clone()).await?;
+                            parts.entry(org).or_default().add(w)?;
                         }
                         held = held.saturating_sub(bytes);
                     }
                 }
             }
-            let mut orgs: Vec<String> = pending.keys().cloned().collect();
-            orgs.sort();
-            for org in orgs {
-                if let Some(p) = pending.get_mut(&org) {
-                    flush(&dir, task, &org, p, &schema, parts.entry(org.clone()).or_default()).await?;
-                }
+            let last: Vec<(String, PathBuf, Vec<RecordBatch>)> = pending
+                .iter_mut()
+                .filter_map(|(org, p)| p.take(&dir, task, org).map(|(path, b)| (org.clone(), path, b)))
+                .collect();
+            let mut flushes = futures::stream::iter(last)
+                .map(|(org, path, batches)| {
+                    let schema = schema.clone();
+                    async move { flush(path, batches, schema).await.map(|w| (org, w)) }
+                })
+                .buffer_unordered(FILES_AT_ONCE);
+            while let Some(done) = flushes.next().await {
+                let (org, w) = done?;
+                parts.entry(org).or_default().add(w)?;
             }
             Ok::<BTreeMap<String, Written>, WriteError>(parts)
         });

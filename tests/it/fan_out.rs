@@ -198,6 +198,21 @@ async fn each_organisation_gets_its_partition_with_its_own_totals() {
     assert_eq!(totals(&m, "R4"), (0, vec![]));
     assert_eq!(m.organizations.len(), 4);
 
+    // Each organisation's batch was created, accepted and published (`review: auto`) by
+    // one entry of its log: one file, not one per event (2,000 resellers made 6,000).
+    for b in m.batches() {
+        let dir = wh.join("_log").join(&b.batch_id);
+        let entries: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["00000001.json"], "{}", b.organization);
+        let log = billflow::batches::lifecycle::Log::local(&wh).unwrap();
+        let history = log.history(&b.batch_id).await.unwrap();
+        let actions: Vec<&str> = history.iter().map(|e| e.action.name()).collect();
+        assert_eq!(actions, ["create", "accept", "publish"], "{}", b.organization);
+    }
+
     // One distributor's own stream reads its own partition of the distributors' batch.
     let own = report.stream("d1-report").unwrap();
     assert_eq!((own.rows_in, own.rows_out), (2, 2));

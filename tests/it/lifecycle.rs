@@ -214,7 +214,7 @@ async fn a_killed_run_leaves_no_visible_batch_and_the_rerun_commits_exactly_one(
 }
 
 mod review {
-    use billflow::batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle};
+    use billflow::batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle, Step};
     use billflow::batches::reconcile::Against;
     use billflow::batches::review::{Filter, ReviewError, Reviewer};
 
@@ -540,7 +540,7 @@ mod review {
         let read_by_two = two.history(&id).await.unwrap();
         one.append(&id, Action::Accept, "first", None, None).await.unwrap();
         let e = two
-            .append_after(&read_by_two, &id, Action::Hold, "second", None, None)
+            .append_after(&read_by_two, &id, &[Step::new(Action::Hold, "second")])
             .await
             .unwrap_err();
         assert!(matches!(e, LifecycleError::Conflict { .. }), "{e}");
