@@ -314,8 +314,8 @@ const LOG_RETRIES: usize = 8;
 /// Record the batches of a committed run (one, or one per organisation of a `for_each`
 /// run) in the warehouse's lifecycle log: each created (`ready`) unless it has a history
 /// already, accepted and published at once when `review: auto` accepts it (`accepted`:
-/// the batches and why), all as one entry of its log; and, for a new run (`supersede`),
-/// every older version of the same stream, organisation and period still current
+/// the batches and why), all as one entry of its log; and, for a batch this run committed
+/// (`new_commit`), every older version of the same stream, organisation and period still current
 /// superseded by it. Of two runs doing this at once, one records each entry; the other
 /// reads what was recorded and goes on from there.
 async fn record_in_log(
@@ -323,7 +323,7 @@ async fn record_in_log(
     store: &Store,
     at: &batches::StreamLocation,
     committed: &Manifest,
-    supersede: bool,
+    new_commit: bool,
     accepted: &AutoAccepted,
 ) -> Result<(), Stop> {
     use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle, Step};
@@ -333,7 +333,7 @@ async fn record_in_log(
     let ours = committed.batches();
     // (batch, the newer version that supersedes it, or None for one of ours)
     let mut steps: Vec<(String, Option<String>)> = ours.iter().map(|b| (b.batch_id.clone(), None)).collect();
-    if supersede {
+    if new_commit {
         let ids: std::collections::HashSet<&str> = ours.iter().map(|b| b.batch_id.as_str()).collect();
         for run in store.list(at).await {
             for older in run.batches() {
@@ -353,8 +353,16 @@ async fn record_in_log(
             let (log, fail) = (&log, &fail);
             async move {
                 let why = accepted.why(&batch);
+                // A batch this run has just committed has no history yet (if another
+                // process wrote one meanwhile, the put conflicts and the history is read):
+                // thousands of organisation batches are not listed one by one.
+                let mut unread = new_commit && by.is_none();
                 for _ in 0..LOG_RETRIES {
-                    let history = log.history(&batch).await.map_err(fail)?;
+                    let history = if std::mem::take(&mut unread) {
+                        Vec::new()
+                    } else {
+                        log.history(&batch).await.map_err(fail)?
+                    };
                     let status = history.last().map(|e| e.to);
                     let mut todo: Vec<Step> = Vec::new();
                     match (&by, status) {
