@@ -9,7 +9,7 @@
 2. `billflow run DIR/pipeline.yaml --period 2026-10 --quiet --warehouse DIR/wh`, then the
    DuckDB and the Polars peers (benches/pipeline/peers.py), each in its own process, timed
    (wall seconds of the whole process, start-up included) with its peak RSS (the child's
-   ru_maxrss from wait4).
+   ru_maxrss from wait4, taken by a small launcher: see MEASURE_LAUNCHER).
 3. Control totals per organisation: the vendor's batch, each distributor's and each
    reseller's partition. billflow's come from the `batch.json` manifests (`rows`,
    `control_totals`, and `organizations` for the `for_each` streams), the peers' are summed
@@ -56,19 +56,39 @@ def default_billflow() -> tuple[Path, str]:
     sys.exit("no billflow binary found: build one with `cargo build --profile profiling` or pass --billflow PATH")
 
 
+# Runs a command and writes its peak RSS (KiB, from wait4) to a file. `measure` starts the
+# command through this small process rather than directly: Linux gives a process the peak
+# RSS of the one it was forked from (exec keeps the forked copy's high-water mark), so a
+# command forked straight from this script, which holds every run's totals, reported at
+# least this script's size (`/bin/true` forked from an 800 MiB parent reports 813 MiB).
+# Through this launcher the floor is its own ~13 MiB.
+MEASURE_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def measure(cmd: list[str], log: Path) -> tuple[float, float]:
     """Run `cmd` to completion; (wall seconds, peak RSS in MiB) of that process (and the
-    descendants it waited for), from wait4's rusage. Fails on a non-zero exit."""
+    descendants it waited for), from wait4's rusage taken by a small launcher (see
+    MEASURE_LAUNCHER). Fails on a non-zero exit."""
+    rss_file = log.with_suffix(".maxrss")
     with open(log, "wb") as out:
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
-        _, status, usage = os.wait4(p.pid, 0)
+        p = subprocess.run(
+            [sys.executable, "-c", MEASURE_LAUNCHER, str(rss_file)] + cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+        )
         wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         sys.stderr.write(log.read_text(errors="replace")[-4000:])
         sys.exit(f"`{' '.join(cmd)}` failed with status {p.returncode} (log: {log})")
-    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    return wall, int(rss_file.read_text()) / 1024  # ru_maxrss is in KiB on Linux
 
 
 def billflow_totals(warehouse: Path) -> dict[str, dict[str, Decimal]]:
