@@ -342,9 +342,11 @@ struct Pending {
     files: usize,
 }
 
-/// How many organisations' files a task writes at once when its input ends (small files:
-/// their cost is the file system's, which overlaps).
+/// How many small files (rows held under [`SMALL_FILE`] bytes) a task writes at once when
+/// its input ends: their cost is the file system's, which overlaps. Larger ones are
+/// written one at a time, as each is held encoded until it is written.
 const FILES_AT_ONCE: usize = 4;
+const SMALL_FILE: usize = 1 << 20;
 
 impl Pending {
     /// Take the rows held, to be written as the next file `dir/<org>/part-<task>-<n>.parquet`.
@@ -359,30 +361,33 @@ impl Pending {
     }
 }
 
-/// Write one organisation's rows as one new file at `path`, off the async workers, and
-/// return what was written. The pieces are put together first: on unsorted input they are
-/// a few rows from each record batch, and the Parquet writer's cost per call (per column)
-/// would otherwise dominate, as would the totals taken per piece. The file is encoded in
-/// memory and written with one call: thousands of organisations make thousands of small
+/// Write one organisation's rows as one new file at `path`, and return what was written.
+/// The pieces are put together first: on unsorted input they are a few rows from each
+/// record batch, and the Parquet writer's cost per call (per column) would otherwise
+/// dominate, as would the totals taken per piece. The file is encoded in memory here, on
+/// the task (encoding on the blocking pool's threads spread the allocations over more
+/// malloc arenas: 0.6 GB more peak memory on the generated job at 10M rows), and written
+/// off the async workers in one call: thousands of organisations make thousands of small
 /// files, where each round trip to the file system counts.
 async fn flush(path: PathBuf, batches: Vec<RecordBatch>, schema: SchemaRef) -> Result<Written, WriteError> {
+    let rows = arrow::compute::concat_batches(&schema, &batches)?;
+    drop(batches);
+    let mut written = Written::default();
+    batch_totals(&rows, &mut written)?;
+    let mut bytes = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, schema.clone(), Some(writer_properties(&schema)))?;
+    writer.write(&rows)?;
+    writer.close()?;
+    drop(rows);
     tokio::task::spawn_blocking(move || {
-        let rows = arrow::compute::concat_batches(&schema, &batches)?;
-        drop(batches);
-        let mut written = Written::default();
-        batch_totals(&rows, &mut written)?;
-        let mut bytes = Vec::new();
-        let mut writer =
-            parquet::arrow::ArrowWriter::try_new(&mut bytes, schema.clone(), Some(writer_properties(&schema)))?;
-        writer.write(&rows)?;
-        writer.close()?;
         if let Some(sub) = path.parent() {
             std::fs::create_dir_all(sub).map_err(io(sub))?;
         }
-        std::fs::write(&path, bytes).map_err(io(&path))?;
-        Ok(written)
+        std::fs::write(&path, bytes).map_err(io(&path))
     })
-    .await?
+    .await??;
+    Ok(written)
 }
 
 /// Execute `df` and write each organisation's rows (named by the `column`, a non-null
@@ -435,19 +440,25 @@ pub async fn write_parquet_per_organization(
                     }
                 }
             }
-            let last: Vec<(String, PathBuf, Vec<RecordBatch>)> = pending
+            let (small, large): (Vec<_>, Vec<_>) = pending
                 .iter_mut()
-                .filter_map(|(org, p)| p.take(&dir, task, org).map(|(path, b)| (org.clone(), path, b)))
-                .collect();
-            let mut flushes = futures::stream::iter(last)
-                .map(|(org, path, batches)| {
-                    let schema = schema.clone();
-                    async move { flush(path, batches, schema).await.map(|w| (org, w)) }
-                })
-                .buffer_unordered(FILES_AT_ONCE);
-            while let Some(done) = flushes.next().await {
-                let (org, w) = done?;
-                parts.entry(org).or_default().add(w)?;
+                .filter(|(_, p)| !p.batches.is_empty())
+                .partition(|(_, p)| p.bytes < SMALL_FILE);
+            for (at_once, orgs) in [(1, large), (FILES_AT_ONCE, small)] {
+                let last: Vec<(String, PathBuf, Vec<RecordBatch>)> = orgs
+                    .into_iter()
+                    .filter_map(|(org, p)| p.take(&dir, task, org).map(|(path, b)| (org.clone(), path, b)))
+                    .collect();
+                let mut flushes = futures::stream::iter(last)
+                    .map(|(org, path, batches)| {
+                        let schema = schema.clone();
+                        async move { flush(path, batches, schema).await.map(|w| (org, w)) }
+                    })
+                    .buffer_unordered(at_once);
+                while let Some(done) = flushes.next().await {
+                    let (org, w) = done?;
+                    parts.entry(org).or_default().add(w)?;
+                }
             }
             Ok::<BTreeMap<String, Written>, WriteError>(parts)
         });
