@@ -37,17 +37,20 @@ impl Held {
     }
 }
 
-/// Whether `plan` does work that costs more to redo than to keep: an aggregate, a
-/// window, a sort or a distinct anywhere in it. A join is not enough: billflow's joins are
-/// mostly lookups probing a small reference, which stream again at little cost, where
-/// holding millions of joined lines costs their memory.
+/// Whether `plan` does work over the stream's rows that costs more to redo than to keep:
+/// an aggregate, a window, a sort or a distinct with one of the stream's checkpoints
+/// below it (only the stream's rows pass checkpoints; its input has one). The same work
+/// over a reference is small: every lookup reduces its reference per key, and a plan
+/// that only looks rows up is cheaper read again than held (millions of joined lines
+/// held cost their memory). A join is not enough for the same reason.
 pub fn worth_it(plan: &LogicalPlan) -> bool {
+    let over_stream = |node: &LogicalPlan| node.exists(|n| Ok(super::tap::is_checkpoint(n))).unwrap_or(true);
     let mut costly = false;
     let _ = plan.apply(|node| {
         costly = matches!(
             node,
             LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Sort(_) | LogicalPlan::Distinct(_)
-        );
+        ) && over_stream(node);
         Ok(if costly {
             TreeNodeRecursion::Stop
         } else {
@@ -227,14 +230,39 @@ mod tests {
         assert!(plan.contains("file_type=arrow") && !plan.contains("* 2"), "{plan}");
     }
 
+    /// Found in review (issue 17): every billflow lookup reduces its reference per key (an
+    /// aggregate), so a plan that only looked lines up was held in memory, all 10M lines
+    /// of the generated job's vendor stream (2.5 GB at its peak). Only an aggregate over
+    /// the stream's rows, which pass a checkpoint, is worth holding.
     #[tokio::test]
-    async fn a_scan_or_a_lookup_join_is_read_again_and_an_aggregate_held() {
+    async fn a_scan_or_a_lookup_is_read_again_and_an_aggregate_of_the_stream_held() {
+        use crate::engine::tap::Tap;
+        use datafusion::functions_aggregate::expr_fn::count;
+        use datafusion::prelude::{ident, lit};
         let ctx = SessionContext::new();
-        let scan = "SELECT value FROM generate_series(1, 10) WHERE value > 3";
-        assert!(!worth_it(ctx.sql(scan).await.unwrap().logical_plan()));
-        let lookup = "SELECT a.value FROM generate_series(1, 10) a JOIN generate_series(1, 3) b ON a.value = b.value";
-        assert!(!worth_it(ctx.sql(lookup).await.unwrap().logical_plan()));
-        let grouped = "SELECT value % 2, count(*) FROM generate_series(1, 10) GROUP BY 1";
-        assert!(worth_it(ctx.sql(grouped).await.unwrap().logical_plan()));
+        let rows = ctx.sql("SELECT value FROM generate_series(1, 10)").await.unwrap();
+        let stream = Tap::new("input").apply(rows, lit(false), lit(true)).unwrap();
+        let filtered = stream.clone().filter(ident("value").gt(lit(3i64))).unwrap();
+        assert!(!worth_it(filtered.logical_plan()));
+        // A lookup as billflow's stages write it: the reference reduced to one row per key.
+        let reference = ctx.sql("SELECT value AS k FROM generate_series(1, 3)").await.unwrap();
+        let reduced = reference
+            .aggregate(vec![ident("k")], vec![count(lit(1)).alias("n")])
+            .unwrap();
+        let looked_up = reduced
+            .join_on(
+                stream.clone(),
+                datafusion::common::JoinType::Right,
+                vec![ident("k").eq(ident("value"))],
+            )
+            .unwrap();
+        assert!(!worth_it(looked_up.logical_plan()));
+        let grouped = stream
+            .clone()
+            .aggregate(vec![ident("value") % lit(2i64)], vec![count(lit(1))])
+            .unwrap();
+        assert!(worth_it(grouped.logical_plan()));
+        let sorted = stream.sort(vec![ident("value").sort(false, false)]).unwrap();
+        assert!(worth_it(sorted.logical_plan()));
     }
 }

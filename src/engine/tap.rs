@@ -130,6 +130,11 @@ impl Tap {
     }
 }
 
+/// Whether `plan` is a checkpoint's node (only a stream's rows pass checkpoints).
+pub fn is_checkpoint(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Extension(e) if e.node.as_any().is::<Checkpoint>())
+}
+
 /// The logical node.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
