@@ -326,7 +326,7 @@ async fn record_in_log(
     new_commit: bool,
     accepted: &AutoAccepted,
 ) -> Result<(), Stop> {
-    use batches::lifecycle::{Action, LifecycleError, Log, Status as Lifecycle, Step};
+    use batches::lifecycle::{LifecycleError, Log};
     use futures::{StreamExt, TryStreamExt};
     let fail = |e: LifecycleError| Stop::failed(format!("recording the batch in the lifecycle log: {e}"));
     let log = Log::open(warehouse);
@@ -363,30 +363,7 @@ async fn record_in_log(
                     } else {
                         log.history(&batch).await.map_err(fail)?
                     };
-                    let status = history.last().map(|e| e.to);
-                    let mut todo: Vec<Step> = Vec::new();
-                    match (&by, status) {
-                        (None, None) => todo.push(Step::new(Action::Create, RUN_ACTOR)),
-                        (Some(_), Some(Lifecycle::Superseded | Lifecycle::Voided)) => {}
-                        // (With no history yet, an older batch is ready.)
-                        (Some(by), _) => todo.push(Step {
-                            by: Some(by),
-                            ..Step::new(Action::Supersede, RUN_ACTOR)
-                        }),
-                        (None, Some(_)) => {}
-                    }
-                    // A batch another run (with the same policy) accepted is published by
-                    // this one too, so that its own streams below read it published; one a
-                    // person held or rejected stays as they left it.
-                    if by.is_none() {
-                        let accept = Step::new(Action::Accept, AUTO_REVIEW_ACTOR).because(why);
-                        let publish = Step::new(Action::Publish, AUTO_REVIEW_ACTOR);
-                        match (why, status) {
-                            (Some(_), None | Some(Lifecycle::Ready)) => todo.extend([accept, publish]),
-                            (Some(_), Some(Lifecycle::Accepted)) => todo.push(publish),
-                            _ => {}
-                        }
-                    }
+                    let todo = steps_for(by.as_deref(), history.last().map(|e| e.to), why);
                     if todo.is_empty() {
                         return Ok(());
                     }
@@ -406,6 +383,41 @@ async fn record_in_log(
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// What a run records for `batch` given its status in the log (`None`: no history yet):
+/// its creation, or its supersession `by` a newer version; then, for one of the run's own
+/// batches that `review: auto` accepted (`why`), the acceptance and publication still
+/// missing. Empty: nothing to record.
+fn steps_for<'a>(
+    by: Option<&'a str>,
+    status: Option<batches::lifecycle::Status>,
+    why: Option<&'a str>,
+) -> Vec<batches::lifecycle::Step<'a>> {
+    use batches::lifecycle::{Action, Status as Lifecycle, Step};
+    let mut todo = Vec::new();
+    match (by, status) {
+        (None, None) => todo.push(Step::new(Action::Create, RUN_ACTOR)),
+        (Some(_), Some(Lifecycle::Superseded | Lifecycle::Voided)) | (None, Some(_)) => {}
+        // (With no history yet, an older batch is ready.)
+        (Some(by), _) => todo.push(Step {
+            by: Some(by),
+            ..Step::new(Action::Supersede, RUN_ACTOR)
+        }),
+    }
+    // A batch another run (with the same policy) accepted is published by this one too, so
+    // that its own streams below read it published; one a person held or rejected stays as
+    // they left it.
+    if by.is_none() {
+        let accept = Step::new(Action::Accept, AUTO_REVIEW_ACTOR).because(why);
+        let publish = Step::new(Action::Publish, AUTO_REVIEW_ACTOR);
+        match (why, status) {
+            (Some(_), None | Some(Lifecycle::Ready)) => todo.extend([accept, publish]),
+            (Some(_), Some(Lifecycle::Accepted)) => todo.push(publish),
+            _ => {}
+        }
+    }
+    todo
 }
 
 impl Upstream {
@@ -1016,4 +1028,36 @@ fn audience(p: &crate::definition::Pipeline, organization: &str) -> Vec<String> 
         .filter(|o| o.upstream.as_ref().is_some_and(|u| u.value == organization))
         .map(|o| o.id.value.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steps_for;
+    use crate::batches::lifecycle::{Action, Status};
+
+    fn actions(by: Option<&str>, status: Option<Status>, why: Option<&str>) -> Vec<Action> {
+        steps_for(by, status, why).iter().map(|s| s.action).collect()
+    }
+
+    #[test]
+    fn a_run_records_only_what_its_batches_still_miss() {
+        use Action::*;
+        let auto = Some("no rows refused");
+        // One of the run's own batches: created, then accepted and published by auto.
+        assert_eq!(actions(None, None, auto), [Create, Accept, Publish]);
+        assert_eq!(actions(None, None, None), [Create]);
+        assert_eq!(actions(None, Some(Status::Ready), auto), [Accept, Publish]);
+        assert_eq!(actions(None, Some(Status::Accepted), auto), [Publish]);
+        // What a person decided stays as they left it.
+        for decided in [Status::Held, Status::Rejected, Status::Published, Status::Voided] {
+            assert_eq!(actions(None, Some(decided), auto), [], "{decided:?}");
+        }
+        // An older version: superseded once, whatever its status, unless already gone.
+        assert_eq!(actions(Some("new"), None, auto), [Supersede]);
+        assert_eq!(actions(Some("new"), Some(Status::Published), None), [Supersede]);
+        assert_eq!(actions(Some("new"), Some(Status::Superseded), None), []);
+        assert_eq!(actions(Some("new"), Some(Status::Voided), None), []);
+        let superseded = steps_for(Some("new"), Some(Status::Ready), None);
+        assert_eq!(superseded[0].by, Some("new"));
+    }
 }
