@@ -16,7 +16,7 @@ use crate::definition::{Diagnostic, InputRef, Location, StreamDef, TableDef, Tab
 use crate::engine::side::{SideOutputs, reject_rows};
 use crate::engine::tap::Tap;
 use crate::plan::{Period, Plan, PlannedStream};
-use crate::stages::{StageEnv, StageError, TemplateVars};
+use crate::stages::{SplitAround, Stage, StageEnv, StageError, TemplateVars};
 
 /// Where a stream's input comes from for one build of its plan.
 #[derive(Clone, Copy, Debug)]
@@ -354,21 +354,40 @@ async fn apply_stages(
     let mut df = input;
     // The plan after each stage, to name the stage that fails.
     let mut after: Vec<(String, DataFrame)> = Vec::new();
-    for (k, st) in ps.stages.iter().enumerate() {
+    let env = |k: usize| StageEnv {
+        ctx,
+        vars,
+        stage: &ps.stages[k].name,
+        side,
+        executing,
+    };
+    let apply = |k: usize, stage: Arc<dyn Stage>, df: DataFrame| {
+        let env = env(k);
+        async move { stage.apply(df, &env).await.map_err(|error| stage_error(ps, k, error)) }
+    };
+    let mut k = 0;
+    while k < ps.stages.len() {
+        let st = &ps.stages[k];
         on_stage(k, &st.name);
-        let env = StageEnv {
-            ctx,
-            vars,
-            stage: &st.name,
-            side,
-            executing,
-        };
-        df = st
-            .stage
-            .apply(df, &env)
-            .await
-            .map_err(|error| stage_error(ps, k, error))?;
+        if let Some((split, grouping, outputs)) = split_around_next(ps, k) {
+            // Stage k adds columns that only group stage k + 1's rows: refuse rows, group
+            // them, then add the columns to the groups (the same output, computed on
+            // fewer keys and rows).
+            df = apply(k, split.before, df).await?;
+            after.push((st.name.clone(), df.clone()));
+            on_stage(k + 1, &ps.stages[k + 1].name);
+            df = apply(k + 1, grouping, df).await?;
+            df = apply(k, split.after, df).await?;
+            df = df
+                .select_columns(&outputs.iter().map(String::as_str).collect::<Vec<_>>())
+                .map_err(|e| stage_error(ps, k + 1, StageError::new(e.strip_backtrace())))?;
+            after.push((ps.stages[k + 1].name.clone(), df.clone()));
+            k += 2;
+            continue;
+        }
+        df = apply(k, st.stage.clone(), df).await?;
         after.push((st.name.clone(), df.clone()));
+        k += 1;
     }
     // Checking: type-check and optimise the plan, so what only shows there (a literal that
     // does not cast, a predicate that is no boolean) is found at validate, named by the
@@ -382,6 +401,17 @@ async fn apply_stages(
         }
     }
     Ok((df, after))
+}
+
+/// Stage `k` split around stage `k + 1`, a grouping (see `Stage::split_around`): the two
+/// halves, the grouping without the columns the second half adds, and the grouping's
+/// output columns in order.
+fn split_around_next(ps: &PlannedStream, k: usize) -> Option<(SplitAround, Arc<dyn Stage>, Vec<String>)> {
+    let next = ps.stages.get(k + 1)?;
+    let grouping = next.stage.grouping()?;
+    let split = ps.stages[k].stage.split_around(&grouping)?;
+    let fewer = next.stage.grouping_without(&split.added)?;
+    Some((split, fewer, grouping.outputs))
 }
 
 fn stage_error(ps: &PlannedStream, k: usize, error: StageError) -> PlanError {

@@ -9,7 +9,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::DataFrame;
 
 use super::settings::{existing, plan_err};
-use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Grouping, Setting, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 
 /// The settings of `kind: aggregate`, as its docs table shows them.
@@ -41,14 +41,14 @@ pub struct AggregateKind;
 
 const FUNCTIONS: &[&str] = &["sum", "count", "count_distinct", "min", "max"];
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Agg {
     function: String,
     column: Text,
     name: String,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AggregateStage {
     group_by: Vec<Text>,
     aggs: Vec<Agg>,
@@ -134,5 +134,22 @@ impl Stage for AggregateStage {
             aggs.push(e.alias(&a.name));
         }
         input.aggregate(group, aggs).map_err(plan_err)
+    }
+    fn grouping(&self) -> Option<Grouping> {
+        let keys: Vec<String> = self.group_by.iter().map(|g| g.value.clone()).collect();
+        Some(Grouping {
+            outputs: keys
+                .iter()
+                .cloned()
+                .chain(self.aggs.iter().map(|a| a.name.clone()))
+                .collect(),
+            reads: self.aggs.iter().map(|a| a.column.value.clone()).collect(),
+            keys,
+        })
+    }
+    fn grouping_without(&self, left_out: &[String]) -> Option<Arc<dyn Stage>> {
+        let mut fewer = self.clone();
+        fewer.group_by.retain(|g| !left_out.contains(&g.value));
+        Some(Arc::new(fewer))
     }
 }

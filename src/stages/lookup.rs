@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use datafusion::functions::expr_fn::{coalesce, concat_ws};
 use datafusion::logical_expr::{Expr, cast, when};
 use datafusion::prelude::{DataFrame, ident, lit};
+use datafusion::scalar::ScalarValue;
 use marked_yaml::Node;
 
 use super::settings::{all_but, existing, plan_err};
-use super::{BuildContext, Setting, Stage, StageEnv, StageError, StageKind};
+use super::{BuildContext, Grouping, Setting, SplitAround, Stage, StageEnv, StageError, StageKind};
 use crate::definition::{Fields, Reader, Text};
 use crate::engine::side::{OnError, apply_policy};
 
@@ -103,7 +104,7 @@ enum Multiple {
     Last,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LookupStage {
     reference: Text,
     keys: Vec<(Text, String)>,
@@ -113,6 +114,9 @@ pub struct LookupStage {
     on_missing: OnError,
     defaults: Vec<(String, String)>,
     on_multiple: Multiple,
+    /// The first half of a lookup split around a grouping (`split_around`): the rows are
+    /// matched and refused here, but the columns come NULL; the groups get them after.
+    columns_later: bool,
 }
 
 fn pulled_list(r: &mut Reader, node: &Node) -> Option<Vec<(String, String)>> {
@@ -219,7 +223,30 @@ impl StageKind for LookupKind {
             on_missing,
             defaults,
             on_multiple,
+            columns_later: false,
         }))
+    }
+}
+
+impl LookupStage {
+    /// `df` (joined for its match counts only) with the columns the lookup adds, NULL and
+    /// typed as in the reference, where the join puts them: so that rows refused here show
+    /// them as a lookup that adds them would (NULL when nothing matched), while the plan
+    /// reads none of them for the rows it keeps.
+    async fn null_columns(&self, df: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
+        let reference = super::reference::reference_table(env.ctx, &self.reference).await?;
+        let outs: Vec<&str> = self.pulled.iter().map(|(_, out)| out.as_str()).collect();
+        let mut select = all_but(&df, &[&[MATCHES], outs.as_slice()].concat());
+        for (column, out) in &self.pulled {
+            // (A column the reference lacks is named by the second half, which adds it.)
+            let ty = reference
+                .schema()
+                .field_with_unqualified_name(column)
+                .map_or(DataType::Null, |f| f.data_type().clone());
+            select.push(cast(lit(ScalarValue::Null), ty).alias(out));
+        }
+        select.push(ident(MATCHES));
+        df.select(select).map_err(plan_err)
     }
 }
 
@@ -253,6 +280,46 @@ impl Stage for LookupStage {
     fn tables(&self) -> Vec<String> {
         vec![self.reference.value.clone()]
     }
+    /// The reference columns of an undated lookup are a function of its keys: when the
+    /// next stage groups by them and by the keys, the rows are checked (and refused) here,
+    /// grouped, and only the groups get the columns.
+    fn split_around(&self, grouping: &Grouping) -> Option<SplitAround> {
+        let added: Vec<String> = self.pulled.iter().map(|(_, out)| out.clone()).collect();
+        let keys: Vec<&str> = self.keys.iter().map(|(c, _)| c.value.as_str()).collect();
+        let grouped = |c: &str| grouping.keys.iter().any(|k| k == c);
+        let aggregated =
+            |c: &str| grouping.reads.iter().any(|r| r == c) || (grouping.outputs.iter().any(|o| o == c) && !grouped(c));
+        let splits = self.dated.is_none()
+            && !added.is_empty()
+            && keys.iter().all(|k| grouped(k) && !added.iter().any(|a| a == k))
+            && added.iter().all(|a| grouped(a) && !aggregated(a));
+        if !splits {
+            return None;
+        }
+        let before = LookupStage {
+            defaults: Vec::new(),
+            columns_later: true,
+            ..self.clone()
+        };
+        // The rows this lookup refuses (or fails on) are gone before the grouping: on the
+        // groups, a policy could only see rows it has already let through.
+        let after = LookupStage {
+            on_missing: match self.on_missing {
+                OnError::Reject | OnError::Fail => OnError::Null,
+                kept => kept,
+            },
+            on_multiple: match self.on_multiple {
+                Multiple::Reject | Multiple::Fail => Multiple::First,
+                kept => kept,
+            },
+            ..self.clone()
+        };
+        Some(SplitAround {
+            before: Arc::new(before),
+            after: Arc::new(after),
+            added,
+        })
+    }
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError> {
         let keys = self
             .keys
@@ -272,11 +339,18 @@ impl Stage for LookupStage {
         let join = Join {
             reference: self.reference.clone(),
             keys,
-            pulled: self.pulled.clone(),
+            pulled: if self.columns_later {
+                Vec::new()
+            } else {
+                self.pulled.clone()
+            },
             dated,
             order,
         };
         let mut df = join_reference(env.ctx, input, &join).await?;
+        if self.columns_later {
+            df = self.null_columns(df, env).await?;
+        }
         let key_text = {
             let parts: Vec<Expr> = self
                 .keys

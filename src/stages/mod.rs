@@ -350,6 +350,44 @@ pub trait Stage: Send + Sync + Debug {
     /// Transform the stream's current table. Stays lazy where the stage allows; the
     /// engine also calls this on an empty table to infer schemas before any data is read.
     async fn apply(&self, input: DataFrame, env: &StageEnv<'_>) -> Result<DataFrame, StageError>;
+    /// A stage that only groups rows (`aggregate`): what it groups by and reads.
+    fn grouping(&self) -> Option<Grouping> {
+        None
+    }
+    /// This grouping stage with the group keys `left_out` removed (see [`Stage::split_around`]).
+    fn grouping_without(&self, _left_out: &[String]) -> Option<Arc<dyn Stage>> {
+        None
+    }
+    /// Columns this stage adds that are a function of columns it keeps (a lookup's
+    /// reference columns are a function of its keys), when the next stage, `grouping`,
+    /// groups by all of them and reads none: the stage in two, one that adds none of them
+    /// (refusing the same rows), to apply before the grouping, and one that adds them to
+    /// the groups. The plan builder then groups fewer keys and joins fewer rows.
+    fn split_around(&self, _grouping: &Grouping) -> Option<SplitAround> {
+        None
+    }
+}
+
+/// What a grouping stage groups by and reads, for the plan builder.
+#[derive(Clone, Debug)]
+pub struct Grouping {
+    /// Its group keys.
+    pub keys: Vec<String>,
+    /// The columns its aggregates read.
+    pub reads: Vec<String>,
+    /// Its output columns, in order.
+    pub outputs: Vec<String>,
+}
+
+/// A stage split around the grouping that follows it (see [`Stage::split_around`]).
+pub struct SplitAround {
+    /// Applied before the grouping: refuses what the stage refuses, adds nothing that
+    /// `added` names.
+    pub before: Arc<dyn Stage>,
+    /// Applied to the groups: adds `added`, refuses nothing.
+    pub after: Arc<dyn Stage>,
+    /// The columns `after` adds, left out of the group keys.
+    pub added: Vec<String>,
 }
 
 #[cfg(test)]

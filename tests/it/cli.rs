@@ -255,6 +255,56 @@ fn an_aggregate_before_rate_is_computed_once() {
     );
 }
 
+/// Issue 17: an aggregate right after a lookup, grouping by the lookup's key and by the
+/// columns it adds: the rows are grouped by the key alone and the groups get the columns
+/// (the case `aggregate/after_a_lookup` shows the output is the same). Before, every
+/// line was given the columns and grouped by all of them. An aggregate that reads an
+/// added column is left as written.
+#[test]
+fn an_aggregate_after_a_lookup_groups_before_the_columns_are_added() {
+    let case = repo().join("tests/stages/aggregate/after_a_lookup");
+    let run = |pipeline: String| -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["input.csv", "subs.csv"] {
+            std::fs::copy(case.join(f), tmp.path().join(f)).unwrap();
+        }
+        std::fs::write(tmp.path().join("pipeline.yaml"), pipeline).unwrap();
+        let plans = tmp.path().join("plans");
+        let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
+            .args(["run", "--period", "2026-10", "--quiet", "--warehouse"])
+            .arg(tmp.path().join("wh"))
+            .arg(tmp.path().join("pipeline.yaml"))
+            .env("BILLFLOW_PLANS", &plans)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(plans.join("s.txt")).unwrap()
+    };
+    let grouped_by = |plan: &str| -> Vec<String> {
+        plan.lines()
+            .filter(|l| l.contains("AggregateExec") && !l.contains("__ref_key"))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let pipeline = std::fs::read_to_string(case.join("pipeline.yaml")).unwrap();
+    let plan = run(pipeline.clone());
+    let groups = grouped_by(&plan);
+    assert!(!groups.is_empty(), "{plan}");
+    for g in &groups {
+        assert!(
+            g.contains("sub@") && !g.contains("customer") && !g.contains("seller"),
+            "{g}\n{plan}"
+        );
+    }
+    let reads_customer = pipeline.replace(
+        "{ function: count, column: id, as: lines }",
+        "{ function: count, column: customer, as: lines }",
+    );
+    assert_ne!(reads_customer, pipeline);
+    let plan = run(reads_customer);
+    assert!(grouped_by(&plan).iter().any(|g| g.contains("customer")), "{plan}");
+}
+
 #[test]
 fn sandbox_refuses_a_pipeline_that_names_files_outside_it() {
     let (code, _, err) = billflow(&[
