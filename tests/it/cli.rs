@@ -217,25 +217,13 @@ fn billflow_plans_makes_its_folder() {
     assert!(plan.contains("metrics=["), "{plan}");
 }
 
-/// Issue 17: `rate` reads its lines twice (the groups are charged, then the charges are
-/// shared back over the lines). A costly stage before it, here an `aggregate` of the
-/// usage, runs once: the plan as run reads the lines from memory, with no aggregate left
-/// in it (before, the usage was aggregated there a second time).
-#[test]
-fn an_aggregate_before_rate_is_computed_once() {
+/// Run `pipeline` (a case's, edited) over the case's `files` for 2026-10 with
+/// `BILLFLOW_PLANS`: the run's summary and stream `s`'s executed plan.
+fn run_case_with_plans(case: &std::path::Path, files: &[&str], pipeline: &str) -> (String, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let case = repo().join("tests/stages/rate/bands_in_columns");
-    for f in ["input.csv", "prices.csv"] {
+    for f in files {
         std::fs::copy(case.join(f), tmp.path().join(f)).unwrap();
     }
-    // Summed per subscription and SKU first: the same groups the rate charges, so the
-    // same charges (101.5000, worked in the case's pipeline), on 4 lines instead of 5.
-    let pipeline = std::fs::read_to_string(case.join("pipeline.yaml")).unwrap().replace(
-        "    stages:\n      - kind: rate",
-        "    stages:\n      - { kind: aggregate, group_by: [sub, sku], sum: [qty], \
-         aggregations: [{ function: min, column: id, as: id }] }\n      - kind: rate",
-    );
-    assert!(pipeline.contains("kind: aggregate"));
     std::fs::write(tmp.path().join("pipeline.yaml"), pipeline).unwrap();
     let plans = tmp.path().join("plans");
     let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
@@ -245,10 +233,28 @@ fn an_aggregate_before_rate_is_computed_once() {
         .env("BILLFLOW_PLANS", &plans)
         .output()
         .unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(summary.contains("amount 101.5000"), "{summary}");
     let plan = std::fs::read_to_string(plans.join("s.txt")).unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), plan)
+}
+
+/// Issue 17: `rate` reads its lines twice (the groups are charged, then the charges are
+/// shared back over the lines). A costly stage before it, here an `aggregate` of the
+/// usage, runs once: the plan as run reads the lines from memory, with no aggregate left
+/// in it (before, the usage was aggregated there a second time).
+#[test]
+fn an_aggregate_before_rate_is_computed_once() {
+    let case = repo().join("tests/stages/rate/bands_in_columns");
+    // Summed per subscription and SKU first: the same groups the rate charges, so the
+    // same charges (101.5000, worked in the case's pipeline), on 4 lines instead of 5.
+    let pipeline = std::fs::read_to_string(case.join("pipeline.yaml")).unwrap().replace(
+        "    stages:\n      - kind: rate",
+        "    stages:\n      - { kind: aggregate, group_by: [sub, sku], sum: [qty], \
+         aggregations: [{ function: min, column: id, as: id }] }\n      - kind: rate",
+    );
+    assert!(pipeline.contains("kind: aggregate"));
+    let (summary, plan) = run_case_with_plans(&case, &["input.csv", "prices.csv"], &pipeline);
+    assert!(summary.contains("amount 101.5000"), "{summary}");
     assert!(
         !plan.contains("AggregateExec"),
         "the usage is aggregated again:\n{plan}"
@@ -263,23 +269,7 @@ fn an_aggregate_before_rate_is_computed_once() {
 #[test]
 fn an_aggregate_after_a_lookup_groups_before_the_columns_are_added() {
     let case = repo().join("tests/stages/aggregate/after_a_lookup");
-    let run = |pipeline: String| -> String {
-        let tmp = tempfile::tempdir().unwrap();
-        for f in ["input.csv", "subs.csv"] {
-            std::fs::copy(case.join(f), tmp.path().join(f)).unwrap();
-        }
-        std::fs::write(tmp.path().join("pipeline.yaml"), pipeline).unwrap();
-        let plans = tmp.path().join("plans");
-        let out = Command::new(env!("CARGO_BIN_EXE_billflow"))
-            .args(["run", "--period", "2026-10", "--quiet", "--warehouse"])
-            .arg(tmp.path().join("wh"))
-            .arg(tmp.path().join("pipeline.yaml"))
-            .env("BILLFLOW_PLANS", &plans)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        std::fs::read_to_string(plans.join("s.txt")).unwrap()
-    };
+    let run = |pipeline: String| run_case_with_plans(&case, &["input.csv", "subs.csv"], &pipeline).1;
     let grouped_by = |plan: &str| -> Vec<String> {
         plan.lines()
             .filter(|l| l.contains("AggregateExec") && !l.contains("__ref_key"))
