@@ -56,6 +56,34 @@ enum Place {
 
 pub use crate::definition::model::is_url;
 
+/// `path` made absolute with no `.` or `..` left, which an object store path cannot hold
+/// (`ObjectPath::from_absolute_path` refuses them): its longest existing ancestor as the
+/// system resolves it (links included), then the rest of it, component by component.
+fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut ancestor = Some(path.as_path());
+    let (mut out, rest) = loop {
+        let Some(a) = ancestor else {
+            break (PathBuf::new(), path.as_path());
+        };
+        if let Ok(real) = std::fs::canonicalize(a) {
+            break (real, path.strip_prefix(a).unwrap_or(Path::new("")));
+        }
+        ancestor = a.parent();
+    };
+    for c in rest.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl StoreLocation {
     /// A local folder (made absolute: scans address files by URL, which a relative path
     /// is not) or `s3://bucket/prefix` (`gs://`, `az://`, `abfss://`).
@@ -68,7 +96,7 @@ impl StoreLocation {
     }
 
     pub fn local(path: &Path) -> StoreLocation {
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let path = resolved(path);
         // The whole file system under the folder's path as a prefix: nothing is created
         // until something is written, and a folder that does not exist lists as empty.
         let prefix = ObjectPath::from_absolute_path(&path).unwrap_or_default();
@@ -446,6 +474,36 @@ pub async fn read_many(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found running the README's first command: the sample pipeline's warehouse is
+    /// `../../warehouse`, whose `..` an object store path cannot hold. The prefix fell back
+    /// to the root of the disk, so a run wrote its batches (through the file system) and
+    /// then could not read them back. `..` is resolved first, the same folder either way.
+    #[tokio::test]
+    async fn a_warehouse_written_with_dot_dot_reads_back_what_was_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("samples/cloud")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("warehouse/t")).unwrap();
+        std::fs::write(tmp.path().join("warehouse/t/batch.json"), "{}").unwrap();
+        for written in [
+            "samples/cloud/../../warehouse",
+            "./samples/../warehouse/t/..",
+            "warehouse",
+        ] {
+            let at = StoreLocation::local(&tmp.path().join(written));
+            let read = at.store.get(&ObjectPath::from("t/batch.json")).await;
+            let bytes = read.unwrap_or_else(|e| panic!("{written}: {e}")).bytes().await.unwrap();
+            assert_eq!(&bytes[..], b"{}", "{written}");
+            assert_eq!(
+                at.local_dir(),
+                Some(std::fs::canonicalize(tmp.path().join("warehouse")).unwrap().as_path())
+            );
+        }
+        // Not there yet: resolved the same way, without the system.
+        let at = StoreLocation::local(&tmp.path().join("samples/cloud/../new/./wh"));
+        let expected = std::fs::canonicalize(tmp.path()).unwrap().join("samples/new/wh");
+        assert_eq!(at.local_dir(), Some(expected.as_path()));
+    }
 
     /// Each store's URL addresses keys below its prefix, and scans find the store under
     /// the URL it is registered with (the container and account of an `abfss://` URL
