@@ -57,31 +57,10 @@ enum Place {
 pub use crate::definition::model::is_url;
 
 /// `path` made absolute with no `.` or `..` left, which an object store path cannot hold
-/// (`ObjectPath::from_absolute_path` refuses them): its longest existing ancestor as the
-/// system resolves it (links included), then the rest of it, component by component.
+/// (`ObjectPath::from_absolute_path` refuses them): the sandbox's real path.
 fn resolved(path: &Path) -> PathBuf {
-    use std::path::Component;
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut ancestor = Some(path.as_path());
-    let (mut out, rest) = loop {
-        let Some(a) = ancestor else {
-            break (PathBuf::new(), path.as_path());
-        };
-        if let Ok(real) = std::fs::canonicalize(a) {
-            break (real, path.strip_prefix(a).unwrap_or(Path::new("")));
-        }
-        ancestor = a.parent();
-    };
-    for c in rest.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
+    crate::definition::sandbox::real_path(&path)
 }
 
 impl StoreLocation {

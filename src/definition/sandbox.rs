@@ -42,7 +42,7 @@ impl Sandbox {
 
 /// The real path of `path`: `.` and `..` resolved as written, then the longest part that
 /// exists resolved through the file system (a file still to be written need not exist).
-fn real_path(path: &Path) -> PathBuf {
+pub fn real_path(path: &Path) -> PathBuf {
     let mut lexical = PathBuf::new();
     for c in path.components() {
         match c {

@@ -287,8 +287,9 @@ impl Stage for LookupStage {
         let added: Vec<String> = self.pulled.iter().map(|(_, out)| out.clone()).collect();
         let keys: Vec<&str> = self.keys.iter().map(|(c, _)| c.value.as_str()).collect();
         let grouped = |c: &str| grouping.keys.iter().any(|k| k == c);
-        let aggregated =
-            |c: &str| grouping.reads.iter().any(|r| r == c) || (grouping.outputs.iter().any(|o| o == c) && !grouped(c));
+        // Read by an aggregation, or the name of one's result (the outputs after the keys).
+        let aggregates = grouping.outputs.get(grouping.keys.len()..).unwrap_or_default();
+        let aggregated = |c: &str| grouping.reads.iter().chain(aggregates).any(|r| r == c);
         let splits = self.dated.is_none()
             && !added.is_empty()
             && keys.iter().all(|k| grouped(k) && !added.iter().any(|a| a == k))
