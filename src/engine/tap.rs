@@ -73,12 +73,36 @@ pub struct Scan {
 pub struct TapCounts {
     total: Counts,
     complete: std::sync::Mutex<Option<Scan>>,
+    /// What to total over the kept rows, if anything, and the first complete read's totals.
+    totals: Option<TotalsSpec>,
+    complete_totals: std::sync::Mutex<Option<KeptTotals>>,
+}
+
+/// The kept rows totalled per group: the number of rows and the exact sum of each decimal
+/// column (unscaled, in the column's own scale), per value of a grouping column (`None`
+/// when there is none).
+pub type KeptTotals = std::collections::BTreeMap<Option<String>, GroupTotals>;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupTotals {
+    pub rows: u64,
+    /// In the order of [`TotalsSpec::decimals`].
+    pub sums: Vec<i128>,
+}
+
+/// What a checkpoint totals over the rows it keeps: the sums of these decimal columns,
+/// grouped by the values of `by` (a string column) if given.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TotalsSpec {
+    pub by: Option<String>,
+    pub decimals: Vec<String>,
 }
 
 /// One physical checkpoint's own counts, and how many of its partitions are still reading.
 #[derive(Debug)]
 struct Reading {
     counts: Counts,
+    totals: std::sync::Mutex<Result<KeptTotals, String>>,
     ended: PartitionCountdown,
 }
 
@@ -95,6 +119,33 @@ impl Tap {
             name: format!("{name}#{}", NEXT.fetch_add(1, Ordering::Relaxed)),
             counts: Arc::new(TapCounts::default()),
         }
+    }
+
+    /// A tap that also totals the rows it keeps ([`Tap::totals`]): so that what a run read
+    /// of an input is accounted for in the same pass that reads it. Its checkpoints ask
+    /// their input for the totalled columns even where nothing above them needs them.
+    pub fn totalling(name: &str, spec: TotalsSpec) -> Self {
+        Tap {
+            name: format!("{name}#{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+            counts: Arc::new(TapCounts {
+                totals: Some(spec),
+                ..TapCounts::default()
+            }),
+        }
+    }
+
+    /// The totals of the kept rows of a complete read, for a tap made by
+    /// [`Tap::totalling`]; `None` when no read was complete (or a total overflowed).
+    pub fn totals(&self) -> Option<KeptTotals> {
+        let mut totals = self.counts.complete_totals.lock().ok().and_then(|t| t.clone())?;
+        // Ungrouped totals always have their one group, zero when no row was kept.
+        if let Some(spec) = self.counts.totals.as_ref().filter(|s| s.by.is_none()) {
+            totals.entry(None).or_insert_with(|| GroupTotals {
+                rows: 0,
+                sums: vec![0; spec.decimals.len()],
+            });
+        }
+        Some(totals)
     }
 
     /// `df` through this checkpoint: counts every row, the rows where `refused` is true,
@@ -217,9 +268,20 @@ impl UserDefinedLogicalNodeCore for Checkpoint {
             counts: self.counts.clone(),
         })
     }
-    /// Like a filter: the parent's columns (the predicates' are added by the optimiser).
+    /// Like a filter: the parent's columns (the predicates' are added by the optimiser),
+    /// and the columns it totals.
     fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
-        Some(vec![output_columns.to_vec()])
+        let mut needed = output_columns.to_vec();
+        if let Some(spec) = &self.counts.totals {
+            for name in spec.by.iter().chain(&spec.decimals) {
+                let i = self.schema.index_of_column_by_name(None, name)?;
+                if !needed.contains(&i) {
+                    needed.push(i);
+                }
+            }
+            needed.sort_unstable();
+        }
+        Some(vec![needed])
     }
     fn supports_limit_pushdown(&self) -> bool {
         false
@@ -239,6 +301,7 @@ struct CheckpointFn {
 fn reading(input: &Arc<dyn ExecutionPlan>) -> Arc<Reading> {
     Arc::new(Reading {
         counts: Counts::default(),
+        totals: std::sync::Mutex::new(Ok(KeptTotals::new())),
         ended: PartitionCountdown::new(input),
     })
 }
@@ -272,13 +335,27 @@ impl BatchFn for CheckpointFn {
         let (out, scan) = pass(batch, self.refused.as_ref(), self.keep.as_ref())?;
         self.reading.counts.add(scan.rows, scan.flagged, scan.kept);
         self.counts.total.add(scan.rows, scan.flagged, scan.kept);
+        if let Some(spec) = &self.counts.totals
+            && out.num_rows() > 0
+        {
+            let totals = totals_of(&out, spec)?;
+            if let Ok(mut acc) = self.reading.totals.lock() {
+                add_totals(&mut acc, totals);
+            }
+        }
         Ok(out)
     }
     fn finish(&self) -> Result<Option<RecordBatch>> {
-        if self.reading.ended.last_ended()
-            && let Ok(mut complete) = self.counts.complete.lock()
-        {
-            complete.get_or_insert(self.reading.counts.snapshot());
+        if self.reading.ended.last_ended() {
+            if let Ok(mut complete) = self.counts.complete.lock() {
+                complete.get_or_insert(self.reading.counts.snapshot());
+            }
+            if self.counts.totals.is_some()
+                && let (Ok(mut complete), Ok(read)) = (self.counts.complete_totals.lock(), self.reading.totals.lock())
+                && let Ok(read) = &*read
+            {
+                complete.get_or_insert_with(|| read.clone());
+            }
         }
         Ok(None)
     }
@@ -301,6 +378,78 @@ fn pass(batch: &RecordBatch, refused: &dyn PhysicalExpr, keep: &dyn PhysicalExpr
         return Ok((batch.clone(), scan));
     }
     Ok((arrow::compute::filter_record_batch(batch, keep)?, scan))
+}
+
+/// The rows and decimal sums of `batch` per value of the spec's `by` column: one group
+/// when the column holds one value (as it does in a batch read from one organisation's
+/// file), else the rows sorted by it and cut where it changes.
+fn totals_of(batch: &RecordBatch, spec: &TotalsSpec) -> Result<KeptTotals> {
+    use arrow::datatypes::{DataType, Decimal128Type};
+    let sums_of = |b: &RecordBatch| -> Result<GroupTotals> {
+        let mut sums = Vec::with_capacity(spec.decimals.len());
+        for name in &spec.decimals {
+            let column = b.column_by_name(name).ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal(format!("totalled column {name} is not read"))
+            })?;
+            let values = column.as_primitive_opt::<Decimal128Type>().ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal(format!("totalled column {name} is not a decimal"))
+            })?;
+            sums.push(arrow::compute::sum_checked(values)?.unwrap_or(0));
+        }
+        Ok(GroupTotals {
+            rows: b.num_rows() as u64,
+            sums,
+        })
+    };
+    let mut out = KeptTotals::new();
+    let Some(by) = &spec.by else {
+        out.insert(None, sums_of(batch)?);
+        return Ok(out);
+    };
+    let keys = batch
+        .column_by_name(by)
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal(format!("grouping column {by} is not read")))?;
+    let keys = arrow::compute::cast(keys, &DataType::Utf8)?;
+    let first = arrow::array::Scalar::new(keys.slice(0, 1));
+    let same = arrow::compute::kernels::cmp::not_distinct(&keys, &first)?;
+    let key_of = |k: &dyn Array, i: usize| k.is_valid(i).then(|| k.as_string::<i32>().value(i).to_string());
+    if same.true_count() == keys.len() {
+        out.insert(Some(key_of(&keys, 0).unwrap_or_default()), sums_of(batch)?);
+        return Ok(out);
+    }
+    let order = arrow::compute::sort_to_indices(&keys, None, None)?;
+    let sorted = arrow::compute::take_record_batch(batch, &order)?;
+    let sorted_keys = arrow::compute::take(&keys, &order, None)?;
+    for range in arrow::compute::partition(std::slice::from_ref(&sorted_keys))?.ranges() {
+        // Sorted, so each range has a value of its own.
+        let key = key_of(&sorted_keys, range.start).unwrap_or_default();
+        out.insert(Some(key), sums_of(&sorted.slice(range.start, range.end - range.start))?);
+    }
+    Ok(out)
+}
+
+/// `more` added into `into`, exactly: an overflow leaves the error (no totals, so the
+/// engine reads the input again to account for it).
+fn merge(into: &mut KeptTotals, more: KeptTotals) -> std::result::Result<(), String> {
+    for (key, g) in more {
+        let t = into.entry(key).or_insert_with(|| GroupTotals {
+            rows: 0,
+            sums: vec![0; g.sums.len()],
+        });
+        t.rows += g.rows;
+        for (a, b) in t.sums.iter_mut().zip(g.sums) {
+            *a = a.checked_add(b).ok_or("a total overflows decimal(38)")?;
+        }
+    }
+    Ok(())
+}
+
+fn add_totals(acc: &mut std::result::Result<KeptTotals, String>, more: KeptTotals) {
+    if let Ok(into) = acc
+        && let Err(e) = merge(into, more)
+    {
+        *acc = Err(e);
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +528,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_totalling_tap_sums_the_kept_rows_per_group_even_of_a_column_nothing_above_reads() {
+        let ctx = session();
+        // Two record batches: `b` is one batch of its own, the other has two organisations.
+        let df = ctx
+            .sql(
+                "SELECT org, CAST(amount AS DECIMAL(10, 2)) AS amount FROM (VALUES \
+                 ('a', 1.25), ('b', 2.50), ('a', 3.00), ('c', 9.99)) AS t(org, amount) \
+                 UNION ALL SELECT 'b', CAST(-0.75 AS DECIMAL(10, 2))",
+            )
+            .await
+            .unwrap();
+        let spec = TotalsSpec {
+            by: Some("org".into()),
+            decimals: vec!["amount".into()],
+        };
+        let tap = Tap::totalling("input", spec);
+        let refused = col("org").eq(lit("c"));
+        let out = tap
+            .apply(df, refused.clone(), refused.not())
+            .unwrap()
+            .select(vec![col("org")])
+            .unwrap();
+        assert_eq!(tap.totals(), None, "nothing read yet");
+        let rows = out.collect().await.unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+        // a: 1.25 + 3.00 = 4.25 over 2 rows; b: 2.50 - 0.75 = 1.75 over 2; c refused.
+        let group = |rows, sum| GroupTotals { rows, sums: vec![sum] };
+        let want = KeptTotals::from([
+            (Some("a".to_string()), group(2, 425)),
+            (Some("b".to_string()), group(2, 175)),
+        ]);
+        assert_eq!(tap.totals(), Some(want));
+    }
+
+    #[tokio::test]
     async fn a_read_stopped_early_is_not_complete() {
         let ctx = session();
         let df = ctx
@@ -390,5 +574,28 @@ mod tests {
         let rows = out.collect().await.unwrap();
         assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
         assert_eq!(tap.complete(), None, "{:?}", tap.seen());
+    }
+
+    #[tokio::test]
+    async fn a_totalling_tap_read_stopped_early_has_no_totals() {
+        let ctx = session();
+        let df = ctx
+            .sql("SELECT CAST(x AS DECIMAL(20, 0)) AS x FROM generate_series(1, 100000) AS t(x)")
+            .await
+            .unwrap();
+        let spec = TotalsSpec {
+            by: None,
+            decimals: vec!["x".into()],
+        };
+        let tap = Tap::totalling("limited", spec);
+        let df_again = df.clone();
+        let out = tap.apply(df, lit(false), lit(true)).unwrap().limit(0, Some(3)).unwrap();
+        out.collect().await.unwrap();
+        assert_eq!(tap.totals(), None);
+        // Read to the end, keeping nothing: one group of no rows, summing to zero.
+        let out = tap.apply(df_again, lit(false), lit(false)).unwrap();
+        out.collect().await.unwrap();
+        let none = GroupTotals { rows: 0, sums: vec![0] };
+        assert_eq!(tap.totals(), Some(KeptTotals::from([(None, none)])));
     }
 }

@@ -16,7 +16,7 @@ use datafusion::scalar::ScalarValue;
 use super::contract;
 use crate::batches::{InputInfo, file_fingerprint};
 use crate::definition::{Pipeline, TableDef, TableFormat, arrow_schema};
-use crate::engine::tap::Tap;
+use crate::engine::tap::{KeptTotals, Tap, TotalsSpec};
 use crate::engine::text_scan::{self, TextFile, TextFormat};
 
 /// Why a source, a reference or a batch could not be read.
@@ -313,7 +313,7 @@ pub async fn read_source_files(
     let tap = Tap::new("input");
     let Some(cols) = &t.schema else {
         let df = read_files(ctx, files, t.format, None).await?;
-        return select_period(df, period, &format!("source {}", t.name.value));
+        return select_period(df, period, &format!("source {}", t.name.value), tap);
     };
     let declared = arrow_schema(cols, false);
     // `origin`: the same rows with the file and line each came from, read only to write
@@ -447,19 +447,71 @@ fn read_text(
 
 /// Committed upstream batches (their data files) as the input of a stream below them,
 /// restricted to the period.
+/// Its input tap totals what it reads ([`upstream_totals`]), for the run's accounting.
 pub async fn read_stream_batch(
     ctx: &SessionContext,
     data_files: &[String],
     schema: &Schema,
     period: Option<PeriodSelection<'_>>,
+    by: Option<&str>,
 ) -> Result<StreamInput, InputError> {
     let df = read_batch(ctx, data_files, schema).await?;
-    select_period(df, period, "upstream batch")
+    let tap = Tap::totalling("input", upstream_totals(schema, by));
+    select_period(df, period, "upstream batch", tap)
+}
+
+/// What a run accounts for of an upstream batch: its rows and the sum of each decimal
+/// column, per organisation when the batch is a `for_each` stream's (`by`).
+pub fn upstream_totals(schema: &Schema, by: Option<&str>) -> TotalsSpec {
+    TotalsSpec {
+        by: by.map(str::to_string),
+        decimals: schema
+            .fields()
+            .iter()
+            .filter(|f| matches!(f.data_type(), DataType::Decimal128(..)))
+            .map(|f| f.name().clone())
+            .collect(),
+    }
+}
+
+/// [`consumed`]'s answer from the totals the input tap took while the run read the
+/// batch (`schema`: the batch's, for the decimal columns' scales).
+pub fn consumed_from_tap(
+    totals: &KeptTotals,
+    schema: &Schema,
+) -> std::collections::BTreeMap<Option<String>, crate::batches::Consumed> {
+    let scales: Vec<(String, i8)> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| match f.data_type() {
+            DataType::Decimal128(_, scale) => Some((f.name().clone(), *scale)),
+            _ => None,
+        })
+        .collect();
+    totals
+        .iter()
+        .map(|(key, g)| {
+            let control_totals = scales
+                .iter()
+                .zip(&g.sums)
+                .map(|((name, scale), v)| (name.clone(), super::write::format_decimal(*v, *scale)))
+                .collect();
+            (
+                key.clone(),
+                crate::batches::Consumed {
+                    rows: g.rows,
+                    control_totals,
+                },
+            )
+        })
+        .collect()
 }
 
 /// What a run reads of each upstream batch: its rows in the period and the exact sum of
 /// each decimal column, read from the batches' files again (so that `billflow reconcile`
-/// compares what was read, not what the manifest says). `by`: the batches are a
+/// compares what was read, not what the manifest says). A run takes these totals while
+/// it reads ([`consumed_from_tap`]); this second read is for a run whose plan did not
+/// read its input to the end. `by`: the batches are a
 /// `for_each` stream's organisations, told apart by this column; the answer is keyed by
 /// organisation (`None` for a whole batch).
 pub async fn consumed(
@@ -528,8 +580,12 @@ fn no_period_reason(column: &str) -> String {
 /// The rows of the period of an input whose columns are typed already (a source read
 /// without a declared schema, an upstream batch), counted by the input tap; a row whose
 /// period value is NULL is refused (into the rejects) with the reason.
-fn select_period(df: DataFrame, period: Option<PeriodSelection<'_>>, origin: &str) -> Result<StreamInput, InputError> {
-    let tap = Tap::new("input");
+fn select_period(
+    df: DataFrame,
+    period: Option<PeriodSelection<'_>>,
+    origin: &str,
+    tap: Tap,
+) -> Result<StreamInput, InputError> {
     let Some(sel) = period else {
         let df = count_period_rows(df, lit(true), lit(false), &tap)?;
         return Ok(StreamInput { df, rejects: None, tap });

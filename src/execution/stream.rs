@@ -197,10 +197,11 @@ impl Engine {
             .map_err(|e| Stop::failed(format!("cannot create the batch directory: {e}")))?;
         let (written, organizations) = self.execute_and_write(plan, ps, &sp, &staging).await?;
         phase.done("execute and write");
+        let read_totals = sp.input.tap.totals();
         let tally = write_refusals(sp, &staging).await?;
         phase.done("write refused rows");
         if let Some(up) = &upstream {
-            account_for_input(&ctx, plan, ps, &options.period, up, &mut id).await?;
+            account_for_input(&ctx, plan, ps, &options.period, up, read_totals, &mut id).await?;
             phase.done("account for the input");
         }
 
@@ -217,6 +218,7 @@ impl Engine {
             Ok(Committed::AlreadyThere(dir)) => (Status::Reused, dir),
             Err(e) => return Err(Stop::failed(format!("committing the batch: {e}"))),
         };
+        phase.done("commit");
         let accepted = auto_review(s, &manifest, upstream.as_ref(), report);
         record_in_log(
             &options.warehouse,
@@ -227,7 +229,7 @@ impl Engine {
             &accepted,
         )
         .await?;
-        phase.done("commit");
+        phase.done("record in the lifecycle log");
         report.status = status;
         report.batch_location = Some(dir);
         Ok(())
@@ -598,14 +600,17 @@ async fn waiting_for(
     }
 }
 
-/// Record what the run read of each upstream batch (rows and control totals, read from
-/// its files again) in the inputs of the batch and of each organisation's batch.
+/// Record what the run read of each upstream batch (rows and control totals) in the
+/// inputs of the batch and of each organisation's batch: as the input tap totalled it
+/// while the plan read it (`read_totals`), or, when no read was complete, read from its
+/// files again.
 async fn account_for_input(
     ctx: &datafusion::prelude::SessionContext,
     plan: &Plan,
     ps: &PlannedStream,
     period: &Period,
     up: &Upstream,
+    read_totals: Option<crate::engine::tap::KeptTotals>,
     id: &mut BatchIdentity,
 ) -> Result<(), Stop> {
     let s = plan.def(ps);
@@ -618,9 +623,13 @@ async fn account_for_input(
         period,
     });
     let by = above.for_each.as_ref().map(|e| e.column.value.as_str());
-    let read = inputs::consumed(ctx, &files, &arrow_schema(&above.columns, true), selection, by)
-        .await
-        .map_err(|e| Stop::failed(format!("accounting for what was read of `{}`: {e}", above.id.value)))?;
+    let schema = arrow_schema(&above.columns, true);
+    let read = match read_totals {
+        Some(totals) => inputs::consumed_from_tap(&totals, &schema),
+        None => inputs::consumed(ctx, &files, &schema, selection, by)
+            .await
+            .map_err(|e| Stop::failed(format!("accounting for what was read of `{}`: {e}", above.id.value)))?,
+    };
     let fill = |infos: &mut Vec<InputInfo>| {
         for info in infos.iter_mut().filter(|i| i.kind == "stream") {
             let key = by.and(info.organization.clone());

@@ -235,7 +235,8 @@ pub async fn read_input(
                     None,
                 ));
             };
-            inputs::read_stream_batch(ctx, files, &arrow_schema(&up.columns, true), selection)
+            let by = up.for_each.as_ref().map(|e| e.column.value.as_str());
+            inputs::read_stream_batch(ctx, files, &arrow_schema(&up.columns, true), selection, by)
                 .await
                 .map_err(|e| PlanError::input(format!("reading batch of `{}`: {e}", name.value), None))
         }
