@@ -221,9 +221,19 @@ pub fn format_decimal(v: i128, scale: i8) -> String {
 
 /// SHA-256 of a file's bytes, streamed.
 pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
     let mut f = fs::File::open(path)?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
+    // Reads of 1 MiB: `io::copy`'s 8 KiB made hashing a 10 MB input a thousand reads.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
     Ok(hex::encode(h.finalize()))
 }
 

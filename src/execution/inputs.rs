@@ -112,17 +112,37 @@ pub async fn table_files_named(pipeline: &Pipeline, t: &TableDef) -> Result<Vec<
         .collect())
 }
 
+/// The table's fingerprint: its files' contents hashed, a share of the files per core
+/// (off the async workers), in the files' order.
 pub async fn fingerprint_table(kind: &str, pipeline: &Pipeline, t: &TableDef) -> Result<InputInfo, InputError> {
     let named = table_files_named(pipeline, t).await?;
-    let mut parts = Vec::with_capacity(named.len());
-    for (f, _) in &named {
-        let fp = file_fingerprint(f).map_err(io(f))?;
-        parts.push(format!(
-            "{}={fp}",
-            f.file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default()
-        ));
+    let files: Vec<PathBuf> = named.iter().map(|(f, _)| f.clone()).collect();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let tasks: Vec<_> = files
+        .chunks(files.len().div_ceil(cores).max(1))
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            tokio::task::spawn_blocking(move || {
+                chunk
+                    .iter()
+                    .map(|f| {
+                        let fp = file_fingerprint(f).map_err(io(f))?;
+                        let name = f
+                            .file_name()
+                            .map(|n| n.to_string_lossy().to_string())
+                            .unwrap_or_default();
+                        Ok(format!("{name}={fp}"))
+                    })
+                    .collect::<Result<Vec<String>, InputError>>()
+            })
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(files.len());
+    for task in tasks {
+        let hashed = task
+            .await
+            .map_err(|e| InputError::from(datafusion::error::DataFusionError::External(Box::new(e))))?;
+        parts.extend(hashed?);
     }
     let joined = parts.join(";");
     Ok(InputInfo {
