@@ -20,21 +20,39 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SpillFile;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::execute_stream_partitioned;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream_partitioned};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
 /// What keeps materialised inputs alive (their memory reservations and spill files) for
-/// as long as the session that reads them: a session config extension.
+/// as long as the session that reads them, and the plans that computed them (they ran
+/// while the stream's plan was built, apart from it): a session config extension.
 #[derive(Default)]
-pub struct Held(Mutex<Vec<Box<dyn Any + Send + Sync>>>);
+pub struct Held {
+    things: Mutex<Vec<Box<dyn Any + Send + Sync>>>,
+    ran: Mutex<Vec<(String, Arc<dyn ExecutionPlan>)>>,
+}
 
 impl Held {
     fn keep(&self, thing: impl Any + Send + Sync) {
-        if let Ok(mut held) = self.0.lock() {
+        if let Ok(mut held) = self.things.lock() {
             held.push(Box::new(thing));
         }
     }
+
+    fn ran(&self, what: &str, plan: Arc<dyn ExecutionPlan>) {
+        if let Ok(mut ran) = self.ran.lock() {
+            ran.push((what.to_string(), plan));
+        }
+    }
+}
+
+/// The plans [`once`] ran in this session, each with what it computed, in the order they
+/// ran: their metrics are those of the run.
+pub fn ran_once(ctx: &SessionContext) -> Vec<(String, Arc<dyn ExecutionPlan>)> {
+    let held = ctx.state().config().get_extension::<Held>();
+    held.and_then(|h| h.ran.lock().ok().map(|r| r.clone()))
+        .unwrap_or_default()
 }
 
 /// Whether `plan` does work over the stream's rows that costs more to redo than to keep:
@@ -67,10 +85,14 @@ enum Part {
     Spilled(Arc<dyn SpillFile>),
 }
 
-/// Run `df` once and read it back as a table in `ctx`, partitioned as it ran.
-pub async fn once(ctx: &SessionContext, df: DataFrame) -> Result<DataFrame> {
+/// Run `df` once and read it back as a table in `ctx`, partitioned as it ran. `what`
+/// names the result where the plans that ran are shown.
+pub async fn once(ctx: &SessionContext, df: DataFrame, what: &str) -> Result<DataFrame> {
     let task = Arc::new(df.task_ctx());
     let plan = df.create_physical_plan().await?;
+    if let Some(held) = ctx.state().config().get_extension::<Held>() {
+        held.ran(what, plan.clone());
+    }
     let schema = plan.schema();
     let streams = execute_stream_partitioned(plan, task.clone())?;
     let runtime = task.runtime_env();
@@ -192,7 +214,7 @@ mod tests {
         let df = df
             .select(vec![(v.clone() * datafusion::prelude::lit(2i64)).alias("w")])
             .unwrap();
-        let once = once(&ctx, df).await.unwrap();
+        let once = once(&ctx, df, "w").await.unwrap();
         let physical = once.clone().create_physical_plan().await.unwrap();
         let plan = datafusion::physical_plan::displayable(physical.as_ref())
             .indent(true)

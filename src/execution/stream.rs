@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::prelude::DataFrame;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
 
 use super::stream_plan::{self, Inputs, PlanError, StreamPlan, template_vars};
 use super::{Engine, Progress, RunOptions, Status, StreamError, StreamReport, empty_report, inputs, write};
@@ -16,6 +17,7 @@ use crate::batches::{
     self, Committed, InputInfo, Manifest, OrganizationPart, PeriodInfo, Staging, Store, StreamLocation,
 };
 use crate::definition::{InputRef, Location, StreamDef, arrow_schema, stage_file_name};
+use crate::engine::materialize;
 use crate::engine::tap::Tap;
 use crate::plan::{Period, Plan, PlannedStream};
 
@@ -195,7 +197,7 @@ impl Engine {
         let staging = store
             .begin(&id.at, &id.batch_id)
             .map_err(|e| Stop::failed(format!("cannot create the batch directory: {e}")))?;
-        let (written, organizations) = self.execute_and_write(plan, ps, &sp, &staging).await?;
+        let (written, organizations) = self.execute_and_write(&ctx, plan, ps, &sp, &staging).await?;
         phase.done("execute and write");
         let read_totals = sp.input.tap.totals();
         let tally = write_refusals(sp, &staging).await?;
@@ -239,6 +241,7 @@ impl Engine {
     /// partition, or (a `for_each` stream) each organisation's rows under its own folder.
     async fn execute_and_write(
         &self,
+        ctx: &SessionContext,
         plan: &Plan,
         ps: &PlannedStream,
         sp: &StreamPlan,
@@ -281,11 +284,18 @@ impl Engine {
             }
             None => write::write_parquet(&executable, &staging.data_dir(), out_schema).await,
         };
-        // BILLFLOW_PLANS=DIR: each stream's physical plan as run, with its metrics.
+        // BILLFLOW_PLANS=DIR: each stream's physical plan as run, with its metrics, after
+        // the plans of what its stages computed once while it was built.
         if let Some(dir) = std::env::var_os("BILLFLOW_PLANS") {
             let dir = PathBuf::from(dir);
             let path = dir.join(format!("{}.txt", s.id.value));
-            let wrote = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, executable.with_metrics()));
+            let mut text = String::new();
+            for (what, ran) in materialize::ran_once(ctx) {
+                let ran = DisplayableExecutionPlan::with_metrics(ran.as_ref()).indent(true);
+                text.push_str(&format!("-- computed once: {what}\n{ran}\n"));
+            }
+            text.push_str(&format!("-- the stream\n{}", executable.with_metrics()));
+            let wrote = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
             if let Err(e) = wrote {
                 tracing::error!("BILLFLOW_PLANS: cannot write {}: {e}", path.display());
             }
@@ -605,7 +615,7 @@ async fn waiting_for(
 /// while the plan read it (`read_totals`), or, when no read was complete, read from its
 /// files again.
 async fn account_for_input(
-    ctx: &datafusion::prelude::SessionContext,
+    ctx: &SessionContext,
     plan: &Plan,
     ps: &PlannedStream,
     period: &Period,

@@ -218,7 +218,8 @@ fn billflow_plans_makes_its_folder() {
 }
 
 /// Run `pipeline` (a case's, edited) over the case's `files` for 2026-10 with
-/// `BILLFLOW_PLANS`: the run's summary and stream `s`'s executed plan.
+/// `BILLFLOW_PLANS`: the run's summary and stream `s`'s executed plans (what its stages
+/// computed once, then the stream's own).
 fn run_case_with_plans(case: &std::path::Path, files: &[&str], pipeline: &str) -> (String, String) {
     let tmp = tempfile::tempdir().unwrap();
     for f in files {
@@ -255,9 +256,20 @@ fn an_aggregate_before_rate_is_computed_once() {
     assert!(pipeline.contains("kind: aggregate"));
     let (summary, plan) = run_case_with_plans(&case, &["input.csv", "prices.csv"], &pipeline);
     assert!(summary.contains("amount 101.5000"), "{summary}");
+    // The file shows each plan that ran, with its metrics: the aggregate once, in the
+    // plan that computed the rate's input.
+    let (computed_once, stream) = plan.split_once("-- the stream\n").expect("the stream's plan");
     assert!(
-        !plan.contains("AggregateExec"),
+        !stream.contains("AggregateExec"),
         "the usage is aggregated again:\n{plan}"
+    );
+    let input = computed_once
+        .split("-- computed once: ")
+        .find(|p| p.starts_with("the input of stage `rate-2`"))
+        .expect("the plan that computed the rate's input");
+    assert!(
+        input.contains("AggregateExec") && input.contains("output_rows=4"),
+        "{plan}"
     );
 }
 

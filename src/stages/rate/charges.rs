@@ -11,6 +11,7 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use datafusion::scalar::ScalarValue;
 
 use super::{Grouping, MODELS, ROLES, RateStage, dec, has_column, same};
+use crate::engine::materialize;
 use crate::engine::money::{RoundingMode, round};
 use crate::engine::side::fail_on_each;
 use crate::stages::settings::plan_err;
@@ -48,8 +49,16 @@ impl RateStage {
             })
             .map_err(plan_err)?;
         let charges = self.sum_contributions(priced, g)?;
-        // (This read of the input is a complete one: the checkpoints in it count exactly.)
-        charges.cache().await.map_err(plan_err)
+        // A check has no rows to hold: computing the plan would only cost its planning
+        // (a third of `validate`'s time for a rated job), and the optimiser still checks it.
+        if !env.executing {
+            return Ok(charges);
+        }
+        // Within the run's memory limit, spilled past it (one row per group can be as
+        // many as the lines). This read of the input is a complete one: the checkpoints
+        // in it count exactly.
+        let what = format!("the charges per group of stage `{}`", env.stage);
+        materialize::once(env.ctx, charges, &what).await.map_err(plan_err)
     }
 
     /// Each group with every band of its plan and version, under `__bf_<role>` names.

@@ -403,7 +403,9 @@ impl Stage for RateStage {
         let costly_input = env.executing && materialize::worth_it(input.logical_plan());
         let lines = self.price_versions(input, &plans, &usage, env).await?;
         let lines = match costly_input {
-            true => materialize::once(env.ctx, lines).await.map_err(plan_err)?,
+            true => materialize::once(env.ctx, lines, &format!("the input of stage `{}`", env.stage))
+                .await
+                .map_err(plan_err)?,
             false => lines,
         };
         let (lines, grouping) = self.measure_and_group(lines, &usage)?;
