@@ -292,6 +292,7 @@ impl Stage for ConvertCurrencyStage {
                 },
             )),
             order: None,
+            several_dropped: true,
         };
         let mut df = join_reference(env.ctx, input, &join).await?;
         let same = from.clone().eq(to.clone());

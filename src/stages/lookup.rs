@@ -102,6 +102,9 @@ enum Multiple {
     Reject,
     First,
     Last,
+    /// The second half of a lookup split around a grouping: the rows whose key has
+    /// several rows failed or were refused in the first half, before the grouping.
+    Checked,
 }
 
 #[derive(Clone, Debug)]
@@ -310,7 +313,7 @@ impl Stage for LookupStage {
                 kept => kept,
             },
             on_multiple: match self.on_multiple {
-                Multiple::Reject | Multiple::Fail => Multiple::First,
+                Multiple::Reject | Multiple::Fail => Multiple::Checked,
                 kept => kept,
             },
             ..self.clone()
@@ -335,6 +338,7 @@ impl Stage for LookupStage {
             (Multiple::First, Some(o)) => Some((o.clone(), false)),
             (Multiple::Last, Some(o)) => Some((o.clone(), true)),
             (Multiple::First, None) => self.dated.as_ref().map(|(_, from, _)| (from.clone(), false)),
+            (Multiple::Checked, _) => None,
             _ => self.order_by.clone().map(|o| (o, true)),
         };
         let join = Join {
@@ -347,6 +351,7 @@ impl Stage for LookupStage {
             },
             dated,
             order,
+            several_dropped: matches!(self.on_multiple, Multiple::Fail | Multiple::Checked),
         };
         let mut df = join_reference(env.ctx, input, &join).await?;
         if self.columns_later {

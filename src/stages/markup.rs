@@ -286,6 +286,7 @@ impl Stage for PricingStage {
                     pulled: vec![(rate_column.clone(), "__bf_rule_rate".into())],
                     dated: None,
                     order: None,
+                    several_dropped: true,
                 };
                 let df = join_reference(env.ctx, input, &join).await?;
                 let many = ident(MATCHES).gt(lit(1i64));

@@ -48,6 +48,7 @@ impl RateStage {
                 .clone()
                 .map(|d| (d, self.col("valid_from").to_string(), valid_to)),
             order: None,
+            several_dropped: true,
         };
         let lines = join_frame(input, versions, &join).await?;
         let several = self.refusal_reason("several price versions in", usage);
