@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, ident, lit};
 
@@ -188,15 +187,7 @@ async fn recompute(ctx: &SessionContext, b: &Entry) -> Result<Consumed, String> 
         .read_parquet(files, ParquetReadOptions::default().file_extension(".parquet"))
         .await
         .map_err(failed)?;
-    let decimals: Vec<(String, i8)> = df
-        .schema()
-        .fields()
-        .iter()
-        .filter_map(|f| match f.data_type() {
-            DataType::Decimal128(_, scale) => Some((f.name().clone(), *scale)),
-            _ => None,
-        })
-        .collect();
+    let decimals = crate::engine::money::decimal_columns(df.schema().as_arrow());
     let mut aggs: Vec<Expr> = vec![count(lit(1)).alias("rows")];
     aggs.extend(decimals.iter().map(|(c, _)| sum(ident(c)).alias(c)));
     let batches = df

@@ -101,6 +101,18 @@ fn quot_round(n: i128, d: i128, mode: RoundingMode) -> Option<i128> {
     }
 }
 
+/// The money columns of `schema` (its decimals), each with its scale, in order.
+pub fn decimal_columns(schema: &arrow::datatypes::Schema) -> Vec<(String, i8)> {
+    schema
+        .fields()
+        .iter()
+        .filter_map(|f| match f.data_type() {
+            DataType::Decimal128(_, scale) => Some((f.name().clone(), *scale)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Round an unscaled value `v` (at `from` decimal places) to `to` places.
 pub fn round_unscaled(v: i128, from: i8, to: i8, mode: RoundingMode) -> Option<i128> {
     if to >= from {

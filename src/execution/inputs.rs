@@ -485,11 +485,9 @@ pub async fn read_stream_batch(
 pub fn upstream_totals(schema: &Schema, by: Option<&str>) -> TotalsSpec {
     TotalsSpec {
         by: by.map(str::to_string),
-        decimals: schema
-            .fields()
-            .iter()
-            .filter(|f| matches!(f.data_type(), DataType::Decimal128(..)))
-            .map(|f| f.name().clone())
+        decimals: crate::engine::money::decimal_columns(schema)
+            .into_iter()
+            .map(|(name, _)| name)
             .collect(),
     }
 }
@@ -500,14 +498,7 @@ pub fn consumed_from_tap(
     totals: &KeptTotals,
     schema: &Schema,
 ) -> std::collections::BTreeMap<Option<String>, crate::batches::Consumed> {
-    let scales: Vec<(String, i8)> = schema
-        .fields()
-        .iter()
-        .filter_map(|f| match f.data_type() {
-            DataType::Decimal128(_, scale) => Some((f.name().clone(), *scale)),
-            _ => None,
-        })
-        .collect();
+    let scales = crate::engine::money::decimal_columns(schema);
     totals
         .iter()
         .map(|(key, g)| {
@@ -550,14 +541,7 @@ pub async fn consumed(
             .map_err(|_| InputError::NoPeriodColumn(sel.column.to_string()))?;
         df = df.filter(in_period(ident(sel.column), field.data_type(), sel.period))?;
     }
-    let decimals: Vec<(String, i8)> = schema
-        .fields()
-        .iter()
-        .filter_map(|f| match f.data_type() {
-            DataType::Decimal128(_, scale) => Some((f.name().clone(), *scale)),
-            _ => None,
-        })
-        .collect();
+    let decimals = crate::engine::money::decimal_columns(schema);
     let mut aggs = vec![count(lit(1)).alias("rows")];
     aggs.extend(decimals.iter().map(|(c, _)| sum(ident(c)).alias(c)));
     let group: Vec<Expr> = by.map(|c| vec![ident(c)]).unwrap_or_default();
