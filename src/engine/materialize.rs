@@ -20,17 +20,19 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SpillFile;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream_partitioned};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
 /// What keeps materialised inputs alive (their memory reservations and spill files) for
-/// as long as the session that reads them, and the plans that computed them (they ran
-/// while the stream's plan was built, apart from it): a session config extension.
+/// as long as the session that reads them, and the plans that computed them as run,
+/// with their metrics (they ran while the stream's plan was built, apart from it): a
+/// session config extension.
 #[derive(Default)]
 pub struct Held {
     things: Mutex<Vec<Box<dyn Any + Send + Sync>>>,
-    ran: Mutex<Vec<(String, Arc<dyn ExecutionPlan>)>>,
+    ran: Mutex<Vec<(String, String)>>,
 }
 
 impl Held {
@@ -40,16 +42,19 @@ impl Held {
         }
     }
 
-    fn ran(&self, what: &str, plan: Arc<dyn ExecutionPlan>) {
+    /// The plan as text, not the plan: a finished plan still holds what it built (a
+    /// hash join's table, say) for as long as it lives.
+    fn ran(&self, what: &str, plan: &dyn ExecutionPlan) {
+        let text = DisplayableExecutionPlan::with_metrics(plan).indent(true).to_string();
         if let Ok(mut ran) = self.ran.lock() {
-            ran.push((what.to_string(), plan));
+            ran.push((what.to_string(), text));
         }
     }
 }
 
-/// The plans [`once`] ran in this session, each with what it computed, in the order they
-/// ran: their metrics are those of the run.
-pub fn ran_once(ctx: &SessionContext) -> Vec<(String, Arc<dyn ExecutionPlan>)> {
+/// The plans [`once`] ran in this session as text, with their metrics, each with what it
+/// computed, in the order they ran.
+pub fn ran_once(ctx: &SessionContext) -> Vec<(String, String)> {
     let held = ctx.state().config().get_extension::<Held>();
     held.and_then(|h| h.ran.lock().ok().map(|r| r.clone()))
         .unwrap_or_default()
@@ -90,11 +95,8 @@ enum Part {
 pub async fn once(ctx: &SessionContext, df: DataFrame, what: &str) -> Result<DataFrame> {
     let task = Arc::new(df.task_ctx());
     let plan = df.create_physical_plan().await?;
-    if let Some(held) = ctx.state().config().get_extension::<Held>() {
-        held.ran(what, plan.clone());
-    }
     let schema = plan.schema();
-    let streams = execute_stream_partitioned(plan, task.clone())?;
+    let streams = execute_stream_partitioned(plan.clone(), task.clone())?;
     let runtime = task.runtime_env();
     let parts = futures::future::try_join_all(streams.into_iter().enumerate().map(|(i, mut stream)| {
         let runtime = runtime.clone();
@@ -136,6 +138,10 @@ pub async fn once(ctx: &SessionContext, df: DataFrame, what: &str) -> Result<Dat
         }
     }))
     .await?;
+    if let Some(held) = ctx.state().config().get_extension::<Held>() {
+        held.ran(what, plan.as_ref());
+    }
+    drop(plan);
     table(ctx, schema, parts).await
 }
 

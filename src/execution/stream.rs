@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use super::stream_plan::{self, Inputs, PlanError, StreamPlan, template_vars};
@@ -291,7 +290,6 @@ impl Engine {
             let path = dir.join(format!("{}.txt", s.id.value));
             let mut text = String::new();
             for (what, ran) in materialize::ran_once(ctx) {
-                let ran = DisplayableExecutionPlan::with_metrics(ran.as_ref()).indent(true);
                 text.push_str(&format!("-- computed once: {what}\n{ran}\n"));
             }
             text.push_str(&format!("-- the stream\n{}", executable.with_metrics()));
