@@ -302,7 +302,7 @@ fn main() -> ExitCode {
 /// glibc gives a thread that finds the arenas busy an arena of its own, up to eight per
 /// core, and each keeps the memory freed in it for reuse: with the runtime's, the blocking
 /// pool's and the writers' threads, a run held far more than it used. One arena per
-/// compute thread: shape2's peak memory 382 to 318 MiB at 10M rows, its time the same
+/// compute thread: shape2's peak memory 388 to 319 MiB at 10M rows, its time the same
 /// (benches/pipeline/README.md). `MALLOC_ARENA_MAX`, when set, decides instead.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas(threads: usize) {

@@ -487,18 +487,11 @@ mod tests {
         }
     }
 
-    /// (key, name, n, matches) per input row, by key.
+    /// `key=.., name=.., n=.., __billflow_matches=..` per input row, by key.
     async fn rows(df: DataFrame) -> Vec<String> {
-        let df = df.sort(vec![ident("key").sort(true, false)]).unwrap();
-        let batches = df.collect().await.unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
-        text.lines()
-            .filter(|l| l.starts_with("| "))
-            .skip(1)
-            .map(|l| l.split_whitespace().collect())
-            .collect()
+        let df = df.select_columns(&["key", "name", "n", MATCHES]).unwrap();
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        crate::testing::rows_as_text(&schema, &df.collect().await.unwrap()).unwrap()
     }
 
     /// Issue 17: a lookup whose keys with several rows fail the stream takes each key's
@@ -520,14 +513,18 @@ mod tests {
         assert!(plan.contains("max(") && !plan.contains("first_value"), "{plan}");
         let got = rows(bulk).await;
         // `a` has one row: its values. `b` has two (it fails the stream): max of each column.
-        assert_eq!(got[0], "|a|x|1|1|", "{got:?}");
-        assert_eq!(got[1], "|b|z|3|2|", "{got:?}");
+        assert_eq!(got[0], "key=a, name=x, n=1, __billflow_matches=1", "{got:?}");
+        assert_eq!(got[1], "key=b, name=z, n=3, __billflow_matches=2", "{got:?}");
 
         let one_row = join_frame(input, reference, &join(false)).await.unwrap();
         let plan = one_row.logical_plan().display_indent().to_string();
         assert!(plan.contains("first_value") && !plan.contains("max("), "{plan}");
         let got = rows(one_row).await;
-        assert_eq!(got[0], "|a|x|1|1|", "{got:?}");
-        assert!(got[1] == "|b|z|2|2|" || got[1] == "|b|y|3|2|", "{got:?}");
+        assert_eq!(got[0], "key=a, name=x, n=1, __billflow_matches=1", "{got:?}");
+        assert!(
+            got[1] == "key=b, name=z, n=2, __billflow_matches=2"
+                || got[1] == "key=b, name=y, n=3, __billflow_matches=2",
+            "{got:?}"
+        );
     }
 }
