@@ -17,8 +17,9 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::SpillFile;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SendableRecordBatchStream, SpillFile};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream_partitioned};
@@ -96,53 +97,70 @@ pub async fn once(ctx: &SessionContext, df: DataFrame, what: &str) -> Result<Dat
     let task = Arc::new(df.task_ctx());
     let plan = df.create_physical_plan().await?;
     let schema = plan.schema();
-    let streams = execute_stream_partitioned(plan.clone(), task.clone())?;
-    let runtime = task.runtime_env();
-    let parts = futures::future::try_join_all(streams.into_iter().enumerate().map(|(i, mut stream)| {
-        let runtime = runtime.clone();
+    // Each partition in a task of its own: polled together in this one, the operators
+    // above the plan's last exchange (a final aggregate, a join) would all run on one
+    // thread while the others idle.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, stream) in execute_stream_partitioned(plan.clone(), task.clone())?
+        .into_iter()
+        .enumerate()
+    {
+        let runtime = task.runtime_env();
         let schema = schema.clone();
-        async move {
-            let reservation = MemoryConsumer::new(format!("stage input computed once[{i}]"))
-                .with_can_spill(true)
-                .register(&runtime.memory_pool);
-            let mut held = Vec::new();
-            let mut spill: Option<(Arc<dyn SpillFile>, arrow::ipc::writer::FileWriter<_>)> = None;
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                if let Some((_, writer)) = spill.as_mut() {
-                    writer.write(&batch)?;
-                    continue;
-                }
-                if reservation.try_grow(batch.get_array_memory_size()).is_ok() {
-                    held.push(batch);
-                    continue;
-                }
-                // Past the memory limit: this partition goes to disk, what was held first.
-                let file = runtime.disk_manager.create_tmp_file("a stage input computed once")?;
-                let mut writer = arrow::ipc::writer::FileWriter::try_new(file.open_writer()?, &schema)?;
-                for b in held.drain(..).chain([batch]) {
-                    writer.write(&b)?;
-                }
-                reservation.free();
-                spill = Some((file, writer));
-            }
-            Ok::<Part, DataFusionError>(match spill {
-                Some((file, mut writer)) => {
-                    writer.finish()?;
-                    let mut inner = writer.into_inner()?;
-                    inner.finish()?;
-                    Part::Spilled(file)
-                }
-                None => Part::Memory(held, reservation),
-            })
-        }
-    }))
-    .await?;
+        tasks.spawn(async move { hold_partition(i, stream, runtime, schema).await.map(|part| (i, part)) });
+    }
+    let mut parts: Vec<Option<Part>> = std::iter::repeat_with(|| None).take(tasks.len()).collect();
+    while let Some(done) = tasks.join_next().await {
+        let (i, part) = done.map_err(|e| DataFusionError::External(Box::new(e)))??;
+        parts[i] = Some(part);
+    }
     if let Some(held) = ctx.state().config().get_extension::<Held>() {
         held.ran(what, plan.as_ref());
     }
     drop(plan);
-    table(ctx, schema, parts).await
+    table(ctx, schema, parts.into_iter().flatten().collect()).await
+}
+
+/// One partition's batches, held within the pool's limit; past it the partition goes to
+/// a spill file, what was held first.
+async fn hold_partition(
+    i: usize,
+    mut stream: SendableRecordBatchStream,
+    runtime: Arc<RuntimeEnv>,
+    schema: SchemaRef,
+) -> Result<Part> {
+    let reservation = MemoryConsumer::new(format!("stage input computed once[{i}]"))
+        .with_can_spill(true)
+        .register(&runtime.memory_pool);
+    let mut held = Vec::new();
+    let mut spill: Option<(Arc<dyn SpillFile>, arrow::ipc::writer::FileWriter<_>)> = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if let Some((_, writer)) = spill.as_mut() {
+            writer.write(&batch)?;
+            continue;
+        }
+        if reservation.try_grow(batch.get_array_memory_size()).is_ok() {
+            held.push(batch);
+            continue;
+        }
+        let file = runtime.disk_manager.create_tmp_file("a stage input computed once")?;
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(file.open_writer()?, &schema)?;
+        for b in held.drain(..).chain([batch]) {
+            writer.write(&b)?;
+        }
+        reservation.free();
+        spill = Some((file, writer));
+    }
+    Ok(match spill {
+        Some((file, mut writer)) => {
+            writer.finish()?;
+            let mut inner = writer.into_inner()?;
+            inner.finish()?;
+            Part::Spilled(file)
+        }
+        None => Part::Memory(held, reservation),
+    })
 }
 
 /// The parts as one table: in memory when none spilled; otherwise every part in a file

@@ -28,7 +28,7 @@ use super::operator::{BatchFn, BatchNode, PartitionCountdown};
 /// `df` with `residue` added to `column` on one `candidate` line per group (`group`).
 /// `residue` must already have `column`'s type.
 pub fn assign(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, residue: Expr) -> Result<DataFrame> {
-    node(df, column, group, candidate, residue, Rule::Given)
+    node(df, column, group, candidate, residue, None, Rule::Given)
 }
 
 /// How a [`ResidueNode`] knows each group's residue.
@@ -41,7 +41,15 @@ enum Rule {
     Hold,
 }
 
-fn node(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, amount: Expr, rule: Rule) -> Result<DataFrame> {
+fn node(
+    df: DataFrame,
+    column: &str,
+    group: Vec<Expr>,
+    candidate: Expr,
+    amount: Expr,
+    lines: Option<Expr>,
+    rule: Rule,
+) -> Result<DataFrame> {
     let (state, input) = df.into_parts();
     let index = input
         .schema()
@@ -54,6 +62,7 @@ fn node(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, amount: 
         group,
         candidate,
         amount,
+        lines,
         rule,
     };
     Ok(DataFrame::new(
@@ -72,6 +81,8 @@ pub struct ResidueNode {
     candidate: Expr,
     /// The residue (`Rule::Given`) or the group's target (`Rule::Hold`).
     amount: Expr,
+    /// The number of lines in the line's group, when known (`Rule::Hold`).
+    lines: Option<Expr>,
     rule: Rule,
 }
 
@@ -90,7 +101,15 @@ impl BatchNode for ResidueNode {
         let group: Vec<Arc<dyn PhysicalExpr>> = self.group.iter().map(expr).collect::<Result<_>>()?;
         let schema = input.schema();
         if self.rule == Rule::Hold {
-            return hold_fn(self.column, group, expr(&self.candidate)?, expr(&self.amount)?, input);
+            let lines = self.lines.as_ref().map(expr).transpose()?;
+            return hold_fn(
+                self.column,
+                group,
+                expr(&self.candidate)?,
+                expr(&self.amount)?,
+                lines,
+                input,
+            );
         }
         let fields = group
             .iter()
@@ -126,6 +145,7 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
         let mut e = self.group.clone();
         e.push(self.candidate.clone());
         e.push(self.amount.clone());
+        e.extend(self.lines.clone());
         e
     }
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -143,6 +163,14 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
         }
     }
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let lines = match self.lines {
+            Some(_) => Some(
+                exprs
+                    .pop()
+                    .ok_or_else(|| DataFusionError::Internal("HoldResidue lost its line count".into()))?,
+            ),
+            None => None,
+        };
         let (Some(input), Some(amount), Some(candidate)) = (inputs.pop(), exprs.pop(), exprs.pop()) else {
             return internal_err!("{} takes one input, its groups, a candidate and an amount", self.name());
         };
@@ -159,6 +187,7 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
             group: exprs,
             candidate,
             amount,
+            lines,
             rule: self.rule,
         })
     }
@@ -335,8 +364,20 @@ fn add_residue(
 /// have `column`'s type. This replaces a pass that sums the lines per group and a join back.
 /// Rows held are not counted by the memory pool: one per group, like the groups' charges
 /// the rating stage holds.
-pub fn hold(df: DataFrame, column: &str, group: Vec<Expr>, candidate: Expr, target: Expr) -> Result<DataFrame> {
-    node(df, column, group, candidate, target, Rule::Hold)
+///
+/// With `lines`, each line's group's number of lines, a candidate alone in its group is
+/// the whole group: it takes the target at once and is neither looked up nor held. Where
+/// most groups have one line (usage summed per group before rating), holding them all
+/// would emit nearly every line from the last partition, on one thread.
+pub fn hold(
+    df: DataFrame,
+    column: &str,
+    group: Vec<Expr>,
+    candidate: Expr,
+    target: Expr,
+    lines: Option<Expr>,
+) -> Result<DataFrame> {
+    node(df, column, group, candidate, target, lines, Rule::Hold)
 }
 
 /// The batch function of a `HoldResidue` node.
@@ -345,6 +386,7 @@ fn hold_fn(
     group: Vec<Arc<dyn PhysicalExpr>>,
     candidate: Arc<dyn PhysicalExpr>,
     target: Arc<dyn PhysicalExpr>,
+    lines: Option<Arc<dyn PhysicalExpr>>,
     input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
 ) -> Result<Arc<dyn BatchFn>> {
     let schema = input.schema();
@@ -367,6 +409,7 @@ fn hold_fn(
         keys: Arc::new(keys),
         candidate,
         target,
+        lines,
         ended: PartitionCountdown::new(input),
         state: Arc::new(Mutex::new(None)),
     };
@@ -392,6 +435,7 @@ struct HoldFn {
     keys: arrow::datatypes::SchemaRef,
     candidate: Arc<dyn PhysicalExpr>,
     target: Arc<dyn PhysicalExpr>,
+    lines: Option<Arc<dyn PhysicalExpr>>,
     /// When the last partition of an execution ends, the held lines are emitted and the
     /// state starts afresh.
     ended: PartitionCountdown,
@@ -422,51 +466,49 @@ impl HoldFn {
         .ok()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<HoldState>>> {
-        self.state
-            .lock()
-            .map_err(|_| DataFusionError::Execution("residue bookkeeping poisoned".into()))
-    }
-}
-
-fn decimals(a: &ArrayRef, what: &str) -> Result<arrow::array::Decimal128Array> {
-    match a.as_primitive_opt::<arrow::datatypes::Decimal128Type>() {
-        Some(d) => Ok(d.clone()),
-        None => internal_err!("HoldResidue: {what} is {}, not a decimal", a.data_type()),
-    }
-}
-
-impl BatchFn for HoldFn {
-    fn name(&self) -> &'static str {
-        "HoldResidueExec"
-    }
-    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "HoldResidueExec: column #{} reaches {} per group on the first of {}",
-            self.column, self.target, self.candidate
-        )
-    }
-    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        self.group.iter().chain([&self.candidate, &self.target]).collect()
-    }
-    fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
-        let mut f = HoldFn {
-            column: self.column,
-            group: self.group.clone(),
-            keys: self.keys.clone(),
-            candidate: self.candidate.clone(),
-            target: self.target.clone(),
-            ended: PartitionCountdown::new(input),
-            state: Arc::new(Mutex::new(None)),
+    /// The candidate lines alone in their group, if any.
+    fn alone(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        let Some(lines) = &self.lines else {
+            return Ok(None);
         };
-        f.state = Arc::new(Mutex::new(f.fresh_state()));
-        Arc::new(f)
+        let n = batch.num_rows();
+        let lines = arrow::compute::cast(
+            &lines.evaluate(batch)?.into_array(n)?,
+            &arrow::datatypes::DataType::Int64,
+        )?;
+        let one = arrow::array::Int64Array::new_scalar(1);
+        let alone = arrow::compute::kernels::cmp::eq(&lines, &one)?;
+        let candidates = self.candidate.evaluate(batch)?.into_array(n)?;
+        let alone = arrow::compute::and(&alone, candidates.as_boolean())?;
+        let alone = match alone.null_count() {
+            0 => alone,
+            _ => arrow::compute::prep_null_mask_filter(&alone),
+        };
+        Ok((alone.true_count() > 0).then_some(alone))
     }
-    fn keeps_rows_in_place(&self) -> bool {
-        false
+
+    /// Lines that are their whole group: each takes its group's target (a NULL target
+    /// leaves the line as it is, as a held line's residue is then zero).
+    fn take_targets(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let targets = self.target.evaluate(batch)?.into_array(n)?;
+        let current = batch.column(self.column);
+        if targets.data_type() != current.data_type() {
+            return internal_err!(
+                "HoldResidue: the target is {} but the column is {}",
+                targets.data_type(),
+                current.data_type()
+            );
+        }
+        let known = arrow::compute::is_not_null(&targets)?;
+        let mut columns = batch.columns().to_vec();
+        columns[self.column] = arrow::compute::kernels::zip::zip(&known, &targets, current)?;
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
     }
-    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+
+    /// Each line goes on, summed into its group, except the first candidate of each
+    /// group, which is held.
+    fn pass_or_hold(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let n = batch.num_rows();
         let keys: Vec<ArrayRef> = self
             .group
@@ -518,6 +560,66 @@ impl BatchFn for HoldFn {
             keep[*i as usize] = false;
         }
         Ok(arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))?)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<HoldState>>> {
+        self.state
+            .lock()
+            .map_err(|_| DataFusionError::Execution("residue bookkeeping poisoned".into()))
+    }
+}
+
+fn decimals(a: &ArrayRef, what: &str) -> Result<arrow::array::Decimal128Array> {
+    match a.as_primitive_opt::<arrow::datatypes::Decimal128Type>() {
+        Some(d) => Ok(d.clone()),
+        None => internal_err!("HoldResidue: {what} is {}, not a decimal", a.data_type()),
+    }
+}
+
+impl BatchFn for HoldFn {
+    fn name(&self) -> &'static str {
+        "HoldResidueExec"
+    }
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "HoldResidueExec: column #{} reaches {} per group on the first of {}",
+            self.column, self.target, self.candidate
+        )
+    }
+    fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        self.group.iter().chain([&self.candidate, &self.target]).collect()
+    }
+    fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
+        let mut f = HoldFn {
+            column: self.column,
+            group: self.group.clone(),
+            keys: self.keys.clone(),
+            candidate: self.candidate.clone(),
+            target: self.target.clone(),
+            lines: self.lines.clone(),
+            ended: PartitionCountdown::new(input),
+            state: Arc::new(Mutex::new(None)),
+        };
+        f.state = Arc::new(Mutex::new(f.fresh_state()));
+        Arc::new(f)
+    }
+    fn keeps_rows_in_place(&self) -> bool {
+        false
+    }
+    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let Some(alone) = self.alone(batch)? else {
+            return self.pass_or_hold(batch);
+        };
+        let whole = self.take_targets(&arrow::compute::filter_record_batch(batch, &alone)?)?;
+        if whole.num_rows() == batch.num_rows() {
+            return Ok(whole);
+        }
+        let rest = self.pass_or_hold(&arrow::compute::filter_record_batch(
+            batch,
+            &arrow::compute::not(&alone)?,
+        )?)?;
+        Ok(arrow::compute::concat_batches(&batch.schema(), [&whole, &rest])?)
     }
     fn finish(&self) -> Result<Option<RecordBatch>> {
         if !self.ended.last_ended() {
@@ -655,18 +757,44 @@ mod tests {
 
     #[tokio::test]
     async fn held_lines_reach_each_groups_target_once_across_partitions() {
+        held_lines_reach_each_groups_target(None).await;
+    }
+
+    #[tokio::test]
+    async fn lines_alone_in_their_group_take_its_target_without_being_held() {
+        // b is a candidate alone in its group: it takes its target at once; c is alone but
+        // no candidate, so it keeps its value (as a group with no candidate does).
+        let lines = when(col("g").eq(lit("a")), lit(3i64))
+            .when(col("g").eq(lit("b")), lit(1i64))
+            .when(col("g").eq(lit("c")), lit(1i64))
+            .otherwise(lit(2i64))
+            .unwrap();
+        held_lines_reach_each_groups_target(Some(lines)).await;
+    }
+
+    async fn held_lines_reach_each_groups_target(lines: Option<Expr>) {
         // Group a: 3 x 1.00 must reach 3.01, three tied candidates over both partitions;
         // b: 0.50 must reach 0.48; NULL: 2 x 0.07 must reach 0.17 (a residue of 0.03);
-        // c has no candidate line but nothing to give (its lines already reach -0.05).
+        // c has no candidate line, so it keeps its -0.05 short of its target of -0.07.
         let by_group = two_partitions(
             "target",
             (
                 vec![Some("a"), Some("a"), Some("b"), Some("c")],
                 vec![100, 100, 50, -5],
-                vec![301, 301, 48, -5],
+                vec![301, 301, 48, -7],
             ),
             (vec![Some("a"), None, None], vec![100, 7, 7], vec![301, 17, 17]),
-            |df| hold(df, "amount", vec![col("g")], col("amount").gt(lit(0)), col("target")).unwrap(),
+            |df| {
+                hold(
+                    df,
+                    "amount",
+                    vec![col("g")],
+                    col("amount").gt(lit(0)),
+                    col("target"),
+                    lines,
+                )
+                .unwrap()
+            },
         )
         .await;
         let lines: usize = by_group.values().map(Vec::len).sum();

@@ -65,6 +65,7 @@ impl RateStage {
         select.push(share.alias(&self.output));
         select.push(g.candidate.clone().alias("__bf_candidate"));
         select.push(cast(ident("__bf_charge"), out_type).alias("__bf_target"));
+        select.push(ident("__bf_n").alias("__bf_lines"));
         select.extend(g.names.iter().map(ident));
         let allocated = joined.select(select).map_err(plan_err)?;
         // Penny reconciliation in the same pass: the lines go on as they come, but each
@@ -76,9 +77,10 @@ impl RateStage {
             g.names.iter().map(ident).collect(),
             ident("__bf_candidate"),
             ident("__bf_target"),
+            Some(ident("__bf_lines")),
         )
         .map_err(plan_err)?;
-        let mut drop: Vec<&str> = vec!["__bf_candidate", "__bf_target"];
+        let mut drop: Vec<&str> = vec!["__bf_candidate", "__bf_target", "__bf_lines"];
         drop.extend(g.names.iter().map(String::as_str));
         let keep = all_but(&reconciled, &drop);
         reconciled.select(keep).map_err(plan_err)

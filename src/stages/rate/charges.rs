@@ -29,26 +29,23 @@ impl RateStage {
         env: &StageEnv<'_>,
     ) -> Result<DataFrame, StageError> {
         let priced = self.join_bands(groups, plans, g, env.stage)?;
+        let band = |role: &str| self.band(plans, role);
         let priced = priced
             .select({
                 let mut c: Vec<Expr> = g.names.iter().map(ident).collect();
-                c.push(contribution(g.has_base)?.alias("__bf_contribution"));
+                c.push(contribution(g.has_base, self.model.as_deref(), &band)?.alias("__bf_contribution"));
                 c.extend(
-                    [
-                        "__bf_min_charge",
-                        "__bf_max_charge",
-                        "__bf_commitment",
-                        "__bf_model",
-                        "__bf_w",
-                        "__bf_n",
-                    ]
-                    .map(ident),
+                    LIMITS
+                        .iter()
+                        .filter(|role| self.has(plans, role))
+                        .map(|role| ident(format!("__bf_{role}"))),
                 );
+                c.extend(["__bf_w", "__bf_n"].map(ident));
                 c.extend(g.tops.iter().map(ident));
                 c
             })
             .map_err(plan_err)?;
-        let charges = self.sum_contributions(priced, g)?;
+        let charges = self.sum_contributions(priced, plans, g)?;
         // A check has no rows to hold: computing the plan would only cost its planning
         // (a third of `validate`'s time for a rated job), and the optimiser still checks it.
         if !env.executing {
@@ -61,7 +58,24 @@ impl RateStage {
         materialize::once(env.ctx, charges, &what).await.map_err(plan_err)
     }
 
-    /// Each group with every band of its plan and version, under `__bf_<role>` names.
+    /// Whether the price list has a column for `role`.
+    fn has(&self, plans: &DataFrame, role: &str) -> bool {
+        has_column(plans, self.col(role))
+    }
+
+    /// A band's value for `role` once the bands are joined: its column, or NULL where the
+    /// price list has none. A NULL literal, not a NULL column, so the optimiser folds
+    /// what it feeds (`coalesce(NULL, 0)` is 0) instead of computing it on every row.
+    fn band(&self, plans: &DataFrame, role: &str) -> Expr {
+        if self.has(plans, role) {
+            ident(format!("__bf_{role}"))
+        } else {
+            lit(ScalarValue::Null)
+        }
+    }
+
+    /// Each group with every band of its plan and version, under `__bf_<role>` names
+    /// (the roles the price list has; the model too when the stage does not name one).
     fn join_bands(
         &self,
         groups: DataFrame,
@@ -70,14 +84,6 @@ impl RateStage {
         stage: &str,
     ) -> Result<DataFrame, StageError> {
         let dated = self.dated();
-        let price_column = |role: &str| -> Expr {
-            let c = self.col(role);
-            if has_column(plans, c) {
-                ident(c)
-            } else {
-                lit(ScalarValue::Null)
-            }
-        };
         let mut band_cols: Vec<Expr> = self
             .keys
             .iter()
@@ -90,17 +96,19 @@ impl RateStage {
             lit(ScalarValue::Null)
         };
         band_cols.push(version.alias("__bf_pv"));
-        let model = match &self.model {
-            Some(m) => lit(m.clone()),
-            None => cast(price_column("model"), DataType::Utf8),
-        };
-        band_cols.push(model.alias("__bf_model"));
+        if self.model.is_none() {
+            let model = match self.has(plans, "model") {
+                true => ident(self.col("model")),
+                false => lit(ScalarValue::Null),
+            };
+            band_cols.push(cast(model, DataType::Utf8).alias("__bf_model"));
+        }
         for role in ROLES
             .iter()
             .copied()
-            .filter(|r| !matches!(*r, "model" | "valid_from" | "valid_to"))
+            .filter(|r| !matches!(*r, "model" | "valid_from" | "valid_to") && self.has(plans, r))
         {
-            band_cols.push(price_column(role).alias(format!("__bf_{role}")));
+            band_cols.push(ident(self.col(role)).alias(format!("__bf_{role}")));
         }
         let bands = plans.clone().select(band_cols).map_err(plan_err)?;
         let bands = self.known_models(bands, stage)?;
@@ -115,8 +123,12 @@ impl RateStage {
     }
 
     /// The price rows, or an execution error at the first whose model billflow does not
-    /// know, counted as price rows (not as the usage rows being rated).
+    /// know, counted as price rows (not as the usage rows being rated). A model the stage
+    /// names was checked with its settings.
     fn known_models(&self, bands: DataFrame, stage: &str) -> Result<DataFrame, StageError> {
+        if self.model.is_some() {
+            return Ok(bands);
+        }
         let unknown_model = ident("__bf_model")
             .is_null()
             .or(ident("__bf_model").in_list(MODELS.iter().map(|m| lit(*m)).collect(), true));
@@ -138,37 +150,46 @@ impl RateStage {
             .map_err(plan_err)
     }
 
-    /// The groups' charges: contributions summed, clamped and rounded.
-    fn sum_contributions(&self, priced: DataFrame, g: &Grouping) -> Result<DataFrame, StageError> {
+    /// The groups' charges: contributions summed, clamped and rounded. A limit the price
+    /// list has no column for is not aggregated (a `max` over a NULL column has no
+    /// vectorised accumulator: one boxed accumulator per group).
+    fn sum_contributions(&self, priced: DataFrame, plans: &DataFrame, g: &Grouping) -> Result<DataFrame, StageError> {
+        let limit = |role: &str| match self.has(plans, role) {
+            true => ident(format!("__bf_{role}_per_group")),
+            false => lit(ScalarValue::Null),
+        };
         let charges = priced
             .aggregate(
                 g.names.iter().map(ident).collect(),
-                vec![
-                    sum(ident("__bf_contribution")).alias("__bf_raw"),
-                    max(ident("__bf_min_charge")).alias("__bf_min"),
-                    max(ident("__bf_max_charge")).alias("__bf_max"),
-                    max(ident("__bf_commitment")).alias("__bf_commit"),
-                    // Constant within the group: its weight and line count, for allocation.
-                    max(ident("__bf_w")).alias("__bf_gw"),
-                    max(ident("__bf_n")).alias("__bf_gn"),
-                ]
-                .into_iter()
-                // Aliased apart from the input's name (DataFusion refuses `max(x) AS x`
-                // here as a duplicate field), and named back below.
-                .chain(g.tops.iter().map(|t| max(ident(t)).alias(format!("{t}m"))))
-                .collect(),
+                [sum(ident("__bf_contribution")).alias("__bf_raw")]
+                    .into_iter()
+                    .chain(
+                        LIMITS
+                            .iter()
+                            .filter(|role| self.has(plans, role))
+                            .map(|role| max(ident(format!("__bf_{role}"))).alias(format!("__bf_{role}_per_group"))),
+                    )
+                    .chain([
+                        // Constant within the group: its weight and line count, for allocation.
+                        max(ident("__bf_w")).alias("__bf_gw"),
+                        max(ident("__bf_n")).alias("__bf_gn"),
+                    ])
+                    // Aliased apart from the input's name (DataFusion refuses `max(x) AS x`
+                    // here as a duplicate field), and named back below.
+                    .chain(g.tops.iter().map(|t| max(ident(t)).alias(format!("{t}m"))))
+                    .collect(),
             )
             .map_err(plan_err)?;
         let low = greatest(vec![
             ident("__bf_raw"),
-            coalesce(vec![ident("__bf_min"), ident("__bf_raw")]),
+            coalesce(vec![limit("min_charge"), ident("__bf_raw")]),
         ]);
-        let clamped = least(vec![low.clone(), coalesce(vec![ident("__bf_max"), low])]);
+        let clamped = least(vec![low.clone(), coalesce(vec![limit("max_charge"), low])]);
         charges
             .select({
                 let mut c: Vec<Expr> = g.names.iter().map(|n| ident(n).alias(format!("{n}c"))).collect();
                 c.push(round(clamped, self.scale, self.mode).alias("__bf_charge"));
-                c.push(ident("__bf_commit"));
+                c.push(limit("commitment").alias("__bf_commit"));
                 c.push(ident("__bf_gw").alias("__bf_w"));
                 c.push(ident("__bf_gn").alias("__bf_n"));
                 c.extend(g.tops.iter().map(|t| ident(format!("{t}m")).alias(t)));
@@ -178,15 +199,19 @@ impl RateStage {
     }
 }
 
-/// What one band adds to its group's charge, by the plan's model, over the group's
-/// quantity `__bf_q` (or base amount `__bf_a`, with `has_base`).
-fn contribution(has_base: bool) -> Result<Expr, StageError> {
+/// The price limits per group, the largest of the group's bands.
+const LIMITS: &[&str] = &["min_charge", "max_charge", "commitment"];
+
+/// What one band adds to its group's charge, by the plan's model (`model` when the stage
+/// names one, else each band's `__bf_model`), over the group's quantity `__bf_q` (or base
+/// amount `__bf_a`, with `has_base`). `band` gives a role's value.
+fn contribution(has_base: bool, model: Option<&str>, band: &dyn Fn(&str) -> Expr) -> Result<Expr, StageError> {
     let zero = dec(0, 0);
-    let from = coalesce(vec![ident("__bf_band_from"), zero.clone()]);
-    let to = ident("__bf_band_to");
-    let free = coalesce(vec![ident("__bf_free_units"), zero.clone()]);
-    let price = coalesce(vec![ident("__bf_unit_price"), zero.clone()]);
-    let fee = coalesce(vec![ident("__bf_flat_fee"), zero.clone()]);
+    let from = coalesce(vec![band("band_from"), zero.clone()]);
+    let to = band("band_to");
+    let free = coalesce(vec![band("free_units"), zero.clone()]);
+    let price = coalesce(vec![band("unit_price"), zero.clone()]);
+    let fee = coalesce(vec![band("flat_fee"), zero.clone()]);
     let qv = ident("__bf_q");
     // Free units come off the top; a net credit (negative quantity) keeps its sign.
     let billable = when(qv.clone().lt(zero.clone()), qv.clone())
@@ -209,7 +234,7 @@ fn contribution(has_base: bool) -> Result<Expr, StageError> {
             .and(to.clone().is_null().or(x.lt(to.clone())))
     };
     let otherwise_zero = |cond: Expr, then: Expr| when(cond, then).otherwise(zero.clone()).map_err(plan_err);
-    let block = ident("__bf_block_size");
+    let block = band("block_size");
     // Started blocks of a positive quantity; a net credit buys no blocks.
     let blocks = {
         let billable = greatest(vec![billable.clone(), zero.clone()]);
@@ -217,7 +242,7 @@ fn contribution(has_base: bool) -> Result<Expr, StageError> {
         whole.clone() + otherwise_zero((whole * block).lt(billable), dec(1, 0))?
     };
     let amount = coalesce(vec![ident(if has_base { "__bf_a" } else { "__bf_q" }), zero.clone()]);
-    let pct = coalesce(vec![ident("__bf_percent"), zero.clone()]);
+    let pct = coalesce(vec![band("percent"), zero.clone()]);
     // A negative base (a refund) is credited at the first band's percent.
     let percentage = when(
         amount.clone().lt(zero.clone()),
@@ -225,22 +250,31 @@ fn contribution(has_base: bool) -> Result<Expr, StageError> {
     )
     .otherwise(in_band(amount.clone()) * pct + otherwise_zero(amount.gt(from.clone()), fee.clone())?)
     .map_err(plan_err)?;
-    case(ident("__bf_model"))
-        .when(lit("flat"), fee.clone())
-        .when(lit("per_unit"), billable.clone() * price.clone() + fee.clone())
-        .when(
-            lit("tiered"),
-            in_band(billable.clone()) * price.clone() + otherwise_zero(billable.clone().gt(from.clone()), fee.clone())?,
-        )
-        .when(
-            lit("volume"),
-            otherwise_zero(
+    let by_model = |m: &str| -> Result<Expr, StageError> {
+        Ok(match m {
+            "flat" => fee.clone(),
+            "per_unit" => billable.clone() * price.clone() + fee.clone(),
+            "tiered" => {
+                in_band(billable.clone()) * price.clone()
+                    + otherwise_zero(billable.clone().gt(from.clone()), fee.clone())?
+            }
+            "volume" => otherwise_zero(
                 reached(billable.clone()),
                 billable.clone() * price.clone() + fee.clone(),
             )?,
-        )
-        .when(lit("package"), blocks * price + fee)
-        .when(lit("percentage"), percentage)
-        .end()
-        .map_err(plan_err)
+            "package" => blocks.clone() * price.clone() + fee.clone(),
+            "percentage" => percentage.clone(),
+            other => return Err(StageError::new(format!("no contribution for pricing model `{other}`"))),
+        })
+    };
+    // A model the stage names is the same for every band: its formula alone, not a
+    // CASE over all six on every band joined.
+    if let Some(m) = model {
+        return by_model(m);
+    }
+    let mut by_band = case(ident("__bf_model"));
+    for m in MODELS {
+        by_band = by_band.when(lit(*m), by_model(m)?);
+    }
+    by_band.end().map_err(plan_err)
 }
