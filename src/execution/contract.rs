@@ -193,6 +193,18 @@ fn text_check(column: &Expr, raw: &DataType, c: &ColumnDef) -> Option<(Expr, Str
 
 /// The published projection: declared output columns, in order, cast to declared types.
 pub fn output_projection(raw: &SchemaRef, declared: &[ColumnDef]) -> Vec<Expr> {
+    projection(raw, declared, false)
+}
+
+/// The declared columns of a source, typed as declared, except that text read as string
+/// views stays views: Parquet's short strings are held in the view itself, which
+/// groups and joins compare without following a pointer; the output contract makes
+/// them `string` where the stream's rows are written, usually far fewer.
+pub fn input_projection(raw: &SchemaRef, declared: &[ColumnDef]) -> Vec<Expr> {
+    projection(raw, declared, true)
+}
+
+fn projection(raw: &SchemaRef, declared: &[ColumnDef], views: bool) -> Vec<Expr> {
     declared
         .iter()
         .filter(|c| c.output)
@@ -201,7 +213,10 @@ pub fn output_projection(raw: &SchemaRef, declared: &[ColumnDef]) -> Vec<Expr> {
             let column = ident(&c.name.value);
             let same = raw
                 .field_with_name(&c.name.value)
-                .map(|f| f.data_type() == &target)
+                .map(|f| {
+                    f.data_type() == &target
+                        || (views && f.data_type() == &DataType::Utf8View && target == DataType::Utf8)
+                })
                 .unwrap_or(false);
             if same {
                 column

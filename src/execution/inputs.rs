@@ -427,7 +427,7 @@ pub async fn read_source_files(
         otherwise
     };
     let keep = bad.not().and(keep_period);
-    let typed = contract::output_projection(&raw_schema, cols);
+    let typed = contract::input_projection(&raw_schema, cols);
     let df = tap
         .apply(raw.clone(), refused_here.clone(), keep)
         .and_then(|d| d.select(typed))?;

@@ -100,6 +100,17 @@ streams:
         vec!["id=a, label=ALPHA, amount=10.5000", "id=c, label=GAMMA, amount=-2.5000"]
     );
     assert_eq!(s.control_totals["amount"], "8.0000");
+    // Parquet text is read as string views (cheaper to group and join) and published as
+    // the declared `string`, as the file's own schema says.
+    let data = s.batch_dir.clone().unwrap().join("data");
+    for file in std::fs::read_dir(&data).unwrap() {
+        let file = std::fs::File::open(file.unwrap().path()).unwrap();
+        let written = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for column in ["id", "label"] {
+            let field = written.schema().field_with_name(column).unwrap().clone();
+            assert_eq!(field.data_type(), &DataType::Utf8, "{column}");
+        }
+    }
 }
 
 /// Found in review: money changed on the way in. A CSV `1.23456` in a decimal(18,4)
