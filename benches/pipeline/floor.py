@@ -35,8 +35,8 @@ from compare import default_billflow, measure  # noqa: E402
 TIERS = [
     # (stream, billflow output files under wh/, for_each column or None)
     ("vendor-rated-usage", "vendor/vendor/vendor-rated-usage/*/data/*.parquet", None),
-    ("distributor-usage", "distributor/_each/distributor-usage/*/data/*/*.parquet", "distributor_id"),
-    ("reseller-usage", "reseller/_each/reseller-usage/*/data/*/*.parquet", "reseller_id"),
+    ("distributor-usage", "distributor/_each/distributor-usage/*/data/*.part-*.parquet", "distributor_id"),
+    ("reseller-usage", "reseller/_each/reseller-usage/*/data/*.part-*.parquet", "reseller_id"),
 ]
 
 POLARS = """

@@ -33,6 +33,28 @@ pub const DATA_DIR: &str = "data";
 pub const REJECTS_DIR: &str = "rejects";
 pub const FORMAT_VERSION: u32 = 2;
 
+/// What separates the organisation from the rest of a `for_each` batch's file name.
+const ORGANIZATION_PART: &str = ".part-";
+
+/// The name of the file of a `for_each` batch (under `data/`) that holds the `n`th piece
+/// of one organisation's rows written by task `task`: `<organisation>.part-<task>-<n>.parquet`.
+/// Flat, not a folder per organisation: on a disk, creating 2,000 folders cost about as
+/// much as creating the 2,000 files in them.
+pub fn organization_file(org: &str, task: usize, n: usize) -> String {
+    format!("{org}{ORGANIZATION_PART}{task:05}-{n:05}.parquet")
+}
+
+/// The organisation whose rows a file of a `for_each` batch holds (`path` relative to the
+/// batch directory): named by [`organization_file`], or in `data/<organisation>/` as
+/// batches written before that were.
+fn organization_of(path: &str) -> Option<&str> {
+    let name = path.strip_prefix(DATA_DIR)?.strip_prefix('/')?;
+    match name.split_once('/') {
+        Some((org, _)) => Some(org),
+        None => name.rsplit_once(ORGANIZATION_PART).map(|(org, _)| org),
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format: u32,
@@ -56,7 +78,7 @@ pub struct Manifest {
     pub rejects: Vec<FileInfo>,
     pub created_at: String,
     pub billflow_version: String,
-    /// A `for_each` stream's batch: each organisation's partition (`data/<organisation>/`),
+    /// A `for_each` stream's batch: each organisation's partition (its files under `data/`),
     /// with its own row count and control totals. Every organisation of the tier is
     /// listed, with 0 rows when it had none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -77,8 +99,8 @@ pub struct Manifest {
     pub files_in: Option<String>,
 }
 
-/// One organisation's batch inside a `for_each` run's directory: its rows are
-/// `data/<organisation>/`, and it has its own id, status and history.
+/// One organisation's batch inside a `for_each` run's directory: its rows are the files
+/// [`organization_file`] names, and it has its own id, status and history.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OrganizationPart {
     /// Empty in batches written before organisations had batches of their own.
@@ -120,13 +142,7 @@ impl Manifest {
         };
         let mut files: BTreeMap<&str, Vec<FileInfo>> = BTreeMap::new();
         for f in &self.files {
-            let org = f
-                .path
-                .strip_prefix(DATA_DIR)
-                .and_then(|p| p.strip_prefix('/'))
-                .and_then(|p| p.split_once('/'))
-                .map(|(org, _)| org);
-            if let Some(org) = org {
+            if let Some(org) = organization_of(&f.path) {
                 files.entry(org).or_default().push(f.clone());
             }
         }
@@ -466,7 +482,8 @@ impl Staging {
         if !dir.exists() {
             return Ok(out);
         }
-        // One level of sub-directories: a `for_each` batch's organisation partitions.
+        // One level of sub-directories: a `for_each` batch's organisation partitions, as
+        // they were written before they were flat files.
         for e in fs::read_dir(&dir)?.filter_map(Result::ok) {
             let meta = e.metadata()?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -761,6 +778,20 @@ mod tests {
             );
         }
         assert!(!tmp.path().join("x").exists());
+    }
+
+    #[test]
+    fn each_file_of_a_for_each_batch_belongs_to_its_organisation() {
+        let named = |org| format!("{DATA_DIR}/{}", organization_file(org, 1, 2));
+        assert_eq!(named("R-7.b"), "data/R-7.b.part-00001-00002.parquet");
+        assert_eq!(organization_of(&named("R-7.b")), Some("R-7.b"));
+        // An organisation whose id looks like a file name is still told apart.
+        assert_eq!(organization_of(&named("x.part-1")), Some("x.part-1"));
+        // Batches written before: a folder per organisation.
+        assert_eq!(organization_of("data/R1/part-00000-00000.parquet"), Some("R1"));
+        // An empty batch's one file has no organisation; nor do rejects.
+        assert_eq!(organization_of("data/part-00000.parquet"), None);
+        assert_eq!(organization_of("rejects/R1.part-00000-00000.parquet"), None);
     }
 
     #[test]

@@ -366,12 +366,12 @@ const FILES_AT_ONCE: usize = 4;
 const SMALL_FILE: usize = 1 << 20;
 
 impl Pending {
-    /// Take the rows held, to be written as the next file `dir/<org>/part-<task>-<n>.parquet`.
+    /// Take the rows held, to be written as the organisation's next file in `dir`.
     fn take(&mut self, dir: &Path, task: usize, org: &str) -> Option<(PathBuf, Vec<RecordBatch>)> {
         if self.batches.is_empty() {
             return None;
         }
-        let path = dir.join(org).join(format!("part-{task:05}-{:05}.parquet", self.files));
+        let path = dir.join(crate::batches::organization_file(org, task, self.files));
         self.files += 1;
         self.bytes = 0;
         Some((path, std::mem::take(&mut self.batches)))
@@ -400,18 +400,12 @@ async fn flush(path: PathBuf, batches: Vec<RecordBatch>, schema: SchemaRef) -> R
     writer.write(&rows)?;
     writer.close()?;
     drop(rows);
-    tokio::task::spawn_blocking(move || {
-        if let Some(sub) = path.parent() {
-            std::fs::create_dir_all(sub).map_err(io(sub))?;
-        }
-        std::fs::write(&path, bytes).map_err(io(&path))
-    })
-    .await??;
+    tokio::task::spawn_blocking(move || std::fs::write(&path, bytes).map_err(io(&path))).await??;
     Ok(written)
 }
 
 /// Execute `df` and write each organisation's rows (named by the `column`, a non-null
-/// string column of `schema`) under `dir/<organisation>/`. Each partition of the plan is
+/// string column of `schema`) in `dir`, in files named by organisation. Each partition of the plan is
 /// written by its own task, which groups each record batch's rows by organisation (a
 /// stable sort, so a declared `order_by` still holds within each file) and holds them
 /// until its budget is reached or its input ends.

@@ -153,7 +153,7 @@ fn print_stream(plan: &Plan, out: &mut String, pad: &str, ps: &PlannedStream) {
         .collect();
     let hidden = s.columns.len() - published.len();
     let at = match &s.for_each {
-        Some(_) => format!("{}/_each/{}/<batch>/data/<organisation>", ps.tier, s.id.value),
+        Some(_) => format!("{}/_each/{}/<batch>/data/<organisation>.part-*", ps.tier, s.id.value),
         None => format!("{}/{}/{}/<batch>", ps.tier, s.owner.value, s.id.value),
     };
     let hidden = if hidden > 0 {

@@ -138,7 +138,7 @@ async fn each_organisation_gets_its_partition_with_its_own_totals() {
     let tree = billflow::plan::explain::tree(&plan);
     assert!(tree.contains("  each distributor (2 organisations)\n    stream distributor-usage [billing] <- stream vendor-usage, a partition per `distributor_id`"), "{tree}");
     assert!(
-        tree.contains("=> distributor/_each/distributor-usage/<batch>/data/<organisation>:"),
+        tree.contains("=> distributor/_each/distributor-usage/<batch>/data/<organisation>.part-*:"),
         "{tree}"
     );
     assert!(tree.contains("  each reseller (4 organisations)"), "{tree}");
@@ -167,7 +167,7 @@ async fn each_organisation_gets_its_partition_with_its_own_totals() {
         (2, pairs(&[("amount", "10.0000"), ("price", "12.0000")]))
     );
     assert_eq!(m.control_totals.get("price").map(String::as_str), Some("45.0000"));
-    let (_, d1_rows) = parquet_rows(&dir.join("data/D1")).await;
+    let (_, d1_rows) = parquet_rows(&dir.join("data/D1.part-*.parquet")).await;
     assert_eq!(d1_rows.len(), 2, "{d1_rows:#?}");
     assert!(d1_rows.iter().all(|r| r.contains("distributor_id=D1")), "{d1_rows:#?}");
     let (_, refused) = parquet_rows(&dir.join("rejects/organization.parquet")).await;
@@ -296,11 +296,11 @@ async fn an_organisations_rows_land_in_one_file_however_many_partitions_read_the
     let wh = tmp.path().join("wh");
     let report = run(&pipeline, "2026-10", &wh).await;
     assert!(report.ok(), "{report:?}");
-    let files = |dir: &std::path::Path| -> Vec<String> {
+    let files = |dir: &std::path::Path, org: &str| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".parquet"))
+            .filter(|n| n.starts_with(&format!("{org}.part-")) && n.ends_with(".parquet"))
             .collect();
         v.sort();
         v
@@ -308,7 +308,7 @@ async fn an_organisations_rows_land_in_one_file_however_many_partitions_read_the
     let d = report.stream("distributor-usage").unwrap();
     let dir = d.batch_dir.clone().unwrap();
     for org in ["D1", "D2"] {
-        assert_eq!(files(&dir.join("data").join(org)).len(), 1, "{org}");
+        assert_eq!(files(&dir.join("data"), org).len(), 1, "{org}");
     }
     let m = read_manifest(&dir).unwrap();
     assert_eq!(
@@ -379,7 +379,7 @@ async fn each_organisations_batch_is_reviewed_and_published_on_its_own() {
     assert_ne!(d1_batch, d2_batch);
     // Each batch's files are its organisation's only.
     assert!(
-        parts[0].data_files().iter().all(|f| f.contains("/data/D1/")),
+        parts[0].data_files().iter().all(|f| f.contains("/data/D1.part-")),
         "{:?}",
         parts[0].data_files()
     );

@@ -76,9 +76,10 @@ async fn same_seed_same_bytes_and_the_generated_chain_reconciles() {
         .map(|p| p.control_totals.get("price").map_or(0, |v| scaled(v)))
         .sum();
     assert_eq!(price, scaled(&dist.control_totals["price"]));
-    // Each reseller's partition is its own directory of files.
+    // Each reseller's partition is its own files, named after it.
     let busiest = rm.organizations.iter().max_by_key(|(_, p)| p.rows).unwrap();
-    let (_, rows) = parquet_rows(&res.batch_dir.as_ref().unwrap().join("data").join(busiest.0)).await;
+    let files = format!("{}.part-*.parquet", busiest.0);
+    let (_, rows) = parquet_rows(&res.batch_dir.as_ref().unwrap().join("data").join(files)).await;
     assert_eq!(rows.len() as u64, busiest.1.rows);
     assert!(rows.iter().all(|r| r.contains(&format!("reseller_id={},", busiest.0))));
 }
