@@ -3,7 +3,10 @@
 //! below, voided, superseded by a new version) is an append-only log of events that is
 //! never rewritten.
 //!
-//! Event `n` of batch `B` is the object `_log/B/<n>.json` of the warehouse, written with a
+//! The entry holding event `n` of batch `B` is the object `_log/B/<n>.json` of the
+//! warehouse, and the first, which every batch has, `_log/B.00000001.json` (a folder per
+//! batch cost as much to create as its first entry, 2,000 of them a run; batches logged
+//! before have their first entry in the folder too). Each is written with a
 //! create-if-absent put (`PutMode::Create`, as Delta Lake writes its log): of two
 //! processes changing one batch at once, exactly one writes event `n`, and the other gets
 //! a conflict naming what won. The same code runs on a local folder and on object storage.
@@ -261,6 +264,7 @@ fn parse_entry(bytes: &[u8], path: &ObjectPath, batch: &str, first: u64) -> Resu
 fn entry_number(path: &ObjectPath) -> Result<u64, LifecycleError> {
     path.filename()
         .and_then(|name| name.strip_suffix(".json"))
+        .and_then(|n| n.rsplit('.').next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| LifecycleError::BadEvent {
             path: path.to_string(),
@@ -319,8 +323,26 @@ impl Log {
         Log { store, local: None }
     }
 
+    /// Where the entry whose first event is `seq` is written (see the module's notes).
     fn event_path(batch: &str, seq: u64) -> ObjectPath {
-        ObjectPath::from(format!("{LOG_DIR}/{batch}/{seq:08}.json"))
+        match seq {
+            1 => ObjectPath::from(format!("{LOG_DIR}/{batch}.{seq:08}.json")),
+            _ => ObjectPath::from(format!("{LOG_DIR}/{batch}/{seq:08}.json")),
+        }
+    }
+
+    /// The batch whose log holds the entry at `path` (of a listing of the whole log).
+    fn batch_of(path: &ObjectPath) -> Option<String> {
+        let parts: Vec<_> = path.parts().collect();
+        match parts.as_slice() {
+            [_, first] => first
+                .as_ref()
+                .strip_suffix(".json")
+                .and_then(|n| n.rsplit_once('.'))
+                .map(|(batch, _)| batch.to_string()),
+            [_, batch, _] => Some(batch.as_ref().to_string()),
+            _ => None,
+        }
     }
 
     /// Every event of the batch, in order.
@@ -334,6 +356,12 @@ impl Log {
             .await?;
         paths.retain(|p| p.extension() == Some("json"));
         paths.sort();
+        let first = Self::event_path(batch, 1);
+        match self.store.head(&first).await {
+            Ok(_) => paths.insert(0, first),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut events: Vec<Event> = Vec::with_capacity(paths.len());
         for path in &paths {
             let bytes = self.store.get(path).await?.bytes().await?;
@@ -377,8 +405,7 @@ impl Log {
             .await?;
         let mut by_batch: BTreeMap<String, Vec<ObjectPath>> = BTreeMap::new();
         for path in listed.into_iter().filter(|p| p.extension() == Some("json")) {
-            let batch = path.parts().nth(1).map(|p| p.as_ref().to_string());
-            if let Some(batch) = batch {
+            if let Some(batch) = Self::batch_of(&path) {
                 by_batch.entry(batch).or_default().push(path);
             }
         }
@@ -386,7 +413,7 @@ impl Log {
         // (an entry is written whole, so one numbered within them was read whole).
         let mut unread = Vec::new();
         for (batch, mut paths) in by_batch {
-            paths.sort();
+            paths.sort_by_cached_key(|p| entry_number(p).unwrap_or(0));
             let read = known.get(&batch).map_or(0, Vec::len) as u64;
             for path in paths {
                 if entry_number(&path)? > read {
@@ -588,7 +615,7 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(names(&tmp.path().join("_log/b1")), ["00000001.json"]);
+        assert_eq!(names(&tmp.path().join("_log")), ["b1.00000001.json"]);
         let void = log
             .append("b1", Action::Void, "finance", Some("wrong rates"), None)
             .await
@@ -597,7 +624,8 @@ mod tests {
             (void.seq, void.from, void.to),
             (4, Some(Status::Published), Status::Voided)
         );
-        assert_eq!(names(&tmp.path().join("_log/b1")), ["00000001.json", "00000004.json"]);
+        assert_eq!(names(&tmp.path().join("_log")), ["b1", "b1.00000001.json"]);
+        assert_eq!(names(&tmp.path().join("_log/b1")), ["00000004.json"]);
         let history = log.history("b1").await.unwrap();
         let actions: Vec<(&str, &str)> = history.iter().map(|e| (e.action.name(), e.actor.as_str())).collect();
         assert_eq!(
@@ -623,6 +651,34 @@ mod tests {
         assert_eq!(known["b2"], log.history("b2").await.unwrap());
         assert_eq!(known["b2"].len(), 3);
         assert_eq!(known["b1"].len(), 4);
+    }
+
+    /// Batches logged before the first entry was a file of its own have it in their
+    /// folder: their history reads the same, and goes on in the folder.
+    #[tokio::test]
+    async fn a_first_entry_in_the_batchs_folder_is_read_as_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = log_in(tmp.path());
+        log.append_after(&[], "old", &[Step::new(Action::Create, "run")])
+            .await
+            .unwrap();
+        std::fs::create_dir_all(tmp.path().join("_log/old")).unwrap();
+        std::fs::rename(
+            tmp.path().join("_log/old.00000001.json"),
+            tmp.path().join("_log/old/00000001.json"),
+        )
+        .unwrap();
+        assert_eq!(log.history("old").await.unwrap().len(), 1);
+        let next = log
+            .append("old", Action::Accept, "finance", Some("checked"), None)
+            .await
+            .unwrap();
+        assert_eq!(next.seq, 2);
+        assert!(tmp.path().join("_log/old/00000002.json").exists());
+        let mut known = HashMap::new();
+        log.histories(&mut known).await.unwrap();
+        assert_eq!(known["old"], log.history("old").await.unwrap());
+        assert_eq!(known["old"].len(), 2);
     }
 
     /// All the steps of an entry or none: a step the status does not allow refuses the
@@ -652,7 +708,7 @@ mod tests {
             "{refused}"
         );
         assert!(log.history("b").await.unwrap().is_empty());
-        assert!(!tmp.path().join("_log/b").exists());
+        assert!(!tmp.path().join("_log").exists());
 
         let first = log
             .append_after(&[], "b", &[Step::new(Action::Create, "one")])
@@ -682,7 +738,8 @@ mod tests {
         let steps = [Step::new(Action::Create, "run"), Step::new(Action::Accept, "auto")];
         log.append_after(&[], "b", &steps).await.unwrap();
         // Event 3 written as if it were event 2's entry.
-        let two = std::fs::read_to_string(tmp.path().join("_log/b/00000001.json")).unwrap();
+        let two = std::fs::read_to_string(tmp.path().join("_log/b.00000001.json")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("_log/b")).unwrap();
         std::fs::write(tmp.path().join("_log/b/00000002.json"), &two).unwrap();
         let e = log.history("b").await.unwrap_err();
         assert_eq!(e.to_string(), "the lifecycle log of batch b misses event 3 (it has 2)");

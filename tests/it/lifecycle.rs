@@ -293,7 +293,12 @@ mod review {
         assert_eq!(history[7].reason.as_deref(), Some("wrong rates"));
         for (i, e) in history.iter().enumerate() {
             assert_eq!(e.seq, i as u64 + 1);
-            assert!(wh.join(format!("_log/{id}/{:08}.json", e.seq)).is_file());
+            // The first entry is a file of its own, the others in the batch's folder.
+            let entry = match e.seq {
+                1 => format!("_log/{id}.00000001.json"),
+                n => format!("_log/{id}/{n:08}.json"),
+            };
+            assert!(wh.join(entry).is_file());
         }
 
         // A log event that does not parse is named, not skipped.
