@@ -588,7 +588,11 @@ impl BatchFn for HoldFn {
         )
     }
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        self.group.iter().chain([&self.candidate, &self.target]).collect()
+        self.group
+            .iter()
+            .chain([&self.candidate, &self.target])
+            .chain(self.lines.as_ref())
+            .collect()
     }
     fn renew(&self, input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Arc<dyn BatchFn> {
         let mut f = HoldFn {
