@@ -558,8 +558,15 @@ impl Staging {
 
 /// Flush the files of a batch to disk, several at once: a `for_each` batch has a file per
 /// organisation, and on this disk one fsync after another took 0.63 s for 2,000 small files
-/// where 16 at once took 0.18 s.
+/// where 16 at once took 0.18 s. On Linux, many files are flushed by one `syncfs` of their
+/// file system instead: 35-42 ms for 2,000 files of 20 kB where 16 fsyncs at once took
+/// 210-250 ms (it also flushes what else is waiting on that file system, so it is kept for
+/// batches with many files).
 fn sync_files(dir: &Path, files: &[FileInfo]) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if files.len() >= SYNC_WHOLE_FILE_SYSTEM_FROM {
+        return sync_file_system(dir);
+    }
     const AT_ONCE: usize = 16;
     let per_thread = files.len().div_ceil(AT_ONCE).max(1);
     std::thread::scope(|scope| {
@@ -578,6 +585,22 @@ fn sync_files(dir: &Path, files: &[FileInfo]) -> std::io::Result<()> {
                 .unwrap_or_else(|_| Err(std::io::Error::other("a thread flushing the batch's files panicked")))
         })
     })
+}
+
+/// From how many files a batch is flushed by one `syncfs` rather than a fsync per file.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const SYNC_WHOLE_FILE_SYSTEM_FROM: usize = 64;
+
+/// Flush everything written to the file system that holds `dir`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn sync_file_system(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = fs::File::open(dir)?;
+    // SAFETY: `syncfs` only reads the descriptor, which `handle` keeps open for the call.
+    match unsafe { libc::syncfs(handle.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 impl Drop for Staging {
@@ -661,6 +684,24 @@ mod tests {
         ));
         assert_eq!(store.list(&at).await.len(), 1);
         assert_eq!(fs::read_dir(store.stream_dir(&at)).unwrap().count(), 1);
+    }
+
+    /// A batch of many files (a `for_each` batch's organisations) is flushed another way
+    /// than one of a few: both commit every file.
+    #[tokio::test]
+    async fn a_batch_of_many_files_commits_them_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let at = location();
+        for (batch, files) in [("2026-10-few", 3), ("2026-10-many", 200)] {
+            let staging = store.begin(&at, batch).unwrap();
+            for i in 0..files {
+                fs::write(staging.data_dir().join(organization_file(&format!("R{i}"), 0, 0)), b"x").unwrap();
+            }
+            assert!(matches!(staging.commit(&manifest(batch)).unwrap(), Committed::New(_)));
+            let data = store.stream_dir(&at).join(batch).join(DATA_DIR);
+            assert_eq!(fs::read_dir(data).unwrap().count(), files, "{batch}");
+        }
     }
 
     /// A staging directory of its own for each run (as separate processes have).
