@@ -155,11 +155,17 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
                 "AssignResidue: column #{} + {} on the first of {} per group",
                 self.column, self.amount, self.candidate
             ),
-            Rule::Hold => write!(
-                f,
-                "HoldResidue: column #{} reaches {} per group on the first of {}",
-                self.column, self.amount, self.candidate
-            ),
+            Rule::Hold => {
+                write!(
+                    f,
+                    "HoldResidue: column #{} reaches {} per group on the first of {}",
+                    self.column, self.amount, self.candidate
+                )?;
+                match &self.lines {
+                    Some(lines) => write!(f, ", a candidate at once where {lines} = 1"),
+                    None => Ok(()),
+                }
+            }
         }
     }
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
@@ -585,7 +591,11 @@ impl BatchFn for HoldFn {
             f,
             "HoldResidueExec: column #{} reaches {} per group on the first of {}",
             self.column, self.target, self.candidate
-        )
+        )?;
+        match &self.lines {
+            Some(lines) => write!(f, ", a candidate at once where {lines} = 1"),
+            None => Ok(()),
+        }
     }
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
         self.group
