@@ -137,6 +137,9 @@ pub fn row_checks(raw: &SchemaRef, declared: &[ColumnDef]) -> RowChecks {
                 reasons.push(when(f.clone(), message).end().unwrap_or(lit("")));
                 flags.push(f);
             }
+            if always_converts(field.data_type(), &target) {
+                continue;
+            }
             let f = column
                 .clone()
                 .is_not_null()
@@ -162,6 +165,27 @@ pub fn row_checks(raw: &SchemaRef, declared: &[ColumnDef]) -> RowChecks {
         _ => concat_ws(lit("; "), reasons),
     };
     RowChecks { bad, reason }
+}
+
+/// Whether every non-NULL value of type `from` converts to `to`, so that a row needs no
+/// conversion check (a `TRY_CAST` per value: for text read as string views, it copied
+/// every string of every checked column, twice per checkpoint).
+fn always_converts(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    let text = |t: &DataType| match t {
+        Utf8 | LargeUtf8 | Utf8View => true,
+        Dictionary(_, v) => matches!(v.as_ref(), Utf8 | LargeUtf8 | Utf8View),
+        _ => false,
+    };
+    match (from, to) {
+        (f, t) if text(f) && text(t) => true,
+        (Int8, Int16 | Int32 | Int64) | (Int16, Int32 | Int64) | (Int32, Int64) => true,
+        // More places and at least as many whole digits: the value is kept exactly.
+        (Decimal128(p, s), Decimal128(tp, ts)) => {
+            ts >= s && i16::from(*tp) - i16::from(*ts) >= i16::from(*p) - i16::from(*s)
+        }
+        _ => false,
+    }
 }
 
 /// What a cast from text would let through silently: a decimal with more places than its
@@ -225,4 +249,31 @@ fn projection(raw: &SchemaRef, declared: &[ColumnDef], views: bool) -> Vec<Expr>
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::always_converts;
+    use arrow::datatypes::DataType::*;
+
+    #[test]
+    fn only_conversions_that_cannot_fail_go_unchecked() {
+        // Text to text keeps every value: no check.
+        assert!(always_converts(&Utf8View, &Utf8));
+        assert!(always_converts(&LargeUtf8, &Utf8View));
+        // Text to anything else can fail ('abc' as a date).
+        assert!(!always_converts(&Utf8View, &Date32));
+        assert!(!always_converts(&Utf8, &Decimal128(18, 4)));
+        // Wider integers keep the value, narrower ones may not.
+        assert!(always_converts(&Int32, &Int64));
+        assert!(!always_converts(&Int64, &Int32));
+        // decimal(18,4) -> (38,10): 14 whole digits into 28, 4 places into 10.
+        assert!(always_converts(&Decimal128(18, 4), &Decimal128(38, 10)));
+        // decimal(38,10) -> (18,4): 28 whole digits into 14 overflows; places round.
+        assert!(!always_converts(&Decimal128(38, 10), &Decimal128(18, 4)));
+        // decimal(18,6) -> (18,4): the same precision with fewer places rounds.
+        assert!(!always_converts(&Decimal128(18, 6), &Decimal128(18, 4)));
+        // decimal(10,2) -> (12,6): 8 whole digits into 6 overflows.
+        assert!(!always_converts(&Decimal128(10, 2), &Decimal128(12, 6)));
+    }
 }
