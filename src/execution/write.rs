@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Decimal128Type, SchemaRef};
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
@@ -425,7 +425,16 @@ pub async fn write_parquet_per_organization(
             let mut parts: BTreeMap<String, Written> = BTreeMap::new();
             let mut pending: std::collections::HashMap<String, Pending> = std::collections::HashMap::new();
             let mut held = 0usize;
-            while let Some(batch) = next_batch(&mut stream, &schema).await? {
+            let mut chunk = Chunk::default();
+            loop {
+                let next = next_batch(&mut stream, &schema).await?;
+                let end = next.is_none();
+                let Some(batch) = chunk.add(next, &schema, org_index)? else {
+                    if end {
+                        break;
+                    }
+                    continue;
+                };
                 let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
                 for (org, slice) in group_by_organization(&batch, org_index)? {
                     let bytes = per_row * slice.num_rows();
@@ -452,6 +461,9 @@ pub async fn write_parquet_per_organization(
                         }
                         held = held.saturating_sub(bytes);
                     }
+                }
+                if end {
+                    break;
                 }
             }
             let (small, large): (Vec<_>, Vec<_>) = pending
@@ -489,74 +501,131 @@ pub async fn write_parquet_per_organization(
     Ok(out)
 }
 
-/// The rows of `batch` as one slice per organisation (the value of column `org`, a Utf8
-/// string as the output contract casts it), with its name, by a stable sort on it:
-/// vectorised kernels, and the rows of one organisation keep their order. A NULL
-/// organisation is an error (the engine refuses such rows before writing), and so is a
-/// column of another type, rather than a panic.
-fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String, RecordBatch)>, WriteError> {
-    use arrow::array::{ArrayRef, UInt32Array};
-    use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+/// Rows a `for_each` writing task groups by organisation in one go when they do not come
+/// grouped: one grouping of a quarter of a million rows, rather than one per record batch
+/// (which on unsorted input cut each batch into a slice of a few rows per organisation,
+/// and sorted each batch on the text of its organisation column).
+const CHUNK_ROWS: usize = 1 << 18;
+
+/// Record batches waiting to be grouped by organisation, in the order they came.
+#[derive(Default)]
+struct Chunk {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+impl Chunk {
+    /// Take `next` (`None`: the input ended) and return the rows to group now, if any: a
+    /// batch already in one run per organisation goes on at once (sorted input, the
+    /// common case) unless rows before it wait; others wait for [`CHUNK_ROWS`] rows.
+    fn add(
+        &mut self,
+        next: Option<RecordBatch>,
+        schema: &SchemaRef,
+        org: usize,
+    ) -> Result<Option<RecordBatch>, WriteError> {
+        if let Some(batch) = next {
+            if self.batches.is_empty() && runs(&batch, org).is_some() {
+                return Ok(Some(batch));
+            }
+            self.rows += batch.num_rows();
+            self.batches.push(batch);
+            if self.rows < CHUNK_ROWS {
+                return Ok(None);
+            }
+        }
+        if self.batches.is_empty() {
+            return Ok(None);
+        }
+        let rows = arrow::compute::concat_batches(schema, &std::mem::take(&mut self.batches))?;
+        self.rows = 0;
+        Ok(Some(rows))
+    }
+}
+
+/// The organisation column of `batch`: a Utf8 string as the output contract casts it,
+/// with no NULL (the engine refuses such rows before writing). Another type is an
+/// error, rather than a panic.
+fn organizations(batch: &RecordBatch, org: usize) -> Result<&arrow::array::StringArray, WriteError> {
     let column = batch.column(org);
-    let field = batch.schema().field(org).name().clone();
-    let names = |column: &ArrayRef| -> Result<arrow::array::StringArray, WriteError> {
-        column
-            .as_string_opt::<i32>()
-            .cloned()
-            .ok_or_else(|| WriteError::OrganizationType {
-                column: field.clone(),
-                ty: column.data_type().clone(),
-            })
-    };
-    if column.null_count() > 0 {
+    let field = || batch.schema().field(org).name().clone();
+    let strings = column
+        .as_string_opt::<i32>()
+        .ok_or_else(|| WriteError::OrganizationType {
+            column: field(),
+            ty: column.data_type().clone(),
+        })?;
+    if strings.null_count() > 0 {
         return Err(WriteError::NoOrganization {
-            rows: column.null_count(),
-            column: field,
+            rows: strings.null_count(),
+            column: field(),
         });
     }
-    let ranges = arrow::compute::partition(std::slice::from_ref(column))?.ranges();
-    let distinct_runs = {
-        let strings = names(column)?;
-        let mut seen: Vec<&str> = ranges.iter().map(|r| strings.value(r.start)).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len()
-    };
-    // Already one run per organisation (sorted input, the common case): no sort.
-    let sorted = if distinct_runs == ranges.len() {
-        batch.clone()
-    } else {
-        let position: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
-        let indices = lexsort_to_indices(
-            &[
-                SortColumn {
-                    values: column.clone(),
-                    options: None,
-                },
-                SortColumn {
-                    values: position,
-                    options: None,
-                },
-            ],
-            None,
-        )?;
-        take_record_batch(batch, &indices)?
-    };
-    let ranges = if distinct_runs == ranges.len() {
-        ranges
-    } else {
-        arrow::compute::partition(std::slice::from_ref(sorted.column(org)))?.ranges()
-    };
-    let strings = names(sorted.column(org))?;
-    Ok(ranges
-        .into_iter()
-        .map(|r| {
+    Ok(strings)
+}
+
+/// The runs of equal organisations in `batch`, if each organisation has one run.
+fn runs(batch: &RecordBatch, org: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    let strings = organizations(batch, org).ok()?;
+    let ranges = arrow::compute::partition(std::slice::from_ref(batch.column(org)))
+        .ok()?
+        .ranges();
+    let mut seen = std::collections::HashSet::with_capacity(ranges.len().min(4096));
+    ranges
+        .iter()
+        .all(|r| seen.insert(strings.value(r.start)))
+        .then_some(ranges)
+}
+
+/// The rows of `batch` as one slice per organisation (the value of column `org`), with
+/// its name. Rows already grouped are sliced as they are; otherwise each row gets its
+/// organisation's number (a dictionary of the column) and a counting sort on that
+/// number orders them: linear, and the rows of one organisation keep their order.
+fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String, RecordBatch)>, WriteError> {
+    use arrow::datatypes::UInt32Type;
+    let strings = organizations(batch, org)?;
+    if let Some(ranges) = runs(batch, org) {
+        return Ok(ranges
+            .into_iter()
+            .map(|r| (strings.value(r.start).to_string(), batch.slice(r.start, r.len())))
+            .collect());
+    }
+    let numbered = arrow::compute::cast(
+        batch.column(org),
+        &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
+    )?;
+    let numbered = numbered.as_dictionary::<UInt32Type>();
+    let names = numbered.values().as_string::<i32>();
+    let (order, starts) = counting_sort(numbered.keys().values(), names.len());
+    let sorted = arrow::compute::take_record_batch(batch, &order)?;
+    Ok((0..names.len())
+        .filter(|&k| starts[k + 1] > starts[k])
+        .map(|k| {
             (
-                strings.value(r.start).to_string(),
-                sorted.slice(r.start, r.end - r.start),
+                names.value(k).to_string(),
+                sorted.slice(starts[k], starts[k + 1] - starts[k]),
             )
         })
         .collect())
+}
+
+/// The positions of `keys` (each below `distinct`) ordered by key, stably, and where each
+/// key's positions start in that order (with the end last).
+fn counting_sort(keys: &[u32], distinct: usize) -> (arrow::array::UInt32Array, Vec<usize>) {
+    let mut starts = vec![0usize; distinct + 1];
+    for &k in keys {
+        starts[k as usize + 1] += 1;
+    }
+    for k in 1..starts.len() {
+        starts[k] += starts[k - 1];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; keys.len()];
+    for (row, &k) in keys.iter().enumerate() {
+        order[next[k as usize]] = row as u32;
+        next[k as usize] += 1;
+    }
+    (arrow::array::UInt32Array::from(order), starts)
 }
 
 /// Write refused rows to one file; returns how many and the first few reasons. No rows,
@@ -644,16 +713,78 @@ mod tests {
                 .to_string()
                 .contains("Utf8View")
         );
-        let text = batch(
+    }
+
+    #[test]
+    fn rows_are_grouped_by_organisation_keeping_their_order() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
             Field::new("org", DataType::Utf8, false),
-            Arc::new(arrow::array::StringArray::from(vec!["R2", "R1", "R2"])),
-        );
-        let groups: Vec<(String, usize)> = group_by_organization(&text, 0)
+            Field::new("line", DataType::Int64, false),
+        ]));
+        let rows = |orgs: Vec<&str>, lines: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(StringArray::from(orgs)), Arc::new(Int64Array::from(lines))],
+            )
             .unwrap()
-            .into_iter()
-            .map(|(o, b)| (o, b.num_rows()))
-            .collect();
-        assert_eq!(groups, [("R1".to_string(), 1), ("R2".to_string(), 2)]);
+        };
+        let grouped = |b: &RecordBatch| -> Vec<(String, Vec<i64>)> {
+            let mut g: Vec<(String, Vec<i64>)> = group_by_organization(b, 0)
+                .unwrap()
+                .into_iter()
+                .map(|(o, b)| {
+                    (
+                        o,
+                        b.column(1)
+                            .as_primitive::<arrow::datatypes::Int64Type>()
+                            .values()
+                            .to_vec(),
+                    )
+                })
+                .collect();
+            g.sort();
+            g
+        };
+        let owned = |o: &str, l: &[i64]| (o.to_string(), l.to_vec());
+        // Interleaved: each organisation's lines in the order they came.
+        let mixed = rows(vec!["R2", "R1", "R2", "R3", "R1", "R2"], vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            grouped(&mixed),
+            [owned("R1", &[1, 4]), owned("R2", &[0, 2, 5]), owned("R3", &[3])]
+        );
+        // Already in runs: sliced as they are.
+        let sorted = rows(vec!["R1", "R1", "R2"], vec![7, 8, 9]);
+        assert_eq!(grouped(&sorted), [owned("R1", &[7, 8]), owned("R2", &[9])]);
+        // Runs, but one organisation twice: not grouped yet.
+        let twice = rows(vec!["R1", "R2", "R1"], vec![0, 1, 2]);
+        assert!(runs(&twice, 0).is_none());
+        assert_eq!(grouped(&twice), [owned("R1", &[0, 2]), owned("R2", &[1])]);
+
+        // A chunk passes a grouped batch on at once, and holds unsorted ones (and any
+        // batch after them) until it has CHUNK_ROWS rows or the input ends.
+        let mut chunk = Chunk::default();
+        assert_eq!(
+            chunk
+                .add(Some(sorted.clone()), &schema, 0)
+                .unwrap()
+                .map(|b| b.num_rows()),
+            Some(3)
+        );
+        assert!(chunk.add(Some(mixed.clone()), &schema, 0).unwrap().is_none());
+        assert!(chunk.add(Some(sorted.clone()), &schema, 0).unwrap().is_none());
+        let rest = chunk.add(None, &schema, 0).unwrap().unwrap();
+        assert_eq!(rest.num_rows(), 9);
+        assert_eq!(
+            grouped(&rest),
+            [
+                owned("R1", &[1, 4, 7, 8]),
+                owned("R2", &[0, 2, 5, 9]),
+                owned("R3", &[3])
+            ]
+        );
+        assert!(chunk.add(None, &schema, 0).unwrap().is_none());
     }
 
     #[tokio::test]
