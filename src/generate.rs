@@ -283,9 +283,6 @@ streams:
     input: { source: usage }
     review: { policy: auto, max_rejected_percent: 100 }
     period: usage_date
-    # Each organisation's rows together: the tiers below write their partitions from
-    # runs of rows rather than regrouping every record batch.
-    order_by: [distributor_id, reseller_id]
     stages:
       - { name: subscriber, kind: lookup, reference: subscriptions, keys: [subscription_id], columns: [customer_id, reseller_id, distributor_id], on_missing: reject }
       - { name: rate, kind: rate, price_list: price_plans, keys: [sku], group_by: [subscription_id], quantity: quantity, output: cost_usd, scale: 4, on_missing_price: reject }
