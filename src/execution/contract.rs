@@ -169,7 +169,8 @@ pub fn row_checks(raw: &SchemaRef, declared: &[ColumnDef]) -> RowChecks {
 
 /// Whether every non-NULL value of type `from` converts to `to`, so that a row needs no
 /// conversion check (a `TRY_CAST` per value: for text read as string views, it copied
-/// every string of every checked column, twice per checkpoint).
+/// every string of every checked column, twice per checkpoint). Text to text and wider
+/// integers only.
 fn always_converts(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
     let text = |t: &DataType| match t {
@@ -180,10 +181,9 @@ fn always_converts(from: &DataType, to: &DataType) -> bool {
     match (from, to) {
         (f, t) if text(f) && text(t) => true,
         (Int8, Int16 | Int32 | Int64) | (Int16, Int32 | Int64) | (Int32, Int64) => true,
-        // More places and at least as many whole digits: the value is kept exactly.
-        (Decimal128(p, s), Decimal128(tp, ts)) => {
-            ts >= s && i16::from(*tp) - i16::from(*ts) >= i16::from(*p) - i16::from(*s)
-        }
+        // Decimals stay checked, even to a wider type: a decimal array can hold a value
+        // beyond its own precision (Arrow checks it only when asked), and the check is
+        // what refuses it.
         _ => false,
     }
 }
@@ -267,13 +267,9 @@ mod tests {
         // Wider integers keep the value, narrower ones may not.
         assert!(always_converts(&Int32, &Int64));
         assert!(!always_converts(&Int64, &Int32));
-        // decimal(18,4) -> (38,10): 14 whole digits into 28, 4 places into 10.
-        assert!(always_converts(&Decimal128(18, 4), &Decimal128(38, 10)));
-        // decimal(38,10) -> (18,4): 28 whole digits into 14 overflows; places round.
+        // Decimals are checked, narrower or wider: decimal(38,10) -> (18,4) overflows
+        // past 14 whole digits, and a decimal(18,4) array may hold a value beyond 18.
         assert!(!always_converts(&Decimal128(38, 10), &Decimal128(18, 4)));
-        // decimal(18,6) -> (18,4): the same precision with fewer places rounds.
-        assert!(!always_converts(&Decimal128(18, 6), &Decimal128(18, 4)));
-        // decimal(10,2) -> (12,6): 8 whole digits into 6 overflows.
-        assert!(!always_converts(&Decimal128(10, 2), &Decimal128(12, 6)));
+        assert!(!always_converts(&Decimal128(18, 4), &Decimal128(38, 10)));
     }
 }

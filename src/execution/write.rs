@@ -507,17 +507,22 @@ pub async fn write_parquet_per_organization(
 /// and sorted each batch on the text of its organisation column).
 const CHUNK_ROWS: usize = 1 << 18;
 
+/// ... or fewer rows, when they hold this much memory (wide rows).
+const CHUNK_BYTES: usize = 64 << 20;
+
 /// Record batches waiting to be grouped by organisation, in the order they came.
 #[derive(Default)]
 struct Chunk {
     batches: Vec<RecordBatch>,
     rows: usize,
+    bytes: usize,
 }
 
 impl Chunk {
     /// Take `next` (`None`: the input ended) and return the rows to group now, if any: a
     /// batch already in one run per organisation goes on at once (sorted input, the
-    /// common case) unless rows before it wait; others wait for [`CHUNK_ROWS`] rows.
+    /// common case) unless rows before it wait; others wait for [`CHUNK_ROWS`] rows (or
+    /// [`CHUNK_BYTES`]).
     fn add(
         &mut self,
         next: Option<RecordBatch>,
@@ -529,8 +534,9 @@ impl Chunk {
                 return Ok(Some(batch));
             }
             self.rows += batch.num_rows();
+            self.bytes += batch.get_array_memory_size();
             self.batches.push(batch);
-            if self.rows < CHUNK_ROWS {
+            if self.rows < CHUNK_ROWS && self.bytes < CHUNK_BYTES {
                 return Ok(None);
             }
         }
@@ -538,7 +544,7 @@ impl Chunk {
             return Ok(None);
         }
         let rows = arrow::compute::concat_batches(schema, &std::mem::take(&mut self.batches))?;
-        self.rows = 0;
+        (self.rows, self.bytes) = (0, 0);
         Ok(Some(rows))
     }
 }
@@ -785,6 +791,26 @@ mod tests {
             ]
         );
         assert!(chunk.add(None, &schema, 0).unwrap().is_none());
+
+        // Wide rows: a chunk holding CHUNK_BYTES goes on with fewer rows.
+        let wide_schema = Arc::new(Schema::new(vec![
+            Field::new("org", DataType::Utf8, false),
+            Field::new("note", DataType::Utf8, false),
+        ]));
+        let long = "x".repeat(CHUNK_BYTES);
+        let wide = RecordBatch::try_new(
+            wide_schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["R2", "R1", "R2"])),
+                Arc::new(StringArray::from(vec!["a", long.as_str(), "b"])),
+            ],
+        )
+        .unwrap();
+        let mut chunk = Chunk::default();
+        assert_eq!(
+            chunk.add(Some(wide), &wide_schema, 0).unwrap().map(|b| b.num_rows()),
+            Some(3)
+        );
     }
 
     #[tokio::test]
