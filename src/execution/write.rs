@@ -405,10 +405,11 @@ async fn flush(path: PathBuf, batches: Vec<RecordBatch>, schema: SchemaRef) -> R
 }
 
 /// Execute `df` and write each organisation's rows (named by the `column`, a non-null
-/// string column of `schema`) in `dir`, in files named by organisation. Each partition of the plan is
-/// written by its own task, which groups its rows by organisation (batch by batch when
-/// they come grouped, else in chunks of a quarter of a million rows; stably, so a declared `order_by` still holds
-/// within each file) and holds them until its budget is reached or its input ends.
+/// string column of `schema`) in `dir`, in files named by organisation. Each partition
+/// of the plan is written by its own task, which groups its rows by organisation (batch
+/// by batch when they come grouped, else in chunks of a quarter of a million rows;
+/// stably, so a declared `order_by` still holds within each file) and holds them until
+/// its budget is reached or its input ends.
 pub async fn write_parquet_per_organization(
     plan: &Executable,
     dir: &Path,
