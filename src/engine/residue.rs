@@ -161,10 +161,7 @@ impl UserDefinedLogicalNodeCore for ResidueNode {
                     "HoldResidue: column #{} reaches {} per group on the first of {}",
                     self.column, self.amount, self.candidate
                 )?;
-                match &self.lines {
-                    Some(lines) => write!(f, ", a candidate at once where {lines} = 1"),
-                    None => Ok(()),
-                }
+                released_at_once(f, self.lines.as_ref())
             }
         }
     }
@@ -582,6 +579,15 @@ fn decimals(a: &ArrayRef, what: &str) -> Result<arrow::array::Decimal128Array> {
     }
 }
 
+/// The end of `HoldResidue`'s plan text (logical and physical): when a candidate line is
+/// released at once rather than held, from its group's line count.
+fn released_at_once(f: &mut fmt::Formatter, lines: Option<&impl fmt::Display>) -> fmt::Result {
+    match lines {
+        Some(lines) => write!(f, ", a candidate at once where {lines} = 1"),
+        None => Ok(()),
+    }
+}
+
 impl BatchFn for HoldFn {
     fn name(&self) -> &'static str {
         "HoldResidueExec"
@@ -592,10 +598,7 @@ impl BatchFn for HoldFn {
             "HoldResidueExec: column #{} reaches {} per group on the first of {}",
             self.column, self.target, self.candidate
         )?;
-        match &self.lines {
-            Some(lines) => write!(f, ", a candidate at once where {lines} = 1"),
-            None => Ok(()),
-        }
+        released_at_once(f, self.lines.as_ref())
     }
     fn exprs(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
         self.group
