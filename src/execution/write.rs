@@ -430,14 +430,13 @@ pub async fn write_parquet_per_organization(
             loop {
                 let next = next_batch(&mut stream, &schema).await?;
                 let end = next.is_none();
-                let Some(batch) = chunk.add(next, &schema, org_index)? else {
+                let Some((groups, per_row)) = chunk.add(next, org_index)? else {
                     if end {
                         break;
                     }
                     continue;
                 };
-                let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
-                for (org, slice) in group_by_organization(&batch, org_index)? {
+                for (org, slice) in groups {
                     let bytes = per_row * slice.num_rows();
                     let p = pending.entry(org).or_default();
                     p.batches.push(slice);
@@ -520,19 +519,17 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Take `next` (`None`: the input ended) and return the rows to group now, if any: a
-    /// batch already in one run per organisation goes on at once (sorted input, the
-    /// common case) unless rows before it wait; others wait for [`CHUNK_ROWS`] rows (or
-    /// [`CHUNK_BYTES`]).
-    fn add(
-        &mut self,
-        next: Option<RecordBatch>,
-        schema: &SchemaRef,
-        org: usize,
-    ) -> Result<Option<RecordBatch>, WriteError> {
+    /// Take `next` (`None`: the input ended) and return the rows to write now, if any, one
+    /// slice per organisation, with the bytes a row holds: a batch already in one run per
+    /// organisation goes on at once (sorted input, the common case) unless rows before it
+    /// wait; others wait for [`CHUNK_ROWS`] rows (or [`CHUNK_BYTES`]).
+    fn add(&mut self, next: Option<RecordBatch>, org: usize) -> Result<Option<(Grouped, usize)>, WriteError> {
         if let Some(batch) = next {
-            if self.batches.is_empty() && runs(&batch, org).is_some() {
-                return Ok(Some(batch));
+            if self.batches.is_empty()
+                && let Some(ranges) = runs(&batch, org)
+            {
+                let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
+                return Ok(Some((slices(&batch, org, ranges)?, per_row)));
             }
             self.rows += batch.num_rows();
             self.bytes += batch.get_array_memory_size();
@@ -544,11 +541,15 @@ impl Chunk {
         if self.batches.is_empty() {
             return Ok(None);
         }
-        let rows = arrow::compute::concat_batches(schema, &std::mem::take(&mut self.batches))?;
+        let per_row = self.bytes / self.rows.max(1);
+        let batches = std::mem::take(&mut self.batches);
         (self.rows, self.bytes) = (0, 0);
-        Ok(Some(rows))
+        Ok(Some((group_by_organization(&batches, org)?, per_row)))
     }
 }
+
+/// Rows of one organisation each, with its name.
+type Grouped = Vec<(String, RecordBatch)>;
 
 /// The organisation column of `batch`: a Utf8 string as the output contract casts it,
 /// with no NULL (the engine refuses such rows before writing). Another type is an
@@ -584,27 +585,46 @@ fn runs(batch: &RecordBatch, org: usize) -> Option<Vec<std::ops::Range<usize>>> 
         .then_some(ranges)
 }
 
-/// The rows of `batch` as one slice per organisation (the value of column `org`), with
-/// its name. Rows already grouped are sliced as they are; otherwise each row gets its
-/// organisation's number (a dictionary of the column) and a counting sort on that
-/// number orders them: linear, and the rows of one organisation keep their order.
-fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String, RecordBatch)>, WriteError> {
-    use arrow::datatypes::UInt32Type;
+/// `batch` cut into its runs of one organisation each.
+fn slices(batch: &RecordBatch, org: usize, runs: Vec<std::ops::Range<usize>>) -> Result<Grouped, WriteError> {
     let strings = organizations(batch, org)?;
-    if let Some(ranges) = runs(batch, org) {
-        return Ok(ranges
-            .into_iter()
-            .map(|r| (strings.value(r.start).to_string(), batch.slice(r.start, r.len())))
-            .collect());
+    Ok(runs
+        .into_iter()
+        .map(|r| (strings.value(r.start).to_string(), batch.slice(r.start, r.len())))
+        .collect())
+}
+
+/// The rows of `batches` as one batch per organisation (the value of column `org`), with
+/// its name. A lone batch already grouped is sliced as it is; otherwise each row gets its
+/// organisation's number (a dictionary of the column over all the batches) and a
+/// counting sort on that number orders them: linear, and the rows of one organisation
+/// keep their order. The rows are gathered from the batches in that order in one copy.
+fn group_by_organization(batches: &[RecordBatch], org: usize) -> Result<Grouped, WriteError> {
+    use arrow::datatypes::UInt32Type;
+    let columns = batches
+        .iter()
+        .map(|b| organizations(b, org).map(|s| s as &dyn Array))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let [batch] = batches
+        && let Some(ranges) = runs(batch, org)
+    {
+        return slices(batch, org, ranges);
     }
+    let all = arrow::compute::concat(&columns)?;
     let numbered = arrow::compute::cast(
-        batch.column(org),
+        &all,
         &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
     )?;
     let numbered = numbered.as_dictionary::<UInt32Type>();
     let names = numbered.values().as_string::<i32>();
     let (order, starts) = counting_sort(numbered.keys().values(), names.len());
-    let sorted = arrow::compute::take_record_batch(batch, &order)?;
+    let place: Vec<(usize, usize)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |row| (b, row)))
+        .collect();
+    let order: Vec<(usize, usize)> = order.iter().map(|&row| place[row as usize]).collect();
+    let sorted = arrow::compute::interleave_record_batch(&batches.iter().collect::<Vec<_>>(), &order)?;
     Ok((0..names.len())
         .filter(|&k| starts[k + 1] > starts[k])
         .map(|k| {
@@ -618,7 +638,7 @@ fn group_by_organization(batch: &RecordBatch, org: usize) -> Result<Vec<(String,
 
 /// The positions of `keys` (each below `distinct`) ordered by key, stably, and where each
 /// key's positions start in that order (with the end last).
-fn counting_sort(keys: &[u32], distinct: usize) -> (arrow::array::UInt32Array, Vec<usize>) {
+fn counting_sort(keys: &[u32], distinct: usize) -> (Vec<u32>, Vec<usize>) {
     let mut starts = vec![0usize; distinct + 1];
     for &k in keys {
         starts[k as usize + 1] += 1;
@@ -632,7 +652,7 @@ fn counting_sort(keys: &[u32], distinct: usize) -> (arrow::array::UInt32Array, V
         order[next[k as usize]] = row as u32;
         next[k as usize] += 1;
     }
-    (arrow::array::UInt32Array::from(order), starts)
+    (order, starts)
 }
 
 /// Write refused rows to one file; returns how many and the first few reasons. No rows,
@@ -708,14 +728,16 @@ mod tests {
             Field::new("org", DataType::Int64, false),
             Arc::new(Int64Array::from(vec![1, 2])),
         );
-        let err = group_by_organization(&ids, 0).unwrap_err().to_string();
+        let err = group_by_organization(std::slice::from_ref(&ids), 0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`org` is Int64, not a string"), "{err}");
         let views = batch(
             Field::new("org", DataType::Utf8View, false),
             Arc::new(StringViewArray::from(vec!["R1", "R2"])),
         );
         assert!(
-            group_by_organization(&views, 0)
+            group_by_organization(std::slice::from_ref(&views), 0)
                 .unwrap_err()
                 .to_string()
                 .contains("Utf8View")
@@ -737,9 +759,8 @@ mod tests {
             )
             .unwrap()
         };
-        let grouped = |b: &RecordBatch| -> Vec<(String, Vec<i64>)> {
-            let mut g: Vec<(String, Vec<i64>)> = group_by_organization(b, 0)
-                .unwrap()
+        let lines = |groups: Grouped| -> Vec<(String, Vec<i64>)> {
+            let mut g: Vec<(String, Vec<i64>)> = groups
                 .into_iter()
                 .map(|(o, b)| {
                     (
@@ -754,44 +775,52 @@ mod tests {
             g.sort();
             g
         };
+        let grouped = |batches: &[RecordBatch]| lines(group_by_organization(batches, 0).unwrap());
         let owned = |o: &str, l: &[i64]| (o.to_string(), l.to_vec());
         // Interleaved: each organisation's lines in the order they came.
         let mixed = rows(vec!["R2", "R1", "R2", "R3", "R1", "R2"], vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(
-            grouped(&mixed),
+            grouped(std::slice::from_ref(&mixed)),
             [owned("R1", &[1, 4]), owned("R2", &[0, 2, 5]), owned("R3", &[3])]
         );
         // Already in runs: sliced as they are.
         let sorted = rows(vec!["R1", "R1", "R2"], vec![7, 8, 9]);
-        assert_eq!(grouped(&sorted), [owned("R1", &[7, 8]), owned("R2", &[9])]);
+        assert_eq!(
+            grouped(std::slice::from_ref(&sorted)),
+            [owned("R1", &[7, 8]), owned("R2", &[9])]
+        );
         // Runs, but one organisation twice: not grouped yet.
         let twice = rows(vec!["R1", "R2", "R1"], vec![0, 1, 2]);
         assert!(runs(&twice, 0).is_none());
-        assert_eq!(grouped(&twice), [owned("R1", &[0, 2]), owned("R2", &[1])]);
+        assert_eq!(
+            grouped(std::slice::from_ref(&twice)),
+            [owned("R1", &[0, 2]), owned("R2", &[1])]
+        );
+        // Several batches: gathered across them, in the order they came; each batch in runs
+        // of its own, but not together.
+        assert_eq!(
+            grouped(&[sorted.clone(), twice, sorted.clone()]),
+            [owned("R1", &[7, 8, 0, 2, 7, 8]), owned("R2", &[9, 1, 9])]
+        );
 
         // A chunk passes a grouped batch on at once, and holds unsorted ones (and any
         // batch after them) until it has CHUNK_ROWS rows or the input ends.
         let mut chunk = Chunk::default();
+        let (first, _) = chunk.add(Some(sorted.clone()), 0).unwrap().unwrap();
+        assert_eq!(lines(first), [owned("R1", &[7, 8]), owned("R2", &[9])]);
+        assert!(chunk.add(Some(mixed.clone()), 0).unwrap().is_none());
+        assert!(chunk.add(Some(sorted.clone()), 0).unwrap().is_none());
+        let (rest, per_row) = chunk.add(None, 0).unwrap().unwrap();
+        assert!(per_row > 0);
         assert_eq!(
-            chunk
-                .add(Some(sorted.clone()), &schema, 0)
-                .unwrap()
-                .map(|b| b.num_rows()),
-            Some(3)
-        );
-        assert!(chunk.add(Some(mixed.clone()), &schema, 0).unwrap().is_none());
-        assert!(chunk.add(Some(sorted.clone()), &schema, 0).unwrap().is_none());
-        let rest = chunk.add(None, &schema, 0).unwrap().unwrap();
-        assert_eq!(rest.num_rows(), 9);
-        assert_eq!(
-            grouped(&rest),
+            lines(rest),
             [
                 owned("R1", &[1, 4, 7, 8]),
                 owned("R2", &[0, 2, 5, 9]),
                 owned("R3", &[3])
             ]
         );
-        assert!(chunk.add(None, &schema, 0).unwrap().is_none());
+        assert!(chunk.add(None, 0).unwrap().is_none());
 
         // Wide rows: a chunk holding CHUNK_BYTES goes on with fewer rows.
         let wide_schema = Arc::new(Schema::new(vec![
@@ -808,10 +837,8 @@ mod tests {
         )
         .unwrap();
         let mut chunk = Chunk::default();
-        assert_eq!(
-            chunk.add(Some(wide), &wide_schema, 0).unwrap().map(|b| b.num_rows()),
-            Some(3)
-        );
+        let (groups, _) = chunk.add(Some(wide), 0).unwrap().unwrap();
+        assert_eq!(groups.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 3);
     }
 
     #[tokio::test]
