@@ -595,21 +595,17 @@ fn slices(batch: &RecordBatch, org: usize, runs: Vec<std::ops::Range<usize>>) ->
 }
 
 /// The rows of `batches` as one batch per organisation (the value of column `org`), with
-/// its name. A lone batch already grouped is sliced as it is; otherwise each row gets its
-/// organisation's number (a dictionary of the column over all the batches) and a
-/// counting sort on that number orders them: linear, and the rows of one organisation
-/// keep their order. The rows are gathered from the batches in that order in one copy.
+/// its name. Each row gets its organisation's number (a dictionary of the column over all
+/// the batches) and a counting sort on that number orders them: linear, and the rows of
+/// one organisation keep their order. The rows are gathered from the batches in that
+/// order in one copy. (A batch that comes grouped never gets here: [`Chunk::add`] slices
+/// it.)
 fn group_by_organization(batches: &[RecordBatch], org: usize) -> Result<Grouped, WriteError> {
     use arrow::datatypes::UInt32Type;
     let columns = batches
         .iter()
         .map(|b| organizations(b, org).map(|s| s as &dyn Array))
         .collect::<Result<Vec<_>, _>>()?;
-    if let [batch] = batches
-        && let Some(ranges) = runs(batch, org)
-    {
-        return slices(batch, org, ranges);
-    }
     let all = arrow::compute::concat(&columns)?;
     let numbered = arrow::compute::cast(
         &all,
@@ -617,13 +613,11 @@ fn group_by_organization(batches: &[RecordBatch], org: usize) -> Result<Grouped,
     )?;
     let numbered = numbered.as_dictionary::<UInt32Type>();
     let names = numbered.values().as_string::<i32>();
-    let (order, starts) = counting_sort(numbered.keys().values(), names.len());
-    let place: Vec<(usize, usize)> = batches
+    let places = batches
         .iter()
         .enumerate()
-        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |row| (b, row)))
-        .collect();
-    let order: Vec<(usize, usize)> = order.iter().map(|&row| place[row as usize]).collect();
+        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |row| (b, row)));
+    let (order, starts) = counting_sort(numbered.keys().values(), places, names.len());
     let sorted = arrow::compute::interleave_record_batch(&batches.iter().collect::<Vec<_>>(), &order)?;
     Ok((0..names.len())
         .filter(|&k| starts[k + 1] > starts[k])
@@ -636,9 +630,14 @@ fn group_by_organization(batches: &[RecordBatch], org: usize) -> Result<Grouped,
         .collect())
 }
 
-/// The positions of `keys` (each below `distinct`) ordered by key, stably, and where each
-/// key's positions start in that order (with the end last).
-fn counting_sort(keys: &[u32], distinct: usize) -> (Vec<u32>, Vec<usize>) {
+/// The places of `keys` (each below `distinct`; `places` gives each key's place, in the
+/// same order) ordered by key, stably, and where each key's places start in that order
+/// (with the end last).
+fn counting_sort<P: Copy + Default>(
+    keys: &[u32],
+    places: impl Iterator<Item = P>,
+    distinct: usize,
+) -> (Vec<P>, Vec<usize>) {
     let mut starts = vec![0usize; distinct + 1];
     for &k in keys {
         starts[k as usize + 1] += 1;
@@ -647,9 +646,9 @@ fn counting_sort(keys: &[u32], distinct: usize) -> (Vec<u32>, Vec<usize>) {
         starts[k] += starts[k - 1];
     }
     let mut next = starts.clone();
-    let mut order = vec![0u32; keys.len()];
-    for (row, &k) in keys.iter().enumerate() {
-        order[next[k as usize]] = row as u32;
+    let mut order = vec![P::default(); keys.len()];
+    for (place, &k) in places.zip(keys) {
+        order[next[k as usize]] = place;
         next[k as usize] += 1;
     }
     (order, starts)
@@ -742,6 +741,17 @@ mod tests {
                 .to_string()
                 .contains("Utf8View")
         );
+        let text = batch(
+            Field::new("org", DataType::Utf8, false),
+            Arc::new(arrow::array::StringArray::from(vec!["R2", "R1", "R2"])),
+        );
+        let mut groups: Vec<(String, usize)> = group_by_organization(std::slice::from_ref(&text), 0)
+            .unwrap()
+            .into_iter()
+            .map(|(o, b)| (o, b.num_rows()))
+            .collect();
+        groups.sort();
+        assert_eq!(groups, [("R1".to_string(), 1), ("R2".to_string(), 2)]);
     }
 
     #[test]
@@ -783,7 +793,7 @@ mod tests {
             grouped(std::slice::from_ref(&mixed)),
             [owned("R1", &[1, 4]), owned("R2", &[0, 2, 5]), owned("R3", &[3])]
         );
-        // Already in runs: sliced as they are.
+        // Already in runs: the same runs.
         let sorted = rows(vec!["R1", "R1", "R2"], vec![7, 8, 9]);
         assert_eq!(
             grouped(std::slice::from_ref(&sorted)),
