@@ -7,6 +7,7 @@
 //!   functions registered for SQL;
 //! - [`materialize`]: a plan a stage reads twice, computed once (in memory, spilled past the limit);
 //! - [`operator`]: the one shape of billflow's physical operators (`BatchExec`);
+//! - [`lookup`]: rows looked up in a table with one row per key, passed on uncopied;
 //! - [`tap`]: the counting checkpoint; [`residue`]: penny-residue assignment;
 //! - [`money`]: exact Decimal128 kernels and their UDFs;
 //! - [`side`]: refused rows and removed-row counts that stages leave beside their output;
@@ -15,6 +16,7 @@
 //! - [`text_checks`]: text a cast would change silently (too many places, a date not `YYYY-MM-DD`).
 
 pub mod interop;
+pub mod lookup;
 pub mod materialize;
 pub mod money;
 pub mod operator;

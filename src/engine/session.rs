@@ -80,8 +80,12 @@ pub struct Planner;
 #[async_trait]
 impl QueryPlanner for Planner {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![planner_for::<Checkpoint>(), planner_for::<ResidueNode>()])
-            .create_physical_plan(plan, session)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            planner_for::<Checkpoint>(),
+            planner_for::<ResidueNode>(),
+            super::lookup::planner(),
+        ])
+        .create_physical_plan(plan, session)
+        .await
     }
 }

@@ -25,6 +25,7 @@ use marked_yaml::Node;
 use super::StageError;
 use super::settings::plan_err;
 use crate::definition::{Reader, Text};
+use crate::engine::lookup::lookup;
 
 /// How to join a reference: what the engine needs, whatever stage asks.
 pub struct Join {
@@ -201,39 +202,34 @@ pub async fn join_frame(input: DataFrame, reference: DataFrame, j: &Join) -> Res
                 .collect();
             aggs.push(count(lit(1)).alias("__ref_n"));
             let reduced = reference.aggregate(group, aggs).map_err(plan_err)?;
-            let on: Vec<Expr> = j
+            let on: Vec<(Expr, Expr)> = j
                 .keys
                 .iter()
                 .enumerate()
-                .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
+                .map(|(i, (e, _))| (e.clone(), ident(rk(i))))
                 .collect();
-            // The small reference on the build side: the stream is probed, never collected.
-            let joined = reduced.join_on(input, JoinType::Right, on).map_err(plan_err)?;
+            // The small reference is indexed; the stream's rows pass by it, not copied.
+            let joined = lookup(input, reduced, on, false).map_err(plan_err)?;
             (joined, coalesce(vec![ident("__ref_n"), lit(0i64)]))
         }
         Some((date, from, to)) => {
             let to = to.column_in(reference.schema()).map(str::to_string);
             let segments = validity_segments(reference, j, from, to.as_deref())?;
-            let mut on: Vec<Expr> = j
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, (e, _))| e.clone().eq(ident(rk(i))))
-                .collect();
+            let keys = j.keys.iter().enumerate().map(|(i, (e, _))| (e.clone(), ident(rk(i))));
             // At most one segment holds a row's date: one output row per input row, and the
             // small segment table on the build side.
             let joined = match daily(&segments, date, &input).await? {
-                // Dates and few days in all: one row per day of each segment, joined on
+                // Dates and few days in all: one row per day of each segment, looked up by
                 // the day (an equality, no range test per candidate segment). Dates after
                 // the last bound belong to the open-ended segments, which reach it.
                 Some((days, last)) => {
-                    on.push(
-                        datafusion::functions::expr_fn::least(vec![date.clone(), lit(ScalarValue::Date32(Some(last)))])
-                            .eq(ident("__seg_day")),
-                    );
-                    days.join_on(input, JoinType::Right, on).map_err(plan_err)?
+                    let day =
+                        datafusion::functions::expr_fn::least(vec![date.clone(), lit(ScalarValue::Date32(Some(last)))]);
+                    let on = keys.chain([(day, ident("__seg_day"))]).collect();
+                    lookup(input, days, on, false).map_err(plan_err)?
                 }
                 None => {
+                    let mut on: Vec<Expr> = keys.map(|(e, r)| e.eq(r)).collect();
                     on.push(date.clone().gt_eq(ident("__seg_start")));
                     on.push(ident("__seg_end").is_null().or(date.clone().lt(ident("__seg_end"))));
                     segments.join_on(input, JoinType::Right, on).map_err(plan_err)?
@@ -501,7 +497,7 @@ mod tests {
     /// still all one row's.
     #[tokio::test]
     async fn values_for_keys_whose_several_rows_fail_are_taken_in_bulk_and_otherwise_from_one_row() {
-        let ctx = SessionContext::new();
+        let ctx = crate::engine::session::session(&crate::engine::session::runtime(None).unwrap(), 2);
         let reference = ctx
             .sql("SELECT * FROM (VALUES ('a', 'x', 1), ('b', 'z', 2), ('b', 'y', 3)) AS t(k, name, n)")
             .await

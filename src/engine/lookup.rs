@@ -1,0 +1,773 @@
+//! Looking each row of a stream up in a table with at most one row per key: the stream's
+//! rows go on as they came, each with the table's columns of its key's row (NULL where
+//! none has it). It is what a right outer join to a table unique on the join keys gives,
+//! without its copy of the stream: a hash join builds its output by gathering (`take`)
+//! every column of the probe side, even when each probe row finds one match in order.
+//! Here the stream's columns are passed on untouched and only the table's are gathered.
+//!
+//! The table is built once per execution of the plan, for all partitions of the stream
+//! (as a join's small side is), and is accounted in the memory pool. A table with two rows
+//! for one key is an error, never a silent choice: the callers reduce their tables to one
+//! row per key first.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::buffer::{BooleanBuffer, NullBuffer};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef, internal_err, plan_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, ExprSchemable, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore, cast,
+};
+use datafusion::physical_expr::equivalence::ProjectionMapping;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{Distribution, PhysicalExpr};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use datafusion::prelude::DataFrame;
+use futures::{StreamExt, TryFutureExt, TryStreamExt};
+
+/// `probe` with the columns of `table` added: for each row of `probe`, those of the row
+/// of `table` whose keys equal its own (`on`: pairs of an expression over `probe` and
+/// one over `table`, compared as `=`, or as `IS NOT DISTINCT FROM` when `nulls_equal`),
+/// NULL when `table` has none. One output row per row of `probe`, in its order and
+/// partitions. Keys of different types are compared in their common type.
+pub fn lookup(probe: DataFrame, table: DataFrame, on: Vec<(Expr, Expr)>, nulls_equal: bool) -> Result<DataFrame> {
+    let (state, probe) = probe.into_parts();
+    let (_, table) = table.into_parts();
+    let node = LookupNode::try_new(probe, table, on, nulls_equal)?;
+    Ok(DataFrame::new(
+        state,
+        LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+    ))
+}
+
+/// The logical node: its inputs are the stream (`probe`) and the table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LookupNode {
+    probe: LogicalPlan,
+    table: LogicalPlan,
+    /// (over `probe`, over `table`), of the same type.
+    on: Vec<(Expr, Expr)>,
+    nulls_equal: bool,
+    schema: DFSchemaRef,
+}
+
+impl PartialOrd for LookupNode {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        (self == other).then_some(CmpOrdering::Equal)
+    }
+}
+
+impl LookupNode {
+    fn try_new(probe: LogicalPlan, table: LogicalPlan, on: Vec<(Expr, Expr)>, nulls_equal: bool) -> Result<Self> {
+        if on.is_empty() {
+            return plan_err!("a lookup needs at least one key");
+        }
+        let on = on
+            .into_iter()
+            .map(|(p, t)| common_type(p, probe.schema(), t, table.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        // The table's columns are NULL for a row whose key it has not.
+        let table_fields: Vec<_> = table
+            .schema()
+            .iter()
+            .map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))))
+            .collect();
+        let table_schema = DFSchema::new_with_metadata(table_fields, Default::default())?;
+        let schema = Arc::new(probe.schema().join(&table_schema)?);
+        Ok(LookupNode {
+            probe,
+            table,
+            on,
+            nulls_equal,
+            schema,
+        })
+    }
+}
+
+/// The key pair cast to the type both compare in.
+fn common_type(p: Expr, probe: &DFSchema, t: Expr, table: &DFSchema) -> Result<(Expr, Expr)> {
+    let (pt, tt) = (p.get_type(probe)?, t.get_type(table)?);
+    if pt == tt {
+        return Ok((p, t));
+    }
+    let Some(common) = datafusion::logical_expr::type_coercion::binary::comparison_coercion(&pt, &tt) else {
+        return plan_err!("a lookup cannot compare {p} ({pt}) with {t} ({tt})");
+    };
+    let to = |e: Expr, ty: &arrow::datatypes::DataType| if *ty == common { e } else { cast(e, common.clone()) };
+    Ok((to(p, &pt), to(t, &tt)))
+}
+
+impl UserDefinedLogicalNodeCore for LookupNode {
+    fn name(&self) -> &str {
+        "Lookup"
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.probe, &self.table]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+    /// The probe's keys, then the table's.
+    fn expressions(&self) -> Vec<Expr> {
+        let (p, t): (Vec<Expr>, Vec<Expr>) = self.on.iter().cloned().unzip();
+        p.into_iter().chain(t).collect()
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let on: Vec<String> = self.on.iter().map(|(p, t)| format!("{p} = {t}")).collect();
+        let eq = if self.nulls_equal { ", nulls equal" } else { "" };
+        write!(f, "Lookup: on=[{}]{eq}", on.join(", "))
+    }
+    fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let (Some(table), Some(probe), true, true) = (
+            inputs.pop(),
+            inputs.pop(),
+            inputs.is_empty(),
+            exprs.len() == 2 * self.on.len(),
+        ) else {
+            return internal_err!("Lookup takes two inputs and a pair of expressions per key");
+        };
+        let table_keys = exprs.split_off(self.on.len());
+        LookupNode::try_new(
+            probe,
+            table,
+            exprs.into_iter().zip(table_keys).collect(),
+            self.nulls_equal,
+        )
+    }
+    /// The probe's columns the parent needs and the table's (the keys' columns are added by
+    /// the optimiser).
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        let width = self.probe.schema().fields().len();
+        let (probe, table): (Vec<usize>, Vec<usize>) = output_columns.iter().partition(|&&i| i < width);
+        Some(vec![probe, table.into_iter().map(|i| i - width).collect()])
+    }
+    // Filters stay above: DataFusion pushes what passes an extension node into every one
+    // of its inputs, and the table's columns are not the stream's.
+    fn supports_limit_pushdown(&self) -> bool {
+        false
+    }
+}
+
+/// The physical operator.
+#[derive(Debug)]
+pub struct LookupExec {
+    probe: Arc<dyn ExecutionPlan>,
+    table: Arc<dyn ExecutionPlan>,
+    probe_keys: Vec<Arc<dyn PhysicalExpr>>,
+    table_keys: Vec<Arc<dyn PhysicalExpr>>,
+    nulls_equal: bool,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    /// The table as built by the first partition to need it, for this plan's execution.
+    built: Arc<tokio::sync::OnceCell<Arc<Table>>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// The table, ready to be probed.
+#[derive(Debug)]
+struct Table {
+    /// Its columns (all of them; their row `i` is the row of key `i`).
+    columns: Vec<ArrayRef>,
+    encoding: Encoding,
+    /// Each key's row in the table, by its keys' row encoding.
+    rows_of: datafusion::common::HashMap<Box<[u8]>, u32>,
+    _reservation: MemoryReservation,
+}
+
+impl LookupExec {
+    fn try_new(
+        probe: Arc<dyn ExecutionPlan>,
+        table: Arc<dyn ExecutionPlan>,
+        probe_keys: Vec<Arc<dyn PhysicalExpr>>,
+        table_keys: Vec<Arc<dyn PhysicalExpr>>,
+        nulls_equal: bool,
+    ) -> Result<Self> {
+        let probe_schema = probe.schema();
+        let mut fields: Vec<Arc<Field>> = probe_schema.fields().iter().cloned().collect();
+        fields.extend(
+            table
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+        );
+        let schema = Arc::new(Schema::new_with_metadata(fields, probe_schema.metadata().clone()));
+        // The probe's columns keep their places: its order, equivalences and partitioning
+        // hold for the output as they are, mapped column to column.
+        let mapping = ProjectionMapping::try_new(
+            probe_schema.fields().iter().enumerate().map(|(i, f)| {
+                (
+                    Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,
+                    f.name().clone(),
+                )
+            }),
+            &probe_schema,
+        )?;
+        let input_eq = probe.equivalence_properties();
+        let properties = PlanProperties::new(
+            input_eq.project(&mapping, schema.clone()),
+            probe.output_partitioning().project(&mapping, input_eq),
+            probe.pipeline_behavior(),
+            probe.boundedness(),
+        );
+        Ok(LookupExec {
+            probe,
+            table,
+            probe_keys,
+            table_keys,
+            nulls_equal,
+            schema,
+            properties: Arc::new(properties),
+            built: Arc::new(tokio::sync::OnceCell::new()),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for LookupExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let on: Vec<String> = self
+            .probe_keys
+            .iter()
+            .zip(&self.table_keys)
+            .map(|(p, t)| format!("{p} = {t}"))
+            .collect();
+        let eq = if self.nulls_equal { ", nulls equal" } else { "" };
+        write!(f, "LookupExec: on=[{}]{eq}", on.join(", "))
+    }
+}
+
+impl ExecutionPlan for LookupExec {
+    fn name(&self) -> &str {
+        "LookupExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution, Distribution::SinglePartition]
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true, false]
+    }
+    /// As a hash join's probe side: more partitions, more cores.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true, false]
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.probe, &self.table]
+    }
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for e in self.probe_keys.iter().chain(&self.table_keys) {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(table), Some(probe), true) = (children.pop(), children.pop(), children.is_empty()) else {
+            return internal_err!("LookupExec takes two inputs");
+        };
+        Ok(Arc::new(LookupExec::try_new(
+            probe,
+            table,
+            self.probe_keys.clone(),
+            self.table_keys.clone(),
+            self.nulls_equal,
+        )?))
+    }
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let probe = self.probe.execute(partition, context.clone())?;
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let (built, table, table_keys) = (self.built.clone(), self.table.clone(), self.table_keys.clone());
+        let (probe_keys, nulls_equal, schema) = (self.probe_keys.clone(), self.nulls_equal, self.schema.clone());
+        let table = async move {
+            built
+                .get_or_try_init(|| build(table, table_keys, nulls_equal, context))
+                .await
+                .cloned()
+        };
+        let out = schema.clone();
+        let rows = futures::stream::once(table.map_ok(move |table| {
+            probe.map(move |batch| {
+                let timer = metrics.elapsed_compute().timer();
+                let looked_up = batch.and_then(|b| look_up(&table, &probe_keys, nulls_equal, &out, &b));
+                timer.done();
+                if let Ok(b) = &looked_up {
+                    metrics.record_output(b.num_rows());
+                }
+                looked_up
+            })
+        }))
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
+    }
+}
+
+/// Read the whole table and index its rows by key.
+async fn build(
+    plan: Arc<dyn ExecutionPlan>,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    nulls_equal: bool,
+    context: Arc<TaskContext>,
+) -> Result<Arc<Table>> {
+    let reservation = MemoryConsumer::new("LookupExec table").register(context.memory_pool());
+    let schema = plan.schema();
+    let batches = datafusion::physical_plan::collect(plan, context).await?;
+    let values = arrow::compute::concat_batches(&schema, &batches)?;
+    drop(batches);
+    let key_columns = evaluate(&keys, &values)?;
+    let encoding = Encoding::of(&key_columns, nulls_equal)?;
+    let comparable = comparable(&key_columns, nulls_equal);
+    let mut rows_of = datafusion::common::HashMap::with_capacity(values.num_rows());
+    let mut several = None;
+    encoding.each_key(&key_columns, comparable.as_ref(), |i, key| {
+        let Some(key) = key else { return };
+        if rows_of.insert(Box::<[u8]>::from(key), i as u32).is_some() {
+            several.get_or_insert(i);
+        }
+    })?;
+    if let Some(i) = several {
+        return Err(DataFusionError::Execution(format!(
+            "a lookup table has several rows for one key (row {i}): it must be reduced to one row per key first"
+        )));
+    }
+    let key_bytes: usize = rows_of.keys().map(|k| k.len() + 16).sum();
+    reservation.try_grow(values.get_array_memory_size() + key_bytes + rows_of.capacity() * 8)?;
+    Ok(Arc::new(Table {
+        columns: values.columns().to_vec(),
+        encoding,
+        rows_of,
+        _reservation: reservation,
+    }))
+}
+
+/// How a row's keys become the bytes it is found by: the text itself for one text key
+/// compared with `=` (most lookups: an id), else the keys' row encoding (several keys,
+/// other types, or NULL equal to NULL, which the text alone could not tell from "").
+#[derive(Debug)]
+enum Encoding {
+    Text,
+    Rows(RowConverter),
+}
+
+impl Encoding {
+    fn of(keys: &[ArrayRef], nulls_equal: bool) -> Result<Self> {
+        use arrow::datatypes::DataType::{LargeUtf8, Utf8, Utf8View};
+        Ok(match keys {
+            [one] if !nulls_equal && matches!(one.data_type(), Utf8 | LargeUtf8 | Utf8View) => Encoding::Text,
+            _ => Encoding::Rows(RowConverter::new(
+                keys.iter().map(|k| SortField::new(k.data_type().clone())).collect(),
+            )?),
+        })
+    }
+
+    /// Call `f` with each row's number and its key's bytes (`None`: a row that matches
+    /// nothing, as `comparable` says).
+    fn each_key(
+        &self,
+        keys: &[ArrayRef],
+        comparable: Option<&NullBuffer>,
+        mut f: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<()> {
+        let n = keys.first().map_or(0, |k| k.len());
+        let c = comparable;
+        match (self, keys) {
+            (Encoding::Text, [one]) => {
+                if let Some(text) = one.as_string_view_opt() {
+                    each_row(n, c, |i| text.value(i).as_bytes(), &mut f);
+                } else if let Some(text) = one.as_string_opt::<i32>() {
+                    each_row(n, c, |i| text.value(i).as_bytes(), &mut f);
+                } else if let Some(text) = one.as_string_opt::<i64>() {
+                    each_row(n, c, |i| text.value(i).as_bytes(), &mut f);
+                } else {
+                    return internal_err!("a lookup's text key is {}", one.data_type());
+                }
+            }
+            (Encoding::Rows(converter), _) => {
+                let rows: Rows = converter.convert_columns(keys)?;
+                each_row(n, c, |i| rows.row(i).data(), &mut f);
+            }
+            (Encoding::Text, _) => return internal_err!("a lookup by text has {} keys", keys.len()),
+        }
+        Ok(())
+    }
+}
+
+/// `f` over rows `0..n`, each with its key from `key` (one loop per kind of key).
+fn each_row<'k>(
+    n: usize,
+    comparable: Option<&NullBuffer>,
+    key: impl Fn(usize) -> &'k [u8],
+    f: &mut impl FnMut(usize, Option<&[u8]>),
+) {
+    for i in 0..n {
+        f(i, comparable.is_none_or(|c| c.is_valid(i)).then(|| key(i)));
+    }
+}
+
+fn evaluate(keys: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    keys.iter()
+        .map(|k| k.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())))
+        .collect()
+}
+
+/// Which rows may match at all: with `=`, a row with a NULL key matches nothing. `None`:
+/// all of them.
+fn comparable(keys: &[ArrayRef], nulls_equal: bool) -> Option<NullBuffer> {
+    if nulls_equal {
+        return None;
+    }
+    keys.iter().fold(None, |acc, k| {
+        NullBuffer::union(acc.as_ref(), k.logical_nulls().as_ref())
+    })
+}
+
+/// One batch of the probe with the table's columns of each row's key.
+fn look_up(
+    table: &Table,
+    keys: &[Arc<dyn PhysicalExpr>],
+    nulls_equal: bool,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let key_columns = evaluate(keys, batch)?;
+    let comparable = comparable(&key_columns, nulls_equal);
+    let mut places = Vec::with_capacity(n);
+    let mut found = arrow::array::BooleanBufferBuilder::new(n);
+    table.encoding.each_key(&key_columns, comparable.as_ref(), |_, key| {
+        let place = key.and_then(|k| table.rows_of.get(k));
+        found.append(place.is_some());
+        places.push(place.copied().unwrap_or(0));
+    })?;
+    let found: BooleanBuffer = found.finish();
+    let none_found = found.count_set_bits() == 0;
+    let places = UInt32Array::new(places.into(), Some(NullBuffer::new(found)));
+    let mut columns = batch.columns().to_vec();
+    for c in &table.columns {
+        columns.push(if none_found {
+            arrow::array::new_null_array(c.data_type(), n)
+        } else {
+            arrow::compute::take(c.as_ref(), &places, None)?
+        });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The planner of [`LookupNode`]s, listed by the session's query planner.
+pub fn planner() -> Arc<dyn ExtensionPlanner + Send + Sync> {
+    Arc::new(LookupPlanner)
+}
+
+struct LookupPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for LookupPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(n) = node.as_any().downcast_ref::<LookupNode>() else {
+            return Ok(None);
+        };
+        let ([probe_logical, table_logical], [probe, table]) = (logical_inputs, physical_inputs) else {
+            return internal_err!("Lookup takes two inputs");
+        };
+        let exprs = |side: &LogicalPlan, exprs: Vec<&Expr>| {
+            exprs
+                .into_iter()
+                .map(|e| planner.create_physical_expr(e, side.schema(), session, planning_ctx))
+                .collect::<Result<Vec<_>>>()
+        };
+        let probe_keys = exprs(probe_logical, n.on.iter().map(|(p, _)| p).collect())?;
+        let table_keys = exprs(table_logical, n.on.iter().map(|(_, t)| t).collect())?;
+        Ok(Some(Arc::new(LookupExec::try_new(
+            probe.clone(),
+            table.clone(),
+            probe_keys,
+            table_keys,
+            n.nulls_equal,
+        )?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Int32Array, Int64Array, StringArray, StringViewArray};
+    use arrow::datatypes::{DataType, Int32Type, Int64Type};
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+
+    fn session() -> SessionContext {
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(2))
+            .with_default_features()
+            .with_query_planner(Arc::new(crate::engine::session::Planner))
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Usage in two partitions (the second with a NULL key and a key the table lacks).
+    fn usage(ctx: &SessionContext) -> (DataFrame, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sku", DataType::Utf8View, true),
+            Field::new("qty", DataType::Int64, false),
+        ]));
+        let part = |skus: Vec<Option<&str>>, qty: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(StringViewArray::from(skus)), Arc::new(Int64Array::from(qty))],
+            )
+            .unwrap()
+        };
+        let parts = vec![
+            part(vec![Some("b"), Some("a"), Some("b")], vec![1, 2, 3]),
+            part(vec![None, Some("zz"), Some("a")], vec![4, 5, 6]),
+        ];
+        let table = datafusion::datasource::MemTable::try_new(
+            schema.clone(),
+            vec![vec![parts[0].clone()], vec![parts[1].clone()]],
+        )
+        .unwrap();
+        (ctx.read_table(Arc::new(table)).unwrap(), parts)
+    }
+
+    /// A price list (Utf8 keys, compared with the usage's string views), with a NULL key.
+    fn prices(ctx: &SessionContext) -> DataFrame {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("price_sku", DataType::Utf8, true),
+            Field::new("price", DataType::Int32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])),
+                Arc::new(Int32Array::from(vec![10, 20, 99])),
+            ],
+        )
+        .unwrap();
+        ctx.read_batch(batch).unwrap()
+    }
+
+    /// Each partition's rows in their order: (sku, qty, price).
+    async fn run(df: DataFrame) -> (Arc<dyn ExecutionPlan>, Vec<Vec<RecordBatch>>) {
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.unwrap();
+        let parts = datafusion::physical_plan::collect_partitioned(plan.clone(), task)
+            .await
+            .unwrap();
+        (plan, parts)
+    }
+
+    fn rows(batches: &[RecordBatch]) -> Vec<(Option<String>, i64, Option<i32>)> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let sku = b.column(0).as_string_view();
+                let qty = b.column(1).as_primitive::<Int64Type>();
+                let price = b.column(2).as_primitive::<Int32Type>();
+                (0..b.num_rows())
+                    .map(|i| {
+                        (
+                            sku.is_valid(i).then(|| sku.value(i).to_string()),
+                            qty.value(i),
+                            price.is_valid(i).then(|| price.value(i)),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_row_keeps_its_place_and_its_columns_and_gets_its_keys_row() {
+        let ctx = session();
+        let (usage, input) = usage(&ctx);
+        let df = lookup(usage, prices(&ctx), vec![(col("sku"), col("price_sku"))], false)
+            .unwrap()
+            .select(vec![col("sku"), col("qty"), col("price")])
+            .unwrap();
+        let (plan, parts) = run(df).await;
+        let s = |v: &str| Some(v.to_string());
+        // A NULL key matches nothing under `=`, not even the table's NULL key; "zz" is
+        // not in the table.
+        assert_eq!(
+            parts.iter().map(|p| rows(p)).collect::<Vec<_>>(),
+            [
+                vec![(s("b"), 1, Some(20)), (s("a"), 2, Some(10)), (s("b"), 3, Some(20))],
+                vec![(None, 4, None), (s("zz"), 5, None), (s("a"), 6, Some(10))],
+            ]
+        );
+        // The stream's columns are passed on, not copied: the same buffers.
+        for (part, original) in parts.iter().zip(&input) {
+            for c in 0..2 {
+                assert!(
+                    part[0].column(c).to_data().ptr_eq(&original.column(c).to_data()),
+                    "column {c} was copied"
+                );
+            }
+        }
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        assert!(shown.contains("LookupExec: on=[sku@0 = "), "{shown}");
+        assert!(!shown.contains("HashJoinExec"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn with_nulls_equal_a_null_key_finds_the_tables_null_key() {
+        let ctx = session();
+        let (usage, _) = usage(&ctx);
+        let df = lookup(usage, prices(&ctx), vec![(col("sku"), col("price_sku"))], true)
+            .unwrap()
+            .select(vec![col("sku"), col("qty"), col("price")])
+            .unwrap();
+        let (_, parts) = run(df).await;
+        let found: Vec<(i64, Option<i32>)> = parts.iter().flat_map(|p| rows(p)).map(|r| (r.1, r.2)).collect();
+        assert_eq!(
+            found,
+            [
+                (1, Some(20)),
+                (2, Some(10)),
+                (3, Some(20)),
+                (4, Some(99)),
+                (5, None),
+                (6, Some(10))
+            ]
+        );
+    }
+
+    /// Keys of several columns and of different types (Int32 against Int64) compare in
+    /// their common type; a filter above stays there (DataFusion would push it into the
+    /// table too), and only the columns used are read.
+    #[tokio::test]
+    async fn keys_of_several_columns_and_types_and_what_the_optimiser_may_do() {
+        let ctx = session();
+        let (usage, _) = usage(&ctx);
+        let table = ctx
+            .sql("SELECT * FROM (VALUES ('a', CAST(2 AS INT), 'two a', 1), ('b', CAST(3 AS INT), 'three b', 2), ('a', CAST(6 AS INT), 'six a', 3)) AS t(k, n, label, unused)")
+            .await
+            .unwrap();
+        let df = lookup(
+            usage,
+            table,
+            vec![(col("sku"), col("k")), (col("qty"), col("n"))],
+            false,
+        )
+        .unwrap()
+        .filter(col("qty").gt(lit(1i64)))
+        .unwrap()
+        .select(vec![col("qty"), col("label")])
+        .unwrap();
+        let (plan, parts) = run(df).await;
+        let mut found: Vec<(i64, Option<String>)> = parts
+            .iter()
+            .flatten()
+            .flat_map(|b| {
+                let qty = b.column(0).as_primitive::<Int64Type>();
+                let label = b.column(1).as_string::<i32>();
+                (0..b.num_rows())
+                    .map(|i| (qty.value(i), label.is_valid(i).then(|| label.value(i).to_string())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (2, Some("two a".into())),
+                (3, Some("three b".into())),
+                (4, None),
+                (5, None),
+                (6, Some("six a".into()))
+            ]
+        );
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let lookup_line = shown.lines().position(|l| l.contains("LookupExec")).unwrap();
+        let filter_line = shown.lines().position(|l| l.contains("FilterExec")).unwrap();
+        assert!(filter_line < lookup_line, "the filter runs above the lookup:\n{shown}");
+        let mut lookups = vec![];
+        let _ = datafusion::common::tree_node::TreeNode::apply(&plan, |p| {
+            let any: &dyn std::any::Any = p.as_ref();
+            if let Some(l) = any.downcast_ref::<LookupExec>() {
+                lookups.push(l.table.schema());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let table_columns: Vec<String> = lookups[0].fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(
+            table_columns,
+            ["k", "n", "label"],
+            "an unused column of the table is not read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_table_with_two_rows_for_one_key_is_an_error() {
+        let ctx = session();
+        let (usage, _) = usage(&ctx);
+        let table = ctx
+            .sql("SELECT * FROM (VALUES ('a', 1), ('b', 2), ('a', 3)) AS t(k, price)")
+            .await
+            .unwrap();
+        let df = lookup(usage, table, vec![(col("sku"), col("k"))], false).unwrap();
+        let e = df.collect().await.unwrap_err();
+        assert!(
+            e.to_string().contains("a lookup table has several rows for one key"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_table_gives_nulls_and_keys_that_cannot_compare_are_a_plan_error() {
+        let ctx = session();
+        let (usage, _) = usage(&ctx);
+        let empty = prices(&ctx).filter(lit(false)).unwrap();
+        let df = lookup(usage.clone(), empty, vec![(col("sku"), col("price_sku"))], false)
+            .unwrap()
+            .select(vec![col("sku"), col("qty"), col("price")])
+            .unwrap();
+        let (_, parts) = run(df).await;
+        let prices: Vec<Option<i32>> = parts.iter().flat_map(|p| rows(p)).map(|r| r.2).collect();
+        assert_eq!(prices, [None; 6]);
+        let lists = ctx.sql("SELECT [1, 2] AS l").await.unwrap();
+        let Err(e) = lookup(usage, lists, vec![(col("qty"), col("l"))], false) else {
+            panic!("an Int64 key looked up in a list column");
+        };
+        assert!(
+            e.to_string()
+                .contains("a lookup cannot compare qty (Int64) with l (List("),
+            "{e}"
+        );
+    }
+}
