@@ -17,7 +17,6 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -80,10 +79,17 @@ impl LookupNode {
             .into_iter()
             .map(|(p, t)| common_type(p, probe.schema(), t, table.schema()))
             .collect::<Result<Vec<_>>>()?;
-        // The table's columns are NULL for a row whose key it has not.
+        // The table's columns but its keys' (the stream has those), NULL for a row whose
+        // key the table has not.
+        let keys: Vec<&datafusion::common::Column> = on.iter().flat_map(|(_, t)| t.column_refs()).collect();
         let table_fields: Vec<_> = table
             .schema()
             .iter()
+            .filter(|(q, f)| {
+                !keys
+                    .iter()
+                    .any(|k| k.name == *f.name() && k.relation.as_ref().is_none_or(|r| Some(r) == *q))
+            })
             .map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))))
             .collect();
         let table_schema = DFSchema::new_with_metadata(table_fields, Default::default())?;
@@ -152,8 +158,18 @@ impl UserDefinedLogicalNodeCore for LookupNode {
     /// the optimiser).
     fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
         let width = self.probe.schema().fields().len();
-        let (probe, table): (Vec<usize>, Vec<usize>) = output_columns.iter().partition(|&&i| i < width);
-        Some(vec![probe, table.into_iter().map(|i| i - width).collect()])
+        let table = self.table.schema();
+        let mut needed = (vec![], vec![]);
+        for &i in output_columns {
+            if i < width {
+                needed.0.push(i);
+            } else {
+                let (q, f) = self.schema.qualified_field(i);
+                needed.1.push(table.index_of_column_by_name(q, f.name())?);
+            }
+        }
+        needed.1.sort_unstable();
+        Some(vec![needed.0, needed.1])
     }
     // Filters stay above: DataFusion pushes what passes an extension node into every one
     // of its inputs, and the table's columns are not the stream's.
@@ -170,6 +186,8 @@ pub struct LookupExec {
     probe_keys: Vec<Arc<dyn PhysicalExpr>>,
     table_keys: Vec<Arc<dyn PhysicalExpr>>,
     nulls_equal: bool,
+    /// The table's columns in the output: all but those its keys are made of.
+    values: Vec<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     /// The table as built by the first partition to need it, for this plan's execution.
@@ -180,11 +198,9 @@ pub struct LookupExec {
 /// The table, ready to be probed.
 #[derive(Debug)]
 struct Table {
-    /// Its columns (all of them; their row `i` is the row of key `i`).
+    /// Its columns in the output (row `i` of each is the row of key `i`).
     columns: Vec<ArrayRef>,
-    encoding: Encoding,
-    /// Each key's row in the table, by its keys' row encoding.
-    rows_of: datafusion::common::HashMap<Box<[u8]>, u32>,
+    index: Index,
     _reservation: MemoryReservation,
 }
 
@@ -197,13 +213,18 @@ impl LookupExec {
         nulls_equal: bool,
     ) -> Result<Self> {
         let probe_schema = probe.schema();
+        let keys: Vec<usize> = table_keys
+            .iter()
+            .flat_map(datafusion::physical_expr::utils::collect_columns)
+            .map(|c| c.index())
+            .collect();
+        let table_schema = table.schema();
+        let values: Vec<usize> = (0..table_schema.fields().len()).filter(|i| !keys.contains(i)).collect();
         let mut fields: Vec<Arc<Field>> = probe_schema.fields().iter().cloned().collect();
         fields.extend(
-            table
-                .schema()
-                .fields()
+            values
                 .iter()
-                .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+                .map(|&i| Arc::new(table_schema.field(i).clone().with_nullable(true))),
         );
         let schema = Arc::new(Schema::new_with_metadata(fields, probe_schema.metadata().clone()));
         // The probe's columns keep their places: its order, equivalences and partitioning
@@ -230,6 +251,7 @@ impl LookupExec {
             probe_keys,
             table_keys,
             nulls_equal,
+            values,
             schema,
             properties: Arc::new(properties),
             built: Arc::new(tokio::sync::OnceCell::new()),
@@ -301,10 +323,11 @@ impl ExecutionPlan for LookupExec {
         let probe = self.probe.execute(partition, context.clone())?;
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let (built, table, table_keys) = (self.built.clone(), self.table.clone(), self.table_keys.clone());
+        let values = self.values.clone();
         let (probe_keys, nulls_equal, schema) = (self.probe_keys.clone(), self.nulls_equal, self.schema.clone());
         let table = async move {
             built
-                .get_or_try_init(|| build(table, table_keys, nulls_equal, context))
+                .get_or_try_init(|| build(table, table_keys, values, nulls_equal, context))
                 .await
                 .cloned()
         };
@@ -329,101 +352,185 @@ impl ExecutionPlan for LookupExec {
 async fn build(
     plan: Arc<dyn ExecutionPlan>,
     keys: Vec<Arc<dyn PhysicalExpr>>,
+    values: Vec<usize>,
     nulls_equal: bool,
     context: Arc<TaskContext>,
 ) -> Result<Arc<Table>> {
     let reservation = MemoryConsumer::new("LookupExec table").register(context.memory_pool());
     let schema = plan.schema();
     let batches = datafusion::physical_plan::collect(plan, context).await?;
-    let values = arrow::compute::concat_batches(&schema, &batches)?;
+    let table = arrow::compute::concat_batches(&schema, &batches)?;
     drop(batches);
-    let key_columns = evaluate(&keys, &values)?;
-    let encoding = Encoding::of(&key_columns, nulls_equal)?;
+    let key_columns = evaluate(&keys, &table)?;
     let comparable = comparable(&key_columns, nulls_equal);
-    let mut rows_of = datafusion::common::HashMap::with_capacity(values.num_rows());
-    let mut several = None;
-    encoding.each_key(&key_columns, comparable.as_ref(), |i, key| {
-        let Some(key) = key else { return };
-        if rows_of.insert(Box::<[u8]>::from(key), i as u32).is_some() {
-            several.get_or_insert(i);
-        }
-    })?;
-    if let Some(i) = several {
-        return Err(DataFusionError::Execution(format!(
-            "a lookup table has several rows for one key (row {i}): it must be reduced to one row per key first"
-        )));
-    }
-    let key_bytes: usize = rows_of.keys().map(|k| k.len() + 16).sum();
-    reservation.try_grow(values.get_array_memory_size() + key_bytes + rows_of.capacity() * 8)?;
+    let index = Index::build(key_columns, comparable.as_ref(), nulls_equal)?;
+    reservation.try_grow(table.get_array_memory_size() + index.size())?;
     Ok(Arc::new(Table {
-        columns: values.columns().to_vec(),
-        encoding,
-        rows_of,
+        columns: values.into_iter().map(|i| table.column(i).clone()).collect(),
+        index,
         _reservation: reservation,
     }))
 }
 
-/// How a row's keys become the bytes it is found by: the text itself for one text key
-/// compared with `=` (most lookups: an id), else the keys' row encoding (several keys,
-/// other types, or NULL equal to NULL, which the text alone could not tell from "").
+/// The rows of a table by key.
 #[derive(Debug)]
-enum Encoding {
-    Text,
-    Rows(RowConverter),
+enum Index {
+    /// One text key compared with `=` (most lookups: an id): rows by the text's bytes.
+    Text(datafusion::common::HashMap<Box<[u8]>, u32>),
+    /// Any keys: rows by the hash of their keys (as a hash join hashes them), the rows
+    /// whose keys share a hash chained, and compared column by column. No copy of the
+    /// keys is made on either side.
+    Hashed {
+        first: datafusion::common::HashMap<u64, u32>,
+        /// The next row with the same hash ([`NO_ROW`]: none).
+        next: Vec<u32>,
+        keys: Vec<ArrayRef>,
+    },
 }
 
-impl Encoding {
-    fn of(keys: &[ArrayRef], nulls_equal: bool) -> Result<Self> {
-        use arrow::datatypes::DataType::{LargeUtf8, Utf8, Utf8View};
-        Ok(match keys {
-            [one] if !nulls_equal && matches!(one.data_type(), Utf8 | LargeUtf8 | Utf8View) => Encoding::Text,
-            _ => Encoding::Rows(RowConverter::new(
-                keys.iter().map(|k| SortField::new(k.data_type().clone())).collect(),
-            )?),
+const NO_ROW: u32 = u32::MAX;
+
+/// The hashes both sides of a lookup compute (any fixed seed: they are never stored).
+const HASHES: datafusion::common::hash_utils::RandomState =
+    datafusion::common::hash_utils::RandomState::with_seed(0x6269_6c6c_666c_6f77);
+
+/// Keys compared column by column, row `i` of `left` against row `j` of `right`.
+fn comparators(left: &[ArrayRef], right: &[ArrayRef]) -> Result<Vec<arrow::array::DynComparator>> {
+    left.iter()
+        .zip(right)
+        .map(|(l, r)| {
+            Ok(arrow::array::make_comparator(
+                l.as_ref(),
+                r.as_ref(),
+                arrow::compute::SortOptions::default(),
+            )?)
         })
+        .collect()
+}
+
+fn hashes(keys: &[ArrayRef]) -> Result<Vec<u64>> {
+    let mut hashes = vec![0u64; keys.first().map_or(0, |k| k.len())];
+    datafusion::common::hash_utils::create_hashes(keys, &HASHES, &mut hashes)?;
+    Ok(hashes)
+}
+
+/// Text keys' bytes, row by row, in one loop per kind of text array.
+fn each_text(key: &ArrayRef, mut f: impl FnMut(usize, &[u8])) -> Result<()> {
+    fn each<'k>(n: usize, text: impl Fn(usize) -> &'k [u8], f: &mut impl FnMut(usize, &[u8])) {
+        for i in 0..n {
+            f(i, text(i));
+        }
+    }
+    let n = key.len();
+    if let Some(t) = key.as_string_view_opt() {
+        each(n, |i| t.value(i).as_bytes(), &mut f);
+    } else if let Some(t) = key.as_string_opt::<i32>() {
+        each(n, |i| t.value(i).as_bytes(), &mut f);
+    } else if let Some(t) = key.as_string_opt::<i64>() {
+        each(n, |i| t.value(i).as_bytes(), &mut f);
+    } else {
+        return internal_err!("a lookup's text key is {}", key.data_type());
+    }
+    Ok(())
+}
+
+fn several(row: usize) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "a lookup table has several rows for one key (row {row}): it must be reduced to one row per key first"
+    ))
+}
+
+impl Index {
+    /// The index of a table's `keys` (rows not `comparable` are left out); two rows with
+    /// equal keys are an error.
+    fn build(keys: Vec<ArrayRef>, comparable: Option<&NullBuffer>, nulls_equal: bool) -> Result<Self> {
+        use arrow::datatypes::DataType::{LargeUtf8, Utf8, Utf8View};
+        let n = keys.first().map_or(0, |k| k.len());
+        let skip = |i: usize| comparable.is_some_and(|c| c.is_null(i));
+        match keys.as_slice() {
+            [one] if !nulls_equal && matches!(one.data_type(), Utf8 | LargeUtf8 | Utf8View) => {
+                let mut rows = datafusion::common::HashMap::with_capacity(n);
+                let mut twice = None;
+                each_text(one, |i, text| {
+                    if !skip(i) && rows.insert(Box::<[u8]>::from(text), i as u32).is_some() {
+                        twice.get_or_insert(i);
+                    }
+                })?;
+                match twice {
+                    Some(i) => Err(several(i)),
+                    None => Ok(Index::Text(rows)),
+                }
+            }
+            _ => {
+                let hashes = hashes(&keys)?;
+                let same = comparators(&keys, &keys)?;
+                let mut first = datafusion::common::HashMap::with_capacity(n);
+                let mut next = vec![NO_ROW; n];
+                for (i, &h) in hashes.iter().enumerate() {
+                    if skip(i) {
+                        continue;
+                    }
+                    let head = first.entry(h).or_insert(NO_ROW);
+                    let mut j = *head;
+                    while j != NO_ROW {
+                        if same.iter().all(|c| c(i, j as usize).is_eq()) {
+                            return Err(several(i));
+                        }
+                        j = next[j as usize];
+                    }
+                    next[i] = *head;
+                    *head = i as u32;
+                }
+                Ok(Index::Hashed { first, next, keys })
+            }
+        }
     }
 
-    /// Call `f` with each row's number and its key's bytes (`None`: a row that matches
-    /// nothing, as `comparable` says).
-    fn each_key(
+    /// Bytes held, for the memory pool.
+    fn size(&self) -> usize {
+        match self {
+            Index::Text(rows) => rows.keys().map(|k| k.len() + 16).sum::<usize>() + rows.capacity() * 8,
+            Index::Hashed { first, next, .. } => first.capacity() * 16 + next.len() * 4,
+        }
+    }
+
+    /// Call `found` with each probe row's row in the table, if any (rows not `comparable`
+    /// have none).
+    fn find(
         &self,
         keys: &[ArrayRef],
         comparable: Option<&NullBuffer>,
-        mut f: impl FnMut(usize, Option<&[u8]>),
+        mut found: impl FnMut(Option<u32>),
     ) -> Result<()> {
-        let n = keys.first().map_or(0, |k| k.len());
-        let c = comparable;
+        let skip = |i: usize| comparable.is_some_and(|c| c.is_null(i));
         match (self, keys) {
-            (Encoding::Text, [one]) => {
-                if let Some(text) = one.as_string_view_opt() {
-                    each_row(n, c, |i| text.value(i).as_bytes(), &mut f);
-                } else if let Some(text) = one.as_string_opt::<i32>() {
-                    each_row(n, c, |i| text.value(i).as_bytes(), &mut f);
-                } else if let Some(text) = one.as_string_opt::<i64>() {
-                    each_row(n, c, |i| text.value(i).as_bytes(), &mut f);
-                } else {
-                    return internal_err!("a lookup's text key is {}", one.data_type());
+            (Index::Text(rows), [one]) => each_text(one, |i, text| {
+                found(if skip(i) { None } else { rows.get(text).copied() })
+            }),
+            (
+                Index::Hashed {
+                    first,
+                    next,
+                    keys: table,
+                },
+                _,
+            ) => {
+                let same = comparators(keys, table)?;
+                for (i, h) in hashes(keys)?.into_iter().enumerate() {
+                    let mut j = if skip(i) {
+                        NO_ROW
+                    } else {
+                        first.get(&h).copied().unwrap_or(NO_ROW)
+                    };
+                    while j != NO_ROW && !same.iter().all(|c| c(i, j as usize).is_eq()) {
+                        j = next[j as usize];
+                    }
+                    found((j != NO_ROW).then_some(j));
                 }
+                Ok(())
             }
-            (Encoding::Rows(converter), _) => {
-                let rows: Rows = converter.convert_columns(keys)?;
-                each_row(n, c, |i| rows.row(i).data(), &mut f);
-            }
-            (Encoding::Text, _) => return internal_err!("a lookup by text has {} keys", keys.len()),
+            (Index::Text(_), _) => internal_err!("a lookup by text has {} keys", keys.len()),
         }
-        Ok(())
-    }
-}
-
-/// `f` over rows `0..n`, each with its key from `key` (one loop per kind of key).
-fn each_row<'k>(
-    n: usize,
-    comparable: Option<&NullBuffer>,
-    key: impl Fn(usize) -> &'k [u8],
-    f: &mut impl FnMut(usize, Option<&[u8]>),
-) {
-    for i in 0..n {
-        f(i, comparable.is_none_or(|c| c.is_valid(i)).then(|| key(i)));
     }
 }
 
@@ -457,10 +564,9 @@ fn look_up(
     let comparable = comparable(&key_columns, nulls_equal);
     let mut places = Vec::with_capacity(n);
     let mut found = arrow::array::BooleanBufferBuilder::new(n);
-    table.encoding.each_key(&key_columns, comparable.as_ref(), |_, key| {
-        let place = key.and_then(|k| table.rows_of.get(k));
+    table.index.find(&key_columns, comparable.as_ref(), |place| {
         found.append(place.is_some());
-        places.push(place.copied().unwrap_or(0));
+        places.push(place.unwrap_or(0));
     })?;
     let found: BooleanBuffer = found.finish();
     let none_found = found.count_set_bits() == 0;
@@ -740,12 +846,14 @@ mod tests {
             .sql("SELECT * FROM (VALUES ('a', 1), ('b', 2), ('a', 3)) AS t(k, price)")
             .await
             .unwrap();
-        let df = lookup(usage, table, vec![(col("sku"), col("k"))], false).unwrap();
+        let df = lookup(usage.clone(), table.clone(), vec![(col("sku"), col("k"))], false).unwrap();
         let e = df.collect().await.unwrap_err();
-        assert!(
-            e.to_string().contains("a lookup table has several rows for one key"),
-            "{e}"
-        );
+        let several = "a lookup table has several rows for one key (row 2)";
+        assert!(e.to_string().contains(several), "{e}");
+        // Found the same way when keys are hashed and compared column by column.
+        let df = lookup(usage, table, vec![(col("sku"), col("k"))], true).unwrap();
+        let e = df.collect().await.unwrap_err();
+        assert!(e.to_string().contains(several), "{e}");
     }
 
     #[tokio::test]

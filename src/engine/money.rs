@@ -351,7 +351,8 @@ pub fn distribute_residue(
     let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
     let target = round(ident("__bf_exact_total"), scale, mode);
     let residue = cast(coalesce(vec![target - ident("__bf_lines"), zero]), ty);
-    let df = super::residue::assign(df, column, names.iter().map(ident).collect(), candidate, residue)?;
+    // The group's keys are the line's own (the lookup gives the table's columns but its keys).
+    let df = super::residue::assign(df, column, group.clone(), candidate, residue)?;
     let select: Vec<Expr> = df
         .schema()
         .fields()
