@@ -1,6 +1,6 @@
 //! Looking each row of a stream up in a table with at most one row per key: the stream's
-//! rows go on as they came, each with the table's columns of its key's row (NULL where
-//! none has it). It is what a right outer join to a table unique on the join keys gives,
+//! rows go on as they came, each with the columns of its key's row in the table but those
+//! the table's keys are made of (NULL where the table has no such row). It is what a right outer join to a table unique on the join keys gives,
 //! without its copy of the stream: a hash join builds its output by gathering (`take`)
 //! every column of the probe side, even when each probe row finds one match in order.
 //! Here the stream's columns are passed on untouched and only the table's are gathered.
