@@ -385,6 +385,7 @@ enum Index {
         /// The next row with the same hash ([`NO_ROW`]: none).
         next: Vec<u32>,
         keys: Vec<ArrayRef>,
+        nulls_equal: bool,
     },
 }
 
@@ -406,6 +407,34 @@ fn comparators(left: &[ArrayRef], right: &[ArrayRef]) -> Result<Vec<arrow::array
             )?)
         })
         .collect()
+}
+
+/// Whether each probe row's keys equal those of its first candidate row in the table
+/// (`heads`; [`NO_ROW`]: none, and then the answer is meaningless), checked for all rows at
+/// once, key by key, as a hash join checks its matches: in bulk, the table's rows are read
+/// in one pass per key rather than one row at a time.
+fn first_candidates_equal(
+    probe: &[ArrayRef],
+    table: &[ArrayRef],
+    heads: &[u32],
+    nulls_equal: bool,
+) -> Result<arrow::array::BooleanArray> {
+    use arrow::compute::kernels::cmp::{eq, not_distinct};
+    let candidates = UInt32Array::from_iter(heads.iter().map(|&j| (j != NO_ROW).then_some(j)));
+    let mut equal: Option<arrow::array::BooleanArray> = None;
+    for (p, t) in probe.iter().zip(table) {
+        let theirs = arrow::compute::take(t.as_ref(), &candidates, None)?;
+        let this = if nulls_equal {
+            not_distinct(p, &theirs)?
+        } else {
+            eq(p, &theirs)?
+        };
+        equal = Some(match equal {
+            None => this,
+            Some(before) => arrow::compute::and(&before, &this)?,
+        });
+    }
+    equal.ok_or_else(|| DataFusionError::Internal("a lookup without keys".into()))
 }
 
 fn hashes(keys: &[ArrayRef]) -> Result<Vec<u64>> {
@@ -481,7 +510,12 @@ impl Index {
                     next[i] = *head;
                     *head = i as u32;
                 }
-                Ok(Index::Hashed { first, next, keys })
+                Ok(Index::Hashed {
+                    first,
+                    next,
+                    keys,
+                    nulls_equal,
+                })
             }
         }
     }
@@ -512,18 +546,36 @@ impl Index {
                     first,
                     next,
                     keys: table,
+                    nulls_equal,
                 },
                 _,
             ) => {
-                let same = comparators(keys, table)?;
-                for (i, h) in hashes(keys)?.into_iter().enumerate() {
-                    let mut j = if skip(i) {
-                        NO_ROW
-                    } else {
-                        first.get(&h).copied().unwrap_or(NO_ROW)
-                    };
-                    while j != NO_ROW && !same.iter().all(|c| c(i, j as usize).is_eq()) {
+                let heads: Vec<u32> = hashes(keys)?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        if skip(i) {
+                            NO_ROW
+                        } else {
+                            first.get(h).copied().unwrap_or(NO_ROW)
+                        }
+                    })
+                    .collect();
+                let equal = first_candidates_equal(keys, table, &heads, *nulls_equal)?;
+                // A row whose first candidate differs (two keys share a hash) goes down
+                // the chain, compared row by row: rare.
+                let mut same = None;
+                for (i, &head) in heads.iter().enumerate() {
+                    let mut j = head;
+                    if j != NO_ROW && !(equal.is_valid(i) && equal.value(i)) {
+                        let same = match &mut same {
+                            Some(same) => same,
+                            None => same.insert(comparators(keys, table)?),
+                        };
                         j = next[j as usize];
+                        while j != NO_ROW && !same.iter().all(|c| c(i, j as usize).is_eq()) {
+                            j = next[j as usize];
+                        }
                     }
                     found((j != NO_ROW).then_some(j));
                 }

@@ -330,7 +330,7 @@ pub fn distribute_residue(
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     use datafusion::functions::expr_fn::coalesce;
     use datafusion::functions_aggregate::expr_fn::sum;
-    use datafusion::logical_expr::{Operator, binary_expr, cast};
+    use datafusion::logical_expr::cast;
     use datafusion::prelude::ident;
 
     let ty = df.schema().field_with_unqualified_name(column)?.data_type().clone();
@@ -346,17 +346,13 @@ pub fn distribute_residue(
         group.iter().zip(&names).map(|(g, n)| g.clone().alias(n)).collect(),
         aggs,
     )?;
-    let same = |a: Expr, b: Expr| binary_expr(a, Operator::IsNotDistinctFrom, b);
-    let on: Vec<Expr> = group
-        .iter()
-        .zip(&names)
-        .map(|(g, n)| same(g.clone(), ident(n)))
-        .collect();
-    let df = sums.join_on(df, datafusion::common::JoinType::Right, on)?;
+    let on: Vec<(Expr, Expr)> = group.iter().zip(&names).map(|(g, n)| (g.clone(), ident(n))).collect();
+    let df = super::lookup::lookup(df, sums, on, true)?;
     let zero = lit(ScalarValue::Decimal128(Some(0), 1, 0));
     let target = round(ident("__bf_exact_total"), scale, mode);
     let residue = cast(coalesce(vec![target - ident("__bf_lines"), zero]), ty);
-    let df = super::residue::assign(df, column, names.iter().map(ident).collect(), candidate, residue)?;
+    // The group's keys are the line's own (the lookup gives the table's columns but its keys).
+    let df = super::residue::assign(df, column, group.clone(), candidate, residue)?;
     let select: Vec<Expr> = df
         .schema()
         .fields()
