@@ -378,8 +378,8 @@ enum Index {
     /// One text key compared with `=` (most lookups: an id): rows by the text's bytes.
     Text(datafusion::common::HashMap<Box<[u8]>, u32>),
     /// Any keys: rows by the hash of their keys (as a hash join hashes them), the rows
-    /// whose keys share a hash chained, and compared column by column. No copy of the
-    /// keys is made on either side.
+    /// whose keys share a hash chained; each probe row's first candidate is checked in
+    /// bulk, key by key, and the rare row it does not match goes down its chain.
     Hashed {
         first: datafusion::common::HashMap<u64, u32>,
         /// The next row with the same hash ([`NO_ROW`]: none).
