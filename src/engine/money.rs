@@ -358,9 +358,8 @@ pub fn distribute_residue(
         .fields()
         .iter()
         .filter(|f| {
-            !matches!(f.name().as_str(), "__bf_lines" | "__bf_exact_total")
-                && !names.contains(f.name())
-                && !tops.contains(f.name())
+            // (The group's names are the lookup's keys: not in its output.)
+            !matches!(f.name().as_str(), "__bf_lines" | "__bf_exact_total") && !tops.contains(f.name())
         })
         .map(|f| ident(f.name()))
         .collect();
