@@ -61,6 +61,8 @@ pub struct LookupNode {
     /// (over `probe`, over `table`), of the same type.
     on: Vec<(Expr, Expr)>,
     nulls_equal: bool,
+    /// The table's columns in the output: all but those its keys are made of.
+    values: Vec<usize>,
     schema: DFSchemaRef,
 }
 
@@ -82,15 +84,23 @@ impl LookupNode {
         // The table's columns but its keys' (the stream has those), NULL for a row whose
         // key the table has not.
         let keys: Vec<&datafusion::common::Column> = on.iter().flat_map(|(_, t)| t.column_refs()).collect();
-        let table_fields: Vec<_> = table
+        let values: Vec<usize> = table
             .schema()
             .iter()
-            .filter(|(q, f)| {
+            .enumerate()
+            .filter(|(_, (q, f))| {
                 !keys
                     .iter()
                     .any(|k| k.name == *f.name() && k.relation.as_ref().is_none_or(|r| Some(r) == *q))
             })
-            .map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))))
+            .map(|(i, _)| i)
+            .collect();
+        let table_fields: Vec<_> = values
+            .iter()
+            .map(|&i| {
+                let (q, f) = table.schema().qualified_field(i);
+                (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true)))
+            })
             .collect();
         let table_schema = DFSchema::new_with_metadata(table_fields, Default::default())?;
         let schema = Arc::new(probe.schema().join(&table_schema)?);
@@ -99,6 +109,7 @@ impl LookupNode {
             table,
             on,
             nulls_equal,
+            values,
             schema,
         })
     }
@@ -211,15 +222,10 @@ impl LookupExec {
         probe_keys: Vec<Arc<dyn PhysicalExpr>>,
         table_keys: Vec<Arc<dyn PhysicalExpr>>,
         nulls_equal: bool,
+        values: Vec<usize>,
     ) -> Result<Self> {
         let probe_schema = probe.schema();
-        let keys: Vec<usize> = table_keys
-            .iter()
-            .flat_map(datafusion::physical_expr::utils::collect_columns)
-            .map(|c| c.index())
-            .collect();
         let table_schema = table.schema();
-        let values: Vec<usize> = (0..table_schema.fields().len()).filter(|i| !keys.contains(i)).collect();
         let mut fields: Vec<Arc<Field>> = probe_schema.fields().iter().cloned().collect();
         fields.extend(
             values
@@ -314,6 +320,7 @@ impl ExecutionPlan for LookupExec {
             self.probe_keys.clone(),
             self.table_keys.clone(),
             self.nulls_equal,
+            self.values.clone(),
         )?))
     }
     fn metrics(&self) -> Option<MetricsSet> {
@@ -672,6 +679,7 @@ impl ExtensionPlanner for LookupPlanner {
             probe_keys,
             table_keys,
             n.nulls_equal,
+            n.values.clone(),
         )?)))
     }
 }
