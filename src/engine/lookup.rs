@@ -226,6 +226,10 @@ impl LookupExec {
     ) -> Result<Self> {
         let probe_schema = probe.schema();
         let table_schema = table.schema();
+        // The physical table has the logical table's columns, in its order.
+        if let Some(i) = values.iter().find(|&&i| i >= table_schema.fields().len()) {
+            return internal_err!("LookupExec: the table has no column {i}: {table_schema}");
+        }
         let mut fields: Vec<Arc<Field>> = probe_schema.fields().iter().cloned().collect();
         fields.extend(
             values
@@ -699,6 +703,34 @@ mod tests {
             .with_query_planner(Arc::new(crate::engine::session::Planner))
             .build();
         SessionContext::new_with_state(state)
+    }
+
+    #[test]
+    fn a_value_column_the_physical_table_lacks_is_an_error_not_a_panic() {
+        use datafusion::physical_plan::empty::EmptyExec;
+        let schema = |names: &[&str]| {
+            Arc::new(Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let (probe, table) = (schema(&["sku", "qty"]), schema(&["sku", "price"]));
+        let key = || vec![Arc::new(Column::new("sku", 0)) as Arc<dyn PhysicalExpr>];
+        let exec = |values: Vec<usize>| {
+            LookupExec::try_new(
+                Arc::new(EmptyExec::new(probe.clone())),
+                Arc::new(EmptyExec::new(table.clone())),
+                key(),
+                key(),
+                false,
+                values,
+            )
+        };
+        assert_eq!(exec(vec![1]).unwrap().schema().field(2).name(), "price");
+        let err = exec(vec![2]).unwrap_err().to_string();
+        assert!(err.contains("the table has no column 2"), "{err}");
     }
 
     /// Usage in two partitions (the second with a NULL key and a key the table lacks).
