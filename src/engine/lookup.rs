@@ -1,7 +1,7 @@
 //! Looking each row of a stream up in a table with at most one row per key: the stream's
 //! rows go on as they came, each with the columns of its key's row in the table but those
-//! the table's keys are made of (NULL where the table has no such row). It is what a right outer join to a table unique on the join keys gives,
-//! without its copy of the stream: a hash join builds its output by gathering (`take`)
+//! the table's keys are made of (NULL where the table has no such row). It is what a right
+//! outer join to a table unique on the join keys gives, without its copy of the stream: a hash join builds its output by gathering (`take`)
 //! every column of the probe side, even when each probe row finds one match in order.
 //! Here the stream's columns are passed on untouched and only the table's are gathered.
 //!
@@ -448,6 +448,15 @@ fn first_candidates_equal(
     equal.ok_or_else(|| DataFusionError::Internal("a lookup without keys".into()))
 }
 
+/// The first row from `j` on, following `next`, for which `matches` holds ([`NO_ROW`]:
+/// none).
+fn along_chain(next: &[u32], mut j: u32, matches: impl Fn(usize) -> bool) -> u32 {
+    while j != NO_ROW && !matches(j as usize) {
+        j = next[j as usize];
+    }
+    j
+}
+
 fn hashes(keys: &[ArrayRef]) -> Result<Vec<u64>> {
     let mut hashes = vec![0u64; keys.first().map_or(0, |k| k.len())];
     datafusion::common::hash_utils::create_hashes(keys, &HASHES, &mut hashes)?;
@@ -511,12 +520,8 @@ impl Index {
                         continue;
                     }
                     let head = first.entry(h).or_insert(NO_ROW);
-                    let mut j = *head;
-                    while j != NO_ROW {
-                        if same.iter().all(|c| c(i, j as usize).is_eq()) {
-                            return Err(several(i));
-                        }
-                        j = next[j as usize];
+                    if along_chain(&next, *head, |j| same.iter().all(|c| c(i, j).is_eq())) != NO_ROW {
+                        return Err(several(i));
                     }
                     next[i] = *head;
                     *head = i as u32;
@@ -583,10 +588,7 @@ impl Index {
                             Some(same) => same,
                             None => same.insert(comparators(keys, table)?),
                         };
-                        j = next[j as usize];
-                        while j != NO_ROW && !same.iter().all(|c| c(i, j as usize).is_eq()) {
-                            j = next[j as usize];
-                        }
+                        j = along_chain(next, next[j as usize], |j| same.iter().all(|c| c(i, j).is_eq()));
                     }
                     found((j != NO_ROW).then_some(j));
                 }
